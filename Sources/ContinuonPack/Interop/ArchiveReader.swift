@@ -1,0 +1,146 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CArchive
+
+/// Where an `ArchiveReader` pulls its bytes from.
+protocol ArchiveByteSource: AnyObject {
+    /// Fills `buffer` with the next bytes; returns 0 at the end.
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
+}
+
+/// Reads a file from its current offset.
+final class FileByteSource: ArchiveByteSource {
+    let file: FileDescriptor
+    private(set) var byteCount: UInt64 = 0
+    init(file: FileDescriptor) { self.file = file }
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let count = try file.read(into: buffer)
+        byteCount += UInt64(count)
+        return count
+    }
+}
+
+/// The context libarchive's read callback receives: the source and the buffer handed back to libarchive.
+private final class ReadContext {
+    let source: any ArchiveByteSource
+    let buffer: UnsafeMutableRawBufferPointer
+    var failure: (any Error)?
+
+    init(source: any ArchiveByteSource, bufferSize: Int) {
+        self.source = source
+        self.buffer = .allocate(byteCount: bufferSize, alignment: 16)
+    }
+
+    deinit { buffer.deallocate() }
+}
+
+private func contextReadCallback(
+    _ archive: OpaquePointer?, _ context: UnsafeMutableRawPointer?,
+    _ out: UnsafeMutablePointer<UnsafeRawPointer?>?
+) -> la_ssize_t {
+    guard let context, let out else { return -1 }
+    let reader = Unmanaged<ReadContext>.fromOpaque(context).takeUnretainedValue()
+    do {
+        let count = try reader.source.read(into: reader.buffer)
+        out.pointee = UnsafeRawPointer(reader.buffer.baseAddress)
+        return la_ssize_t(count)
+    } catch {
+        reader.failure = error
+        return -1
+    }
+}
+
+/// What the reader saw in one member header.
+struct ArchiveEntryInfo {
+    /// The path as stored (after pax records were applied), in raw bytes: validated by the caller.
+    var pathBytes: [UInt8]
+    var fileType: UInt32
+    var size: Int64?
+    var isHardlink: Bool
+    var isSymlink: Bool
+    var isSparse: Bool
+    var hasExtendedAttributes: Bool
+    var mode: UInt32
+    var mtime: Int
+    var uid: Int64
+    var gid: Int64
+    var uname: String?
+    var gname: String?
+
+    var isRegularFile: Bool { fileType == CP_AE_IFREG && !isHardlink && !isSymlink }
+}
+
+/// One owner of one libarchive read handle, restricted to the tar format and to one declared filter.
+/// Every status other than `ARCHIVE_OK` and `ARCHIVE_EOF` (including `WARN` and `RETRY`) is a failure.
+final class ArchiveReader {
+    enum Next {
+        case entry(ArchiveEntryInfo)
+        case end
+    }
+
+    private let archive: OpaquePointer
+    private let context: ReadContext
+
+    init(source: any ArchiveByteSource, compression: Compression, bufferSize: Int = 256 * 1024) throws {
+        guard let archive = archive_read_new() else {
+            throw ContinuonPackError(.archiveCorrupt, "archive_read_new failed")
+        }
+        self.archive = archive
+        self.context = ReadContext(source: source, bufferSize: bufferSize)
+        var status = archive_read_support_format_tar(archive)
+        switch compression {
+        case .none: break
+        case .gzip: if status == ARCHIVE_OK { status = archive_read_support_filter_gzip(archive) }
+        case .zstd: if status == ARCHIVE_OK { status = archive_read_support_filter_zstd(archive) }
+        }
+        guard status == ARCHIVE_OK else { throw failure("enable the tar reader") }
+        let opaque = Unmanaged.passUnretained(context).toOpaque()
+        guard archive_read_open(archive, opaque, nil, contextReadCallback, nil) == ARCHIVE_OK else {
+            throw failure("open the archive")
+        }
+    }
+
+    deinit { archive_read_free(archive) }
+
+    /// The next member header, or `.end` at the end-of-archive marker.
+    func next() throws -> Next {
+        var entry: OpaquePointer?
+        let status = archive_read_next_header(archive, &entry)
+        if status == ARCHIVE_EOF { return .end }
+        guard status == ARCHIVE_OK, let entry else { throw failure("read a member header") }
+        let path = archive_entry_pathname(entry).map { Array(UnsafeBufferPointer(start: $0, count: strlen($0))) }
+        return .entry(ArchiveEntryInfo(
+            pathBytes: (path ?? []).map { UInt8(bitPattern: $0) },
+            fileType: UInt32(archive_entry_filetype(entry)),
+            size: archive_entry_size_is_set(entry) != 0 ? Int64(archive_entry_size(entry)) : nil,
+            isHardlink: archive_entry_hardlink(entry) != nil,
+            isSymlink: archive_entry_symlink(entry) != nil,
+            isSparse: archive_entry_sparse_count(entry) > 0,
+            hasExtendedAttributes: archive_entry_xattr_count(entry) > 0,
+            mode: UInt32(archive_entry_perm(entry)),
+            mtime: Int(archive_entry_mtime(entry)),
+            uid: Int64(archive_entry_uid(entry)),
+            gid: Int64(archive_entry_gid(entry)),
+            uname: archive_entry_uname(entry).map { String(cString: $0) },
+            gname: archive_entry_gname(entry).map { String(cString: $0) }
+        ))
+    }
+
+    /// Reads the current member's data; 0 at its end.
+    func readData(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let count = archive_read_data(archive, buffer.baseAddress, buffer.count)
+        guard count >= 0 else { throw failure("read member data") }
+        return count
+    }
+
+    /// Bytes the format layer consumed (after decompression) and bytes pulled from the source.
+    var uncompressedBytes: Int64 { Int64(archive_filter_bytes(archive, 0)) }
+    var rawBytes: Int64 { Int64(archive_filter_bytes(archive, -1)) }
+
+    private func failure(_ what: String) -> ContinuonPackError {
+        if let underlying = context.failure as? ContinuonPackError { return underlying }
+        let text = archive_error_string(archive).map { String(cString: $0) }
+        return ContinuonPackError(.archiveCorrupt, "libarchive could not \(what).", cause: text)
+    }
+}

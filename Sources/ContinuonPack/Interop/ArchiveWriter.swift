@@ -1,0 +1,109 @@
+import CArchive
+
+/// Receives the archive bytes libarchive produces: hashes them, counts them and writes them to a file.
+final class HashingFileSink {
+    let file: FileDescriptor
+    let hasher = SHA256Hasher()
+    private(set) var byteCount: UInt64 = 0
+    var failure: (any Error)?
+
+    init(file: FileDescriptor) { self.file = file }
+
+    func write(_ buffer: UnsafeRawBufferPointer) -> Bool {
+        do {
+            try file.writeAll(buffer)
+            hasher.update(buffer)
+            byteCount += UInt64(buffer.count)
+            return true
+        } catch {
+            failure = error
+            return false
+        }
+    }
+}
+
+private func sinkWriteCallback(
+    _ archive: OpaquePointer?, _ context: UnsafeMutableRawPointer?, _ buffer: UnsafeRawPointer?, _ length: Int
+) -> la_ssize_t {
+    guard let context else { return -1 }
+    let sink = Unmanaged<HashingFileSink>.fromOpaque(context).takeUnretainedValue()
+    guard sink.write(UnsafeRawBufferPointer(start: buffer, count: length)) else { return -1 }
+    return la_ssize_t(length)
+}
+
+/// One owner of one libarchive write handle that produces a tar in the format's fixed settings:
+/// `pax_restricted`, 10240-byte blocks, no padding of the last block, gzip without timestamp, zstd level 3.
+/// Entries are built by hand with normalized metadata: regular file, mode 0644, mtime 0, uid/gid 0, no names.
+final class ArchiveWriter {
+    static let bytesPerBlock: Int32 = 10240
+    private let archive: OpaquePointer
+    private let sink: HashingFileSink
+    private var finished = false
+
+    init(compression: Compression, output: FileDescriptor) throws {
+        guard let archive = archive_write_new() else {
+            throw ContinuonPackError(.archiveWriteFailed, "archive_write_new failed")
+        }
+        self.archive = archive
+        self.sink = HashingFileSink(file: output)
+        try check(archive_write_set_format_pax_restricted(archive), "set the pax_restricted format")
+        switch compression {
+        case .none:
+            break
+        case .gzip:
+            try check(archive_write_add_filter_gzip(archive), "add the gzip filter")
+            try check(archive_write_set_options(archive, "gzip:!timestamp,gzip:compression-level=6"), "set gzip options")
+        case .zstd:
+            try check(archive_write_add_filter_zstd(archive), "add the zstd filter")
+            try check(archive_write_set_options(archive, "zstd:compression-level=3"), "set zstd options")
+        }
+        try check(archive_write_set_bytes_per_block(archive, Self.bytesPerBlock), "set the block size")
+        try check(archive_write_set_bytes_in_last_block(archive, 1), "set the last block size")
+        let context = Unmanaged.passUnretained(sink).toOpaque()
+        try check(archive_write_open2(archive, context, nil, sinkWriteCallback, nil, nil), "open the archive")
+    }
+
+    deinit { archive_write_free(archive) }
+
+    /// Starts a regular-file member. `path` must already be validated (UTF-8, relative).
+    func beginEntry(path: String, size: UInt64) throws {
+        guard let entry = archive_entry_new() else {
+            throw ContinuonPackError(.archiveWriteFailed, "archive_entry_new failed")
+        }
+        defer { archive_entry_free(entry) }
+        archive_entry_set_pathname_utf8(entry, path)
+        archive_entry_set_size(entry, la_int64_t(size))
+        archive_entry_set_filetype(entry, CP_AE_IFREG)
+        archive_entry_set_perm(entry, 0o644)
+        archive_entry_set_mtime(entry, 0, 0)
+        archive_entry_set_uid(entry, 0)
+        archive_entry_set_gid(entry, 0)
+        try check(archive_write_header(archive, entry), "write the header of \(path)")
+    }
+
+    func writeData(_ buffer: UnsafeRawBufferPointer) throws {
+        guard buffer.count > 0 else { return }
+        let written = archive_write_data(archive, buffer.baseAddress, buffer.count)
+        guard written == buffer.count else {
+            throw failure("write member data", status: Int32(truncatingIfNeeded: written))
+        }
+    }
+
+    /// Writes the end-of-archive marker and flushes; returns the size and SHA-256 of every byte written.
+    func finish() throws -> (size: UInt64, sha256: SHA256Digest) {
+        guard !finished else { preconditionFailure("ArchiveWriter.finish called twice") }
+        finished = true
+        try check(archive_write_close(archive), "close the archive")
+        return (sink.byteCount, sink.hasher.finalize())
+    }
+
+    private func check(_ status: Int32, _ what: String) throws {
+        guard status == ARCHIVE_OK else { throw failure(what, status: status) }
+    }
+
+    private func failure(_ what: String, status: Int32) -> any Error {
+        if let underlying = sink.failure { return underlying }
+        let text = archive_error_string(archive).map { String(cString: $0) }
+        return ContinuonPackError(.archiveWriteFailed, "libarchive could not \(what).", cause: text ?? "status \(status)")
+    }
+}

@@ -1,0 +1,173 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The thin syscall layer: one owner per file descriptor, errors mapped to `io.error` with the errno text.
+final class FileDescriptor {
+    let raw: Int32
+    let path: String
+    private var closed = false
+
+    private init(raw: Int32, path: String) {
+        self.raw = raw
+        self.path = path
+    }
+
+    deinit { if !closed { _ = Glibc.close(raw) } }
+
+    static func openForReading(_ path: String, followSymlinks: Bool = true) throws -> FileDescriptor {
+        let flags = O_RDONLY | O_CLOEXEC | (followSymlinks ? 0 : O_NOFOLLOW)
+        let fd = retryOnInterrupt { Glibc.open(path, flags) }
+        guard fd >= 0 else { throw ioError("Cannot open \(path) for reading", path: path) }
+        return FileDescriptor(raw: fd, path: path)
+    }
+
+    /// Creates `path` exclusively (never replaces an existing file).
+    static func createExclusive(_ path: String, mode: mode_t) throws -> FileDescriptor {
+        let fd = retryOnInterrupt { Glibc.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode) }
+        guard fd >= 0 else {
+            if errno == EEXIST {
+                throw ContinuonPackError(.outputExists, "\(path) already exists; it is never overwritten.")
+            }
+            throw ioError("Cannot create \(path)", path: path)
+        }
+        return FileDescriptor(raw: fd, path: path)
+    }
+
+    /// An anonymous read-write file in `directory`: created under a unique name and unlinked at once, so nothing
+    /// is left behind however the process ends.
+    static func anonymousTemporary(in directory: String) throws -> FileDescriptor {
+        let path = uniqueTemporaryPath(in: directory, suffix: ".tmp")
+        let fd = retryOnInterrupt { Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) }
+        guard fd >= 0 else { throw ioError("Cannot create a temporary file in \(directory)", path: directory) }
+        _ = unlink(path)
+        return FileDescriptor(raw: fd, path: directory)
+    }
+
+    func status() throws -> stat {
+        var info = stat()
+        guard fstat(raw, &info) == 0 else { throw Self.ioError("Cannot stat \(path)", path: path) }
+        return info
+    }
+
+    /// Reads up to `buffer.count` bytes; 0 at end of file.
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let count = Self.retryOnInterrupt { Glibc.read(raw, buffer.baseAddress, buffer.count) }
+        guard count >= 0 else { throw Self.ioError("Cannot read \(path)", path: path) }
+        return count
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws -> Int {
+        let count = Self.retryOnInterrupt { pread(raw, buffer.baseAddress, buffer.count, off_t(offset)) }
+        guard count >= 0 else { throw Self.ioError("Cannot read \(path)", path: path) }
+        return count
+    }
+
+    func writeAll(_ buffer: UnsafeRawBufferPointer) throws {
+        var offset = 0
+        while offset < buffer.count {
+            let count = Self.retryOnInterrupt {
+                Glibc.write(raw, buffer.baseAddress! + offset, buffer.count - offset)
+            }
+            guard count > 0 else { throw Self.ioError("Cannot write \(path)", path: path) }
+            offset += count
+        }
+    }
+
+    func sync() throws {
+        guard fsync(raw) == 0 else { throw Self.ioError("Cannot fsync \(path)", path: path) }
+    }
+
+    func close() throws {
+        guard !closed else { return }
+        closed = true
+        guard Glibc.close(raw) == 0 else { throw Self.ioError("Cannot close \(path)", path: path) }
+    }
+
+    // MARK: - Helpers
+
+    static func retryOnInterrupt<T: BinaryInteger>(_ body: () -> T) -> T {
+        while true {
+            let result = body()
+            if result < 0 && errno == EINTR { continue }
+            return result
+        }
+    }
+
+    static func ioError(_ message: String, path: String) -> ContinuonPackError {
+        let text = String(cString: strerror(errno))
+        return ContinuonPackError(.ioError, message + ".", cause: text)
+    }
+
+    static func uniqueTemporaryPath(in directory: String, suffix: String) -> String {
+        var random = SystemRandomNumberGenerator()
+        let token = Hex.encode((0..<8).map { _ in UInt8.random(in: .min ... .max, using: &random) })
+        return directory + "/.continuon-pack-" + token + suffix
+    }
+}
+
+/// Whole-file reads and atomic creation of new files (temporary name, fsync, link, fsync directory).
+public enum FileIO {
+    /// Publishes the complete, fsynced file at `temporary` as `final` without replacing anything: `link` fails
+    /// when `final` exists. Then removes the temporary name and fsyncs the directory.
+    static func publish(temporary: String, as final: String, directory: String) throws {
+        if link(temporary, final) != 0 {
+            let code = errno
+            _ = unlink(temporary)
+            if code == EEXIST {
+                throw ContinuonPackError(.outputExists, "\(final) already exists; it is never overwritten.")
+            }
+            errno = code
+            throw FileDescriptor.ioError("Cannot create \(final)", path: final)
+        }
+        _ = unlink(temporary)
+        try syncDirectory(directory)
+    }
+
+    static func syncDirectory(_ directory: String) throws {
+        let fd = FileDescriptor.retryOnInterrupt { open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        guard fd >= 0 else { throw FileDescriptor.ioError("Cannot open directory \(directory)", path: directory) }
+        defer { _ = close(fd) }
+        guard fsync(fd) == 0 else { throw FileDescriptor.ioError("Cannot fsync \(directory)", path: directory) }
+    }
+
+    /// Writes `bytes` to a new file at `path` atomically (temporary name, fsync, link, fsync directory).
+    public static func writeNewFile(_ bytes: [UInt8], to path: String, mode: mode_t) throws {
+        let directory = parentDirectory(of: path)
+        let temporary = FileDescriptor.uniqueTemporaryPath(in: directory, suffix: ".partial")
+        let file = try FileDescriptor.createExclusive(temporary, mode: mode)
+        do {
+            _ = fchmod(file.raw, mode) // umask must not widen or narrow what we promise
+            try bytes.withUnsafeBytes { try file.writeAll($0) }
+            try file.sync()
+            try file.close()
+        } catch {
+            _ = unlink(temporary)
+            throw error
+        }
+        try publish(temporary: temporary, as: path, directory: directory)
+    }
+
+    public static func readFile(_ path: String, limit: Int) throws -> [UInt8] {
+        let file = try FileDescriptor.openForReading(path)
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let count = try chunk.withUnsafeMutableBytes { try file.read(into: $0) }
+            if count == 0 { break }
+            out.append(contentsOf: chunk[0..<count])
+            guard out.count <= limit else {
+                throw ContinuonPackError(.ioError, "\(path) is larger than \(limit) bytes.")
+            }
+        }
+        return out
+    }
+
+    static func parentDirectory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        let parent = String(path[..<slash])
+        return parent.isEmpty ? "/" : parent
+    }
+}

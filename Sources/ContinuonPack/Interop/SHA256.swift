@@ -1,0 +1,53 @@
+import COpenSSL
+
+/// A SHA-256 digest (32 bytes).
+public struct SHA256Digest: Hashable, Sendable, CustomStringConvertible {
+    public let bytes: [UInt8]
+    /// Lowercase hex, as the format writes digests.
+    public var hex: String { Hex.encode(bytes) }
+    public var description: String { hex }
+}
+
+/// Streaming SHA-256 from OpenSSL's EVP interface. One owner of one `EVP_MD_CTX`.
+public final class SHA256Hasher {
+    private let context: OpaquePointer
+
+    public init() {
+        guard let context = EVP_MD_CTX_new() else { fatalError("EVP_MD_CTX_new: out of memory") }
+        self.context = context
+        guard EVP_DigestInit_ex(context, EVP_sha256(), nil) == 1 else {
+            fatalError("EVP_DigestInit_ex(SHA-256) failed: \(openSSLErrorText() ?? "unknown")")
+        }
+    }
+
+    deinit { EVP_MD_CTX_free(context) }
+
+    public func update(_ buffer: UnsafeRawBufferPointer) {
+        guard let base = buffer.baseAddress, buffer.count > 0 else { return }
+        // EVP_DigestUpdate cannot fail for SHA-256 once initialised, short of memory corruption.
+        guard EVP_DigestUpdate(context, base, buffer.count) == 1 else {
+            fatalError("EVP_DigestUpdate failed: \(openSSLErrorText() ?? "unknown")")
+        }
+    }
+
+    public func update(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { update($0) }
+    }
+
+    /// Returns the digest. The hasher must not be used afterwards.
+    public func finalize() -> SHA256Digest {
+        var out = [UInt8](repeating: 0, count: 32)
+        var length: UInt32 = 0
+        guard EVP_DigestFinal_ex(context, &out, &length) == 1, length == 32 else {
+            fatalError("EVP_DigestFinal_ex failed: \(openSSLErrorText() ?? "unknown")")
+        }
+        return SHA256Digest(bytes: out)
+    }
+
+    /// The digest of `bytes` in one call.
+    public static func hash(_ bytes: [UInt8]) -> SHA256Digest {
+        let hasher = SHA256Hasher()
+        hasher.update(bytes)
+        return hasher.finalize()
+    }
+}

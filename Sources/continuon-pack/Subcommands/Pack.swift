@@ -1,0 +1,79 @@
+import ArgumentParser
+import ContinuonPack
+import Foundation
+
+extension Compression: ExpressibleByArgument {}
+
+extension ContinuonPackCommand {
+    struct Pack: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Pack every regular file under a directory into a signed package.",
+            discussion: """
+                Each regular file under DIR becomes a blob named by its path relative to DIR. Writes \
+                OUTDIR/<package_id>.cpkg atomically (never replacing an existing file) and prints its path as the \
+                last line. created_at comes from SOURCE_DATE_EPOCH when it is set; with the same key, inputs and \
+                SOURCE_DATE_EPOCH the package is byte-identical.
+                """)
+
+        @Argument(help: "The directory of episode files.")
+        var directory: String
+
+        @Option(name: .long, help: "The signing key (PKCS#8 PEM).")
+        var key: String
+
+        @Option(name: .long, help: "Passphrase file for an encrypted key.")
+        var passphraseFile: String?
+
+        @Option(name: .long, help: "Continuon Brain runtime version.")
+        var runtimeVersion: String
+
+        @Option(name: .long, help: "Continuon AI app version.")
+        var appVersion: String
+
+        @Option(name: .long, help: "Environment ID.")
+        var environmentId: String
+
+        @Option(name: .long, help: "Directory to write the package into (must exist).")
+        var output: String
+
+        @Option(name: .long, help: "Compression of the episode archive: none, gzip or zstd.")
+        var compression: Compression = .zstd
+
+        @Flag(name: .long, help: "Follow symbolic links to regular files instead of refusing them.")
+        var followSymlinks = false
+
+        @Flag(name: .long, help: "Leave out FIFOs, sockets and devices instead of refusing them.")
+        var skipSpecial = false
+
+        @Flag(name: .long, help: "Print a JSON summary instead of text.")
+        var json = false
+
+        func run() throws {
+            let key = try loadPrivateKey(self.key, passphraseFile: passphraseFile)
+            let blobs = try BlobSource.collect(
+                in: directory, options: CollectOptions(followSymlinks: followSymlinks, skipSpecialFiles: skipSpecial))
+            let writer = PackageWriter(
+                provenance: Provenance(
+                    brainRuntimeVersion: runtimeVersion, aiAppVersion: appVersion, environmentID: environmentId),
+                signingKey: key, compression: compression,
+                createdAt: try PackageWriter.createdAt(environment: ProcessInfo.processInfo.environment))
+            let result = try writer.write(blobs: blobs, toDirectory: output)
+            if json {
+                printJSON(.object([
+                    ("package_id", .string(result.packageID)),
+                    ("path", .string(result.path)),
+                    ("sha256", .string(result.packageSHA256.hex)),
+                    ("size", .number(String(result.packageSize))),
+                    ("blobs", .number(String(result.manifest.blobs.count))),
+                    ("key_id", .string(key.publicKey.keyID)),
+                ]))
+            } else {
+                let total = result.manifest.blobs.reduce(UInt64(0)) { $0 + $1.size }
+                print("packed \(result.manifest.blobs.count) blobs (\(total) bytes) into \(result.packageSize) bytes, \(compression.rawValue)")
+                print("package id: \(result.packageID)")
+                print("signed by:  \(key.publicKey.keyID)")
+            }
+            print(result.path)
+        }
+    }
+}
