@@ -48,6 +48,7 @@ extension ContinuonPackError.Code {
     public static let packageMemberType: Self = "package.member_type"
     public static let packageCorrupt: Self = "package.corrupt"
     public static let packageTrailingData: Self = "package.trailing_data"
+    public static let packageMetadata: Self = "package.metadata"
 
     // MARK: - Envelope and signatures
     public static let envelopeTooLarge: Self = "envelope.too_large"
@@ -69,6 +70,7 @@ extension ContinuonPackError.Code {
     public static let manifestUnknownField: Self = "manifest.unknown_field"
     public static let manifestIdentifier: Self = "manifest.identifier_invalid"
     public static let manifestPath: Self = "manifest.path_invalid"
+    public static let manifestPathCollision: Self = "manifest.path_collision"
     public static let manifestDigest: Self = "manifest.digest_invalid"
     public static let manifestBlobOrder: Self = "manifest.blobs_unsorted"
     public static let manifestBlobDuplicate: Self = "manifest.blob_duplicate"
@@ -82,6 +84,7 @@ extension ContinuonPackError.Code {
     public static let archiveDigest: Self = "archive.digest_mismatch"
     public static let archiveCorrupt: Self = "archive.corrupt"
     public static let archiveTrailingData: Self = "archive.trailing_data"
+    public static let archiveLimit: Self = "archive.limit_exceeded"
 
     // MARK: - Blobs (members of the episode archive)
     public static let blobMissing: Self = "blob.missing"

@@ -230,6 +230,9 @@ public struct Manifest: Sendable, Equatable {
         }
         var total: UInt64 = 0
         var previous: [UInt8]?
+        // Swift string equality and hashing are canonical-equivalence aware, so a lowercased key finds paths that
+        // are equal after lowercase mapping and NFC normalization.
+        var folded: [String: Int] = [:]
         for (index, blob) in blobs.enumerated() {
             let pathBytes = Array(blob.path.utf8)
             if let problem = Validation.pathProblem(pathBytes) {
@@ -243,6 +246,14 @@ public struct Manifest: Sendable, Equatable {
                     .manifestLimit, "blobs[\(index)] declares \(blob.size) bytes; the limit is \(limits.maxBlobBytes)."))
             }
             total = total &+ blob.size
+            let key = blob.path.lowercased()
+            if let other = folded[key], blobs[other].path.utf8.elementsEqual(pathBytes) == false {
+                found.append(ContinuonPackError(
+                    .manifestPathCollision,
+                    "blobs[\(index)].path \(quoted(blob.path)) collides with \(quoted(blobs[other].path)) after lowercase mapping and NFC normalization."))
+            } else if folded[key] == nil {
+                folded[key] = index
+            }
             if let previous {
                 if previous == pathBytes {
                     found.append(ContinuonPackError(.manifestBlobDuplicate, "The blob path \(quoted(blob.path)) appears twice."))

@@ -82,13 +82,21 @@ final class ArchiveReader {
     private let archive: OpaquePointer
     private let context: ReadContext
 
-    init(source: any ArchiveByteSource, compression: Compression, bufferSize: Int = 256 * 1024) throws {
+    /// What the reader parses after the filter.
+    enum Format {
+        /// POSIX tar (and only tar).
+        case tar
+        /// No format: one pseudo-entry whose data is the decompressed stream.
+        case raw
+    }
+
+    init(source: any ArchiveByteSource, format: Format = .tar, compression: Compression, bufferSize: Int = 256 * 1024) throws {
         guard let archive = archive_read_new() else {
             throw ContinuonPackError(.archiveCorrupt, "archive_read_new failed")
         }
         self.archive = archive
         self.context = ReadContext(source: source, bufferSize: bufferSize)
-        var status = archive_read_support_format_tar(archive)
+        var status = format == .tar ? archive_read_support_format_tar(archive) : archive_read_support_format_raw(archive)
         switch compression {
         case .none: break
         case .gzip: if status == ARCHIVE_OK { status = archive_read_support_filter_gzip(archive) }

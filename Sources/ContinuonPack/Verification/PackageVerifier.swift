@@ -30,97 +30,219 @@ public struct PackageVerifier: Sendable {
     }
 }
 
-/// Feeds the bytes of the outer package's current member to the episode-archive reader, hashing and counting them.
+/// Hands bytes from `upstream` to a libarchive reader while a `TarAuditor` checks the same bytes, optionally
+/// hashing and capping them.
+final class AuditedSource: ArchiveByteSource {
+    let upstream: any ArchiveByteSource
+    var auditor = TarAuditor()
+    let hasher: SHA256Hasher?
+    /// Most bytes this source will deliver before it fails with `limitError`.
+    let cap: UInt64
+    let limitError: ContinuonPackError?
+    private(set) var byteCount: UInt64 = 0
+    private(set) var ended = false
+
+    init(upstream: any ArchiveByteSource, hashing: Bool = false, cap: UInt64 = .max, limitError: ContinuonPackError? = nil) {
+        self.upstream = upstream
+        self.hasher = hashing ? SHA256Hasher() : nil
+        self.cap = cap
+        self.limitError = limitError
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let count = try upstream.read(into: buffer)
+        if count == 0 {
+            if !ended { auditor.finish() }
+            ended = true
+            return 0
+        }
+        let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
+        byteCount += UInt64(count)
+        if byteCount > cap, let limitError { throw limitError }
+        hasher?.update(chunk)
+        auditor.feed(chunk)
+        return count
+    }
+
+    /// Reads whatever the archive reader left, so the auditor (and hasher) see the whole stream. Stops early once
+    /// the auditor found a violation and nothing more needs hashing.
+    func drain(using buffer: UnsafeMutableRawBufferPointer) throws {
+        while !ended {
+            if auditor.violation != nil && hasher == nil { return }
+            _ = try read(into: buffer)
+        }
+    }
+}
+
+/// The bytes of the outer package's current member, counted and hashed (the archive digest).
 private final class MemberByteSource: ArchiveByteSource {
     let outer: ArchiveReader
     let hasher = SHA256Hasher()
     private(set) var byteCount: UInt64 = 0
+    private(set) var ended = false
+    /// Set when the outer package failed (damaged or truncated) while this member was read.
+    private(set) var outerFailure: (any Error)?
 
     init(outer: ArchiveReader) { self.outer = outer }
 
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        let count = try outer.readData(into: buffer)
+        if let outerFailure { throw outerFailure }
+        let count: Int
+        do {
+            count = try outer.readData(into: buffer)
+        } catch {
+            outerFailure = error
+            throw error
+        }
+        if count == 0 { ended = true }
         hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
         byteCount += UInt64(count)
         return count
     }
 
-    /// Reads (and hashes) whatever the archive reader left of the member.
     func drain(using buffer: UnsafeMutableRawBufferPointer) throws {
-        while try read(into: buffer) > 0 {}
+        while !ended { _ = try read(into: buffer) }
+    }
+}
+
+/// The decompressed bytes of a gzip or zstd stream, through libarchive's raw format.
+private final class DecompressedSource: ArchiveByteSource {
+    let reader: ArchiveReader
+    private var started = false
+
+    init(compressed: any ArchiveByteSource, compression: Compression) throws {
+        reader = try ArchiveReader(source: compressed, format: .raw, compression: compression)
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        if !started {
+            started = true
+            guard case .entry = try reader.next() else { return 0 }
+        }
+        return try reader.readData(into: buffer)
     }
 }
 
 private struct VerificationRun {
     let verifier: PackageVerifier
     var report: VerificationReport
-    /// At most this many failures of one kind are listed one by one.
+    /// At most this many blob failures are listed one by one.
     let maxListed = 20
 
     static let envelopeName = "manifest.dsse.json"
 
+    /// The two tar layers map the auditor's findings to their own codes.
+    enum Layer {
+        case package
+        case archive
+
+        func code(for violation: TarAuditor.Violation) -> (ContinuonPackError.Code, String) {
+            switch (self, violation) {
+            case let (.package, .corrupt(text)), let (.package, .truncated(text)): return (.packageCorrupt, text)
+            case let (.package, .memberType(text)): return (.packageMemberType, "a member is " + text)
+            case let (.package, .metadata(text)): return (.packageMetadata, text)
+            case let (.package, .trailingData(text)): return (.packageTrailingData, text)
+            case let (.archive, .corrupt(text)), let (.archive, .truncated(text)): return (.archiveCorrupt, text)
+            case let (.archive, .memberType(text)): return (.blobType, "a member is " + text)
+            case let (.archive, .metadata(text)): return (.blobMetadata, text)
+            case let (.archive, .trailingData(text)): return (.archiveTrailingData, text)
+            }
+        }
+
+        var check: VerificationReport.Check { self == .package ? .structure : .blobs }
+        var what: String { self == .package ? "The package tar" : "The episode archive tar" }
+    }
+
+    /// Records the auditor's violation, if any; returns true when there was one.
+    mutating func reportViolation(_ auditor: TarAuditor, layer: Layer) -> Bool {
+        guard let violation = auditor.violation else { return false }
+        let (code, text) = layer.code(for: violation)
+        let check: VerificationReport.Check = code == .archiveCorrupt || code == .archiveTrailingData ? .archive : layer.check
+        report.fail(check, ContinuonPackError(code, "\(layer.what) breaks the format: \(text)."))
+        return true
+    }
+
+    /// libarchive and the auditor must have read the same member.
+    mutating func bind(_ info: ArchiveEntryInfo, auditor: inout TarAuditor, layer: Layer) -> Bool {
+        if reportViolation(auditor, layer: layer) { return false }
+        guard let member = auditor.takeMember(), member.path == info.pathBytes, Int64(member.size) == info.size ?? -1 else {
+            let (code, _) = layer.code(for: .corrupt(""))
+            report.fail(layer == .package ? .structure : .archive, ContinuonPackError(
+                code, "\(layer.what) is read differently by a strict parser and by libarchive (smuggling attempt or damage)."))
+            return false
+        }
+        return true
+    }
+
     mutating func verify(file: FileDescriptor) throws {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: verifier.bufferSize, alignment: 4096)
         defer { buffer.deallocate() }
+        let source = AuditedSource(upstream: FileByteSource(file: file))
         let outer: ArchiveReader
         do {
-            outer = try ArchiveReader(source: FileByteSource(file: file), compression: .none)
+            outer = try ArchiveReader(source: source, compression: .none)
         } catch let error as ContinuonPackError where error.code == .ioError {
             throw error
         } catch {
             report.fail(.structure, ContinuonPackError(.packageNotTar, "The file is not a tar archive.", cause: "\(error)"))
             return
         }
-
-        // Member 1: the envelope.
-        guard let envelopeBytes = readEnvelopeMember(outer, buffer: buffer) else { return }
-        let manifest = checkEnvelopeAndManifest(envelopeBytes)
-
-        // Member 2: the episode archive.
-        let second: ArchiveEntryInfo
+        guard verifyMembers(outer, source: source, buffer: buffer) else { return }
         do {
-            guard case let .entry(info) = try outer.next() else {
-                report.fail(.structure, ContinuonPackError(
-                    .packageMemberCount, "The package ends after the envelope; the episode archive is missing."))
-                return
-            }
-            second = info
-        } catch {
-            report.fail(.structure, packageCorrupt(error))
-            return
+            try source.drain(using: buffer)
+        } catch let error as ContinuonPackError where error.code == .ioError {
+            throw error
         }
-        try checkArchiveMember(second, outer: outer, manifest: manifest, buffer: buffer)
+        if !reportViolation(source.auditor, layer: .package) { report.hold(.structure) }
+    }
 
-        // Nothing after member 2.
+    /// Reads the two members; false when the structure is broken (already reported).
+    private mutating func verifyMembers(_ outer: ArchiveReader, source: AuditedSource, buffer: UnsafeMutableRawBufferPointer) -> Bool {
         do {
+            // Member 1: the envelope.
+            guard case let .entry(first) = try outer.next() else {
+                if !reportViolation(source.auditor, layer: .package) {
+                    report.fail(.structure, ContinuonPackError(.packageMemberCount, "The package holds no members."))
+                }
+                return false
+            }
+            guard bind(first, auditor: &source.auditor, layer: .package),
+                  let envelopeBytes = readEnvelopeMember(first, outer, buffer: buffer)
+            else { return false }
+            let manifest = checkEnvelopeAndManifest(envelopeBytes)
+
+            // Member 2: the episode archive.
+            guard case let .entry(second) = try outer.next() else {
+                if !reportViolation(source.auditor, layer: .package) {
+                    report.fail(.structure, ContinuonPackError(
+                        .packageMemberCount, "The package ends after the envelope; the episode archive is missing."))
+                }
+                return false
+            }
+            guard bind(second, auditor: &source.auditor, layer: .package) else { return false }
+            guard try checkArchiveMember(second, outer: outer, manifest: manifest, buffer: buffer) else { return false }
+
+            // Nothing after member 2.
             if case let .entry(third) = try outer.next() {
-                report.fail(.structure, ContinuonPackError(
-                    .packageMemberCount,
-                    "The package has a third member \(quoted(String(decoding: third.pathBytes, as: UTF8.self))); it must hold exactly two."))
-                return
+                if !reportViolation(source.auditor, layer: .package) {
+                    report.fail(.structure, ContinuonPackError(
+                        .packageMemberCount,
+                        "The package has a third member \(quoted(String(decoding: third.pathBytes, as: UTF8.self))); it must hold exactly two."))
+                }
+                return false
             }
+            return true
         } catch {
-            report.fail(.structure, packageCorrupt(error))
-            return
+            if !reportViolation(source.auditor, layer: .package) {
+                report.fail(.structure, ContinuonPackError(.packageCorrupt, "The package tar is damaged or truncated.", cause: "\(error)"))
+            }
+            return false
         }
-        report.hold(.structure)
     }
 
     // MARK: - Envelope and manifest
 
-    private mutating func readEnvelopeMember(_ outer: ArchiveReader, buffer: UnsafeMutableRawBufferPointer) -> [UInt8]? {
-        let first: ArchiveEntryInfo
-        do {
-            guard case let .entry(info) = try outer.next() else {
-                report.fail(.structure, ContinuonPackError(.packageMemberCount, "The package holds no members."))
-                return nil
-            }
-            first = info
-        } catch {
-            report.fail(.structure, ContinuonPackError(
-                .packageNotTar, "The file is not a tar archive, or its first header is damaged.", cause: "\(error)"))
-            return nil
-        }
+    private mutating func readEnvelopeMember(_ first: ArchiveEntryInfo, _ outer: ArchiveReader, buffer: UnsafeMutableRawBufferPointer) -> [UInt8]? {
         let name = String(decoding: first.pathBytes, as: UTF8.self)
         guard first.pathBytes.elementsEqual(Self.envelopeName.utf8) else {
             let detail = Compression(archiveName: name) != nil ? " (the members are swapped)" : ""
@@ -146,7 +268,7 @@ private struct VerificationRun {
                 bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
             }
         } catch {
-            report.fail(.structure, packageCorrupt(error))
+            report.fail(.structure, ContinuonPackError(.packageCorrupt, "\(Self.envelopeName) is truncated.", cause: "\(error)"))
             return nil
         }
         guard bytes.count == size else {
@@ -155,7 +277,6 @@ private struct VerificationRun {
         }
         return bytes
     }
-
     private mutating func checkEnvelopeAndManifest(_ bytes: [UInt8]) -> Manifest? {
         let envelope: Envelope
         do {
@@ -222,18 +343,19 @@ private struct VerificationRun {
 
     // MARK: - Episode archive
 
+    /// Checks member 2 and the blobs in it; false when the outer structure broke while reading it.
     private mutating func checkArchiveMember(
         _ info: ArchiveEntryInfo, outer: ArchiveReader, manifest: Manifest?, buffer: UnsafeMutableRawBufferPointer
-    ) throws {
+    ) throws -> Bool {
         let name = String(decoding: info.pathBytes, as: UTF8.self)
         guard let compression = Compression(archiveName: name) else {
             report.fail(.structure, ContinuonPackError(
                 .packageMemberName, "The second member is \(quoted(name)), not episodes.tar, episodes.tar.gz or episodes.tar.zst."))
-            return
+            return false
         }
         guard info.isRegularFile, let memberSize = info.size else {
             report.fail(.structure, ContinuonPackError(.packageMemberType, "\(name) is not a regular file."))
-            return
+            return false
         }
         if let manifest {
             if manifest.archive.name != name {
@@ -245,41 +367,92 @@ private struct VerificationRun {
                     .archiveSize, "\(name) is \(memberSize) bytes; the manifest says \(manifest.archive.size)."))
             }
         }
-        let source = MemberByteSource(outer: outer)
+        let member = MemberByteSource(outer: outer)
+        if let manifest {
+            try checkEpisodeArchive(member, compression: compression, manifest: manifest, buffer: buffer)
+        }
         do {
-            let inner = try ArchiveReader(source: source, compression: compression)
-            try checkBlobs(inner, manifest: manifest, buffer: buffer)
+            try member.drain(using: buffer)
         } catch let error as ContinuonPackError where error.code == .ioError {
             throw error
         } catch {
-            report.fail(.archive, ContinuonPackError(
-                .archiveCorrupt, "The episode archive \(name) cannot be read as \(compression.rawValue)-compressed tar.",
-                cause: "\(error)"))
+            report.fail(.structure, ContinuonPackError(.packageCorrupt, "\(name) is truncated or damaged.", cause: "\(error)"))
+            return false
         }
-        do {
-            try source.drain(using: buffer)
-        } catch {
-            report.fail(.structure, packageCorrupt(error))
-            return
-        }
-        guard source.byteCount == UInt64(memberSize) else {
+        guard member.byteCount == UInt64(memberSize) else {
             report.fail(.structure, ContinuonPackError(.packageCorrupt, "\(name) is truncated."))
-            return
+            return false
         }
         if let manifest {
-            let digest = source.hasher.finalize().hex
+            let digest = member.hasher.finalize().hex
             if digest != manifest.archive.sha256 {
                 report.fail(.archive, ContinuonPackError(
                     .archiveDigest, "The SHA-256 of \(name) is \(digest); the manifest says \(manifest.archive.sha256)."))
             }
             report.hold(.archive)
         }
+        return true
     }
 
-    private mutating func checkBlobs(_ inner: ArchiveReader, manifest: Manifest?, buffer: UnsafeMutableRawBufferPointer) throws {
-        let blobs = manifest?.blobs ?? []
-        var indexByPath: [String: Int] = [:]
-        for (index, blob) in blobs.enumerated() where indexByPath[blob.path] == nil { indexByPath[blob.path] = index }
+    /// Decompresses (if needed) and walks the episode archive, checking every blob against the manifest.
+    private mutating func checkEpisodeArchive(
+        _ member: MemberByteSource, compression: Compression, manifest: Manifest, buffer: UnsafeMutableRawBufferPointer
+    ) throws {
+        // A decompression bomb stops here: the tar can be no longer than the blobs plus per-member overhead.
+        let perBlobOverhead: UInt64 = 3584
+        let declared = manifest.blobs.reduce(UInt64(0)) { $0 &+ $1.size }
+        let cap = declared &+ perBlobOverhead &* UInt64(manifest.blobs.count) &+ 1024 &+ TarAuditor.maxTrailerBytes
+        let limitError = ContinuonPackError(
+            .archiveLimit, "The episode archive expands beyond the \(cap) bytes its manifest allows (decompression bomb).")
+        let decompressed: (any ArchiveByteSource)?
+        do {
+            decompressed = compression == .none ? member : try DecompressedSource(compressed: member, compression: compression)
+        } catch {
+            if member.outerFailure == nil {
+                report.fail(.archive, ContinuonPackError(
+                    .archiveCorrupt, "The episode archive cannot be read as \(compression.rawValue).", cause: "\(error)"))
+            }
+            return
+        }
+        let tarBytes = AuditedSource(upstream: decompressed!, cap: cap, limitError: limitError)
+        do {
+            let inner = try ArchiveReader(source: tarBytes, compression: .none)
+            try checkBlobs(inner, source: tarBytes, manifest: manifest, buffer: buffer)
+            try tarBytes.drain(using: buffer)
+            if compression != .none, tarBytes.ended, tarBytes.auditor.violation == nil,
+               let raw = (decompressed as? DecompressedSource)?.reader {
+                // Everything the decompressor did not consume is data after the compressed stream.
+                try member.drain(using: buffer)
+                if UInt64(raw.rawBytes) < member.byteCount {
+                    report.fail(.archive, ContinuonPackError(
+                        .archiveTrailingData,
+                        "\(member.byteCount - UInt64(raw.rawBytes)) bytes follow the end of the \(compression.rawValue) stream."))
+                }
+            }
+        } catch let error as ContinuonPackError where error.code == .ioError {
+            throw error
+        } catch let error as ContinuonPackError where error.code == .archiveLimit {
+            report.fail(.archive, error)
+            return
+        } catch {
+            if member.outerFailure == nil && !reportViolation(tarBytes.auditor, layer: .archive) {
+                report.fail(.archive, ContinuonPackError(
+                    .archiveCorrupt, "The episode archive cannot be read as \(compression.rawValue)-compressed tar.",
+                    cause: "\(error)"))
+            }
+            return
+        }
+        _ = reportViolation(tarBytes.auditor, layer: .archive)
+    }
+
+    private mutating func checkBlobs(
+        _ inner: ArchiveReader, source: AuditedSource, manifest: Manifest, buffer: UnsafeMutableRawBufferPointer
+    ) throws {
+        let blobs = manifest.blobs
+        var indexByPath: [[UInt8]: Int] = [:]
+        for (index, blob) in blobs.enumerated() where indexByPath[Array(blob.path.utf8)] == nil {
+            indexByPath[Array(blob.path.utf8)] = index
+        }
         var seen = [Bool](repeating: false, count: blobs.count)
         var next = 0
         var listed = 0
@@ -288,23 +461,17 @@ private struct VerificationRun {
             listed += 1
         }
         while case let .entry(info) = try inner.next() {
+            guard bind(info, auditor: &source.auditor, layer: .archive) else { return }
             let path = String(decoding: info.pathBytes, as: UTF8.self)
             if let problem = Validation.pathProblem(info.pathBytes) {
                 note(ContinuonPackError(.blobPath, "The archive member \(quoted(path)) has an invalid path: \(problem)."))
                 continue
             }
-            guard info.isRegularFile, !info.isSparse else {
+            guard info.isRegularFile, !info.isSparse, !info.hasExtendedAttributes else {
                 note(ContinuonPackError(.blobType, "The archive member \(quoted(path)) is not a plain regular file."))
                 continue
             }
-            if info.hasExtendedAttributes || info.mode != 0o644 || info.mtime != 0 || info.uid != 0 || info.gid != 0
-                || !(info.uname ?? "").isEmpty || !(info.gname ?? "").isEmpty
-            {
-                note(ContinuonPackError(
-                    .blobMetadata, "The archive member \(quoted(path)) does not carry the normalized metadata (mode 0644, mtime 0, uid/gid 0, no owner names, no xattrs)."))
-            }
-            guard manifest != nil else { continue }
-            guard let index = indexByPath[path] else {
+            guard let index = indexByPath[info.pathBytes] else {
                 note(ContinuonPackError(.blobUnexpected, "The archive member \(quoted(path)) is not in the manifest."))
                 continue
             }
@@ -332,8 +499,8 @@ private struct VerificationRun {
                 total += Int64(count)
             }
             guard total == size else {
-                note(ContinuonPackError(.archiveCorrupt, "\(quoted(path)) is truncated in the archive."))
-                continue
+                report.fail(.archive, ContinuonPackError(.archiveCorrupt, "\(quoted(path)) is truncated in the archive."))
+                return
             }
             let digest = hasher.finalize().hex
             if digest != blob.sha256 {
@@ -343,13 +510,7 @@ private struct VerificationRun {
         for (index, blob) in blobs.enumerated() where !seen[index] {
             note(ContinuonPackError(.blobMissing, "The manifest lists \(quoted(blob.path)) but the archive does not hold it."))
         }
-        if listed > maxListed {
-            report.failures.append(ContinuonPackError(.blobMissing, "… and \(listed - maxListed) more blob failures."))
-        }
-        if manifest != nil { report.hold(.blobs) }
-    }
-
-    private func packageCorrupt(_ error: any Error) -> ContinuonPackError {
-        ContinuonPackError(.packageCorrupt, "The package tar is damaged or truncated.", cause: "\(error)")
+        report.omittedFailures += max(0, listed - maxListed)
+        report.hold(.blobs)
     }
 }

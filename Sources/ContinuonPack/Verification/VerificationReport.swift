@@ -37,6 +37,8 @@ public struct VerificationReport: Sendable {
     public internal(set) var verifiedKeyIDs: [String] = []
     public internal(set) var outcomes: [Check: Outcome] = Dictionary(uniqueKeysWithValues: Check.allCases.map { ($0, .notChecked) })
     public internal(set) var failures: [ContinuonPackError] = []
+    /// Blob failures beyond the first 20, counted but not listed.
+    public internal(set) var omittedFailures = 0
 
     /// True only when every check held.
     public var valid: Bool { failures.isEmpty && outcomes.values.allSatisfy { $0 == .held } }
@@ -62,6 +64,7 @@ public struct VerificationReport: Sendable {
             ("errors", .array(failures.map { failure in
                 .object([("code", .string(failure.code.rawValue)), ("message", .string(failure.message))])
             })),
+            ("errors_omitted", .number(String(omittedFailures))),
             ("checks", .object(Check.allCases.map { ($0.rawValue, .string(outcomes[$0]?.rawValue ?? "not_checked")) })),
             ("signatures", .array(signatures.map { signature in
                 .object([
