@@ -246,7 +246,7 @@ public struct Manifest: Sendable, Equatable {
                     .manifestLimit, "blobs[\(index)] declares \(blob.size) bytes; the limit is \(limits.maxBlobBytes)."))
             }
             total = total &+ blob.size
-            let key = blob.path.lowercased()
+            let key = Validation.collisionKey(blob.path)
             if let other = folded[key], blobs[other].path.utf8.elementsEqual(pathBytes) == false {
                 found.append(ContinuonPackError(
                     .manifestPathCollision,

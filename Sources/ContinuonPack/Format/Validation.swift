@@ -1,3 +1,5 @@
+import Foundation
+
 /// The format's syntactic rules, shared by the packer and the verifier.
 public enum Validation {
     /// Largest blob path in UTF-8 bytes.
@@ -14,7 +16,7 @@ public enum Validation {
 
     /// Why `bytes` is not a valid blob path, or nil when it is one: relative, `/`-separated, valid UTF-8,
     /// 1 to 1024 bytes, no empty, `.` or `..` segment, no backslash, no control character (U+0000-U+001F, U+007F,
-    /// U+0080-U+009F).
+    /// U+0080-U+009F), in Unicode Normalization Form C.
     public static func pathProblem(_ bytes: [UInt8]) -> String? {
         guard !bytes.isEmpty else { return "the path is empty" }
         guard bytes.count <= maxPathBytes else { return "the path is longer than \(maxPathBytes) bytes" }
@@ -24,6 +26,9 @@ public enum Validation {
         for scalar in text.unicodeScalars where scalar.value < 0x20 || (0x7f...0x9f).contains(scalar.value) {
             return "the path contains the control character U+\(String(scalar.value, radix: 16, uppercase: true))"
         }
+        if !text.precomposedStringWithCanonicalMapping.utf8.elementsEqual(bytes) {
+            return "the path is not in Unicode Normalization Form C (NFC)"
+        }
         for segment in bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false) {
             if segment.isEmpty { return "the path has an empty segment" }
             if segment.elementsEqual([UInt8(ascii: ".")]) { return "the path has a '.' segment" }
@@ -31,6 +36,10 @@ public enum Validation {
         }
         return nil
     }
+
+    /// The key under which two blob paths collide: Unicode default lowercase mapping, compared (as Swift strings
+    /// are) by canonical equivalence, i.e. equal after NFC normalization.
+    public static func collisionKey(_ path: String) -> String { path.lowercased() }
 
     /// `YYYY-MM-DDTHH:MM:SSZ` with a real calendar date and time.
     public static func isValidTimestamp(_ text: String) -> Bool {

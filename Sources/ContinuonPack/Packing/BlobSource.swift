@@ -1,3 +1,4 @@
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -35,7 +36,8 @@ public struct CollectOptions: Sendable, Equatable {
 }
 
 extension BlobSource {
-    /// Every regular file under `directory`, as blobs named by their path relative to it, sorted by UTF-8 bytes.
+    /// Every regular file under `directory`, as blobs named by their path relative to it (in Unicode NFC), sorted
+    /// by UTF-8 bytes.
     /// Symlinks and special files are refused with `pack.source_invalid` unless `options` opt in.
     /// - Throws: `io.error`, `pack.source_invalid`, `pack.no_blobs`.
     public static func collect(in directory: String, options: CollectOptions = .init()) throws -> [BlobSource] {
@@ -65,7 +67,8 @@ extension BlobSource {
                     .sourceInvalid, "A file name in \(directory) is not valid UTF-8; blob paths must be UTF-8.")
             }
             let path = directory + "/" + name
-            let blobPath = (relative + [name]).joined(separator: "/")
+            // Blob paths are stored in NFC (file systems may hand out decomposed names).
+            let blobPath = (relative + [name.precomposedStringWithCanonicalMapping]).joined(separator: "/")
             var info = stat()
             guard lstat(path, &info) == 0 else { throw FileDescriptor.ioError("Cannot stat \(path)", path: path) }
             switch info.st_mode & S_IFMT {

@@ -73,12 +73,18 @@ public struct PackageWriter: Sendable {
         }
         guard !blobs.isEmpty else { throw ContinuonPackError(.sourceEmpty, "There are no blobs to pack.") }
         let sorted = blobs.sorted { $0.path.utf8.lexicographicallyPrecedes($1.path.utf8) }
+        var folded: [String: String] = [:]
         for (index, blob) in sorted.enumerated() {
             if let problem = Validation.pathProblem(Array(blob.path.utf8)) {
                 throw ContinuonPackError(.manifestPath, "Blob path \(quoted(blob.path)): \(problem).")
             }
             if index > 0 && sorted[index - 1].path.utf8.elementsEqual(blob.path.utf8) {
                 throw ContinuonPackError(.manifestBlobDuplicate, "Blob path \(quoted(blob.path)) is given twice.")
+            }
+            if let other = folded.updateValue(blob.path, forKey: Validation.collisionKey(blob.path)) {
+                throw ContinuonPackError(
+                    .manifestPathCollision,
+                    "Blob paths \(quoted(other)) and \(quoted(blob.path)) differ only in case or Unicode normalization.")
             }
         }
         return try withUTF8Locale { try pack(sorted, into: directory) }

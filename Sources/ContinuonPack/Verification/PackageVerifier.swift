@@ -49,8 +49,18 @@ final class AuditedSource: ArchiveByteSource {
         self.limitError = limitError
     }
 
+    /// Delivers at most `cap` bytes in all, exactly: the auditor sees every byte up to the cap, whatever the chunk
+    /// sizes, and the read after the cap fails with `limitError`.
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        let count = try upstream.read(into: buffer)
+        let room = cap - byteCount
+        if room == 0 && limitError != nil {
+            // Past the cap only the end of the stream is acceptable.
+            var probe: UInt8 = 0
+            let extra = try withUnsafeMutableBytes(of: &probe) { try upstream.read(into: $0) }
+            if extra > 0, let limitError { throw limitError }
+        }
+        let window = room < UInt64(buffer.count) ? UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(room)]) : buffer
+        let count = window.isEmpty ? 0 : try upstream.read(into: window)
         if count == 0 {
             if !ended { auditor.finish() }
             ended = true
@@ -58,7 +68,6 @@ final class AuditedSource: ArchiveByteSource {
         }
         let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
         byteCount += UInt64(count)
-        if byteCount > cap, let limitError { throw limitError }
         hasher?.update(chunk)
         auditor.feed(chunk)
         return count
@@ -162,16 +171,27 @@ private struct VerificationRun {
         return true
     }
 
-    /// libarchive and the auditor must have read the same member.
-    mutating func bind(_ info: ArchiveEntryInfo, auditor: inout TarAuditor, layer: Layer) -> Bool {
-        if reportViolation(auditor, layer: layer) { return false }
-        guard let member = auditor.takeMember(), member.path == info.pathBytes, Int64(member.size) == info.size ?? -1 else {
+    /// libarchive and the auditor must have read the same member: the same size, and the same path bytes (or, as
+    /// libarchive normalizes pax paths to NFC, canonically equivalent UTF-8). Returns the auditor's member, whose
+    /// raw path bytes are the ones checked against the manifest.
+    mutating func bind(_ info: ArchiveEntryInfo, auditor: inout TarAuditor, layer: Layer) -> TarAuditor.Member? {
+        if reportViolation(auditor, layer: layer) { return nil }
+        guard let member = auditor.takeMember(), Int64(member.size) == info.size ?? -1,
+              Self.samePath(member.path, info.pathBytes)
+        else {
             let (code, _) = layer.code(for: .corrupt(""))
             report.fail(layer == .package ? .structure : .archive, ContinuonPackError(
                 code, "\(layer.what) is read differently by a strict parser and by libarchive (smuggling attempt or damage)."))
-            return false
+            return nil
         }
-        return true
+        return member
+    }
+
+    private static func samePath(_ strict: [UInt8], _ libarchive: [UInt8]) -> Bool {
+        if strict == libarchive { return true }
+        guard let a = String(validating: strict, as: UTF8.self), let b = String(validating: libarchive, as: UTF8.self)
+        else { return false }
+        return a == b // Swift compares strings by canonical equivalence
     }
 
     mutating func verify(file: FileDescriptor) throws {
@@ -206,7 +226,7 @@ private struct VerificationRun {
                 }
                 return false
             }
-            guard bind(first, auditor: &source.auditor, layer: .package),
+            guard bind(first, auditor: &source.auditor, layer: .package) != nil,
                   let envelopeBytes = readEnvelopeMember(first, outer, buffer: buffer)
             else { return false }
             let manifest = checkEnvelopeAndManifest(envelopeBytes)
@@ -219,7 +239,7 @@ private struct VerificationRun {
                 }
                 return false
             }
-            guard bind(second, auditor: &source.auditor, layer: .package) else { return false }
+            guard bind(second, auditor: &source.auditor, layer: .package) != nil else { return false }
             guard try checkArchiveMember(second, outer: outer, manifest: manifest, buffer: buffer) else { return false }
 
             // Nothing after member 2.
@@ -461,17 +481,16 @@ private struct VerificationRun {
             listed += 1
         }
         while case let .entry(info) = try inner.next() {
-            guard bind(info, auditor: &source.auditor, layer: .archive) else { return }
-            let path = String(decoding: info.pathBytes, as: UTF8.self)
-            if let problem = Validation.pathProblem(info.pathBytes) {
+            guard let member = bind(info, auditor: &source.auditor, layer: .archive) else { return }
+            let path = String(decoding: member.path, as: UTF8.self)
+            if let problem = Validation.pathProblem(member.path) {
                 note(ContinuonPackError(.blobPath, "The archive member \(quoted(path)) has an invalid path: \(problem)."))
-                continue
             }
             guard info.isRegularFile, !info.isSparse, !info.hasExtendedAttributes else {
                 note(ContinuonPackError(.blobType, "The archive member \(quoted(path)) is not a plain regular file."))
                 continue
             }
-            guard let index = indexByPath[info.pathBytes] else {
+            guard let index = indexByPath[member.path] else {
                 note(ContinuonPackError(.blobUnexpected, "The archive member \(quoted(path)) is not in the manifest."))
                 continue
             }
@@ -480,10 +499,11 @@ private struct VerificationRun {
                 continue
             }
             seen[index] = true
-            if index != next {
-                note(ContinuonPackError(.blobOrder, "The archive member \(quoted(path)) is out of manifest order."))
+            // Out of order: a member that belongs before one already read. (A skipped blob is reported missing.)
+            if index < next {
+                note(ContinuonPackError(.blobOrder, "The archive member \(quoted(path)) comes after a blob the manifest lists later."))
             }
-            next = index + 1
+            next = max(next, index + 1)
             let blob = blobs[index]
             let size = info.size ?? -1
             if size != Int64(blob.size) {

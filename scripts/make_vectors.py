@@ -1,0 +1,562 @@
+#!/usr/bin/env python3
+"""Regenerates TestVectors/ (run through scripts/make-vectors).
+
+The valid packages come from the continuon-pack CLI with a fixed key, fixed blobs and a fixed SOURCE_DATE_EPOCH.
+The invalid ones are built here, independently of the Swift code: this script writes its own ustar headers,
+canonical JSON, DSSE envelopes and Ed25519 signatures (Python `cryptography`), so that each hostile package breaks
+exactly one rule while everything else, including a good signature by the trusted key, is in order.
+"""
+import base64
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VECTORS = os.path.join(ROOT, "TestVectors")
+PAYLOAD_TYPE = "application/vnd.continuon.episode-manifest+json"
+EPOCH = 1704067200  # 2024-01-01T00:00:00Z
+PROVENANCE = {"environment_id": "vector-env-01", "brain_runtime_version": "1.0.0", "ai_app_version": "2.0.0"}
+# RFC 8032 section 7.1, TEST 1 and TEST 2 secret keys: public, well-known, for test vectors only.
+SEED_1 = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+SEED_2 = bytes.fromhex("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb")
+L = 2**252 + 27742317777372353535851937790883648493
+
+KEY_1 = Ed25519PrivateKey.from_private_bytes(SEED_1)
+KEY_2 = Ed25519PrivateKey.from_private_bytes(SEED_2)
+
+
+# MARK: - Primitives written from docs/signed-ingestion.md
+
+def canonical_json(value):
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def raw_public(key):
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def key_id(key):
+    body = '{"keytype":"ed25519","keyval":{"public":"%s"},"scheme":"ed25519"}' % raw_public(key).hex()
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def pae(payload_type, payload):
+    t = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+def envelope(manifest_bytes, keys=(KEY_1,), payload_type=PAYLOAD_TYPE, sign_type=None, sig_filter=None):
+    message = pae(sign_type or payload_type, manifest_bytes)
+    signatures = []
+    for key in keys:
+        sig = key.sign(message)
+        if sig_filter:
+            sig = sig_filter(sig)
+        signatures.append({"keyid": key_id(key), "sig": base64.b64encode(sig).decode()})
+    return canonical_json({"payload": base64.b64encode(manifest_bytes).decode(), "payloadType": payload_type,
+                           "signatures": signatures})
+
+
+def package_id(provenance, blobs):
+    text = "continuon-package-id/v1\nenvironment_id=%s\nbrain_runtime_version=%s\nai_app_version=%s\n" % (
+        provenance["environment_id"], provenance["brain_runtime_version"], provenance["ai_app_version"])
+    data = text.encode() + b"".join(
+        b"%s %d %s\n" % (b["sha256"].encode(), b["size"], b["path"].encode()) for b in blobs)
+    return hashlib.sha256(data).hexdigest()
+
+
+def octal(value, width):
+    return (("%0" + str(width - 1) + "o") % value).encode() + b"\0"
+
+
+def ustar_header(name, size, typeflag=b"0", mode=0o644, uid=0, gid=0, mtime=0, uname=b"", linkname=b"",
+                 magic=b"ustar\x0000", devmajor=0, devminor=0):
+    name = name if isinstance(name, bytes) else name.encode()
+    prefix = b""
+    if len(name) > 100:
+        cut = name.rindex(b"/", 0, 156)
+        prefix, name = name[:cut], name[cut + 1:]
+    h = bytearray(512)
+    h[0:len(name)] = name
+    h[100:108] = octal(mode, 8)
+    h[108:116] = octal(uid, 8)
+    h[116:124] = octal(gid, 8)
+    h[124:136] = octal(size, 12)
+    h[136:148] = octal(mtime, 12)
+    h[148:156] = b" " * 8
+    h[156:157] = typeflag
+    h[157:157 + len(linkname)] = linkname
+    h[257:265] = magic
+    h[265:265 + len(uname)] = uname
+    h[329:337] = octal(devmajor, 8)
+    h[337:345] = octal(devminor, 8)
+    h[345:345 + len(prefix)] = prefix
+    h[148:156] = b"%06o\0 " % sum(h)
+    return bytes(h)
+
+
+def pad(data):
+    return data + b"\0" * (-len(data) % 512)
+
+
+def pax_records(records):
+    out = b""
+    for key, value in records:
+        body = b" %s=%s\n" % (key.encode(), value if isinstance(value, bytes) else value.encode())
+        length = len(body) + 1
+        while len(str(length)) + len(body) != length:
+            length += 1
+        out += str(length).encode() + body
+    return out
+
+
+def member(name, data=b"", pax=None, **header):
+    """One tar member (with an optional pax header) as bytes."""
+    out = b""
+    name = name if isinstance(name, bytes) else name.encode()
+    if pax is not None:
+        records = pax_records(pax)
+        out += ustar_header(b"PaxHeader/x", len(records), typeflag=b"x") + pad(records)
+        if any(key == "path" for key, _ in pax):
+            name = name[:100]  # the ustar name is only a stand-in (a byte prefix) for the pax path
+    return out + ustar_header(name, len(data), **header) + pad(data)
+
+
+def tar(*members, end=b"\0" * 1024):
+    return b"".join(members) + end
+
+
+# MARK: - The fixed inputs
+
+BLOBS = {
+    "empty.bin": b"",
+    "episode-0001/steps.tfrecord": bytes(range(256)) * 20,
+    "episode-0001/camera/front.bin": hashlib.sha256(b"front").digest() * 300,
+    "episode-0002/steps.tfrecord": b"step\n" * 777,
+    "notes/caf\u00e9-\u65e5\u672c.txt": "Pick and place, \u65e5\u672c.\n".encode(),
+}
+
+
+def write_inputs():
+    directory = os.path.join(VECTORS, "valid", "episodes")
+    shutil.rmtree(directory, ignore_errors=True)
+    for path, data in BLOBS.items():
+        full = os.path.join(directory, path)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "wb") as f:
+            f.write(data)
+    return directory
+
+
+def write_keys():
+    keys = os.path.join(VECTORS, "keys")
+    os.makedirs(keys, exist_ok=True)
+    for name, key in (("test-ed25519", KEY_1), ("second-ed25519", KEY_2)):
+        with open(os.path.join(keys, name + ".pem"), "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+        with open(os.path.join(keys, name + ".pub"), "wb") as f:
+            f.write(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def run_cli(cli, *args):
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(EPOCH))
+    return subprocess.run([cli, *args], check=True, capture_output=True, env=env).stdout.decode()
+
+
+def make_valid(cli):
+    valid = os.path.join(VECTORS, "valid")
+    inputs = write_inputs()
+    expected = {"created_at": "2024-01-01T00:00:00Z", "provenance": PROVENANCE, "key_id": key_id(KEY_1),
+                "public_key_hex": raw_public(KEY_1).hex(), "packages": {}}
+    for compression in ("none", "gzip", "zstd"):
+        scratch = os.path.join(valid, "tmp")
+        os.makedirs(scratch, exist_ok=True)
+        out = run_cli(cli, "pack", inputs, "--key", os.path.join(VECTORS, "keys", "test-ed25519.pem"),
+                      "--runtime-version", PROVENANCE["brain_runtime_version"],
+                      "--app-version", PROVENANCE["ai_app_version"],
+                      "--environment-id", PROVENANCE["environment_id"],
+                      "--compression", compression, "--output", scratch)
+        produced = out.strip().splitlines()[-1]
+        target = os.path.join(valid, "package-%s.cpkg" % compression)
+        os.replace(produced, target)
+        shutil.rmtree(scratch)
+        with tarfile.open(target) as t:
+            env_bytes = t.extractfile("manifest.dsse.json").read()
+        manifest_bytes = base64.b64decode(json.loads(env_bytes)["payload"])
+        manifest = json.loads(manifest_bytes)
+        with open(target, "rb") as f:
+            data = f.read()
+        expected["package_id"] = manifest["package_id"]
+        expected["packages"][compression] = {
+            "file": os.path.basename(target), "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+            "archive_sha256": manifest["archive"]["sha256"], "archive_size": manifest["archive"]["size"],
+            "byte_exact": compression == "none"}
+        if compression == "none":
+            with open(os.path.join(valid, "manifest-none.json"), "wb") as f:
+                f.write(manifest_bytes)
+            with open(os.path.join(valid, "envelope-none.json"), "wb") as f:
+                f.write(env_bytes)
+            blobs = manifest["blobs"]
+            text = "continuon-package-id/v1\nenvironment_id=%s\nbrain_runtime_version=%s\nai_app_version=%s\n" % (
+                PROVENANCE["environment_id"], PROVENANCE["brain_runtime_version"], PROVENANCE["ai_app_version"])
+            preimage = text.encode() + b"".join(
+                b"%s %d %s\n" % (b["sha256"].encode(), b["size"], b["path"].encode()) for b in blobs)
+            with open(os.path.join(valid, "package-id-preimage.txt"), "wb") as f:
+                f.write(preimage)
+            assert hashlib.sha256(preimage).hexdigest() == manifest["package_id"], "package ID disagrees with spec"
+            assert canonical_json(manifest) == manifest_bytes, "manifest is not canonical JSON as the spec says"
+            expected["blobs"] = blobs
+    with open(os.path.join(valid, "expected.json"), "w") as f:
+        json.dump(expected, f, indent=2, sort_keys=True, ensure_ascii=False)
+        f.write("\n")
+    return os.path.join(valid, "package-none.cpkg")
+
+
+# MARK: - Hostile packages
+
+class Base:
+    """The valid `none` package taken apart, to be reassembled with one thing wrong."""
+
+    def __init__(self, path):
+        with tarfile.open(path) as t:
+            self.envelope = t.extractfile("manifest.dsse.json").read()
+            self.archive = t.extractfile("episodes.tar").read()
+        self.manifest = json.loads(base64.b64decode(json.loads(self.envelope)["payload"]))
+        self.blobs = dict(BLOBS)
+
+    def manifest_for(self, archive, blobs, compression="none", name=None, fix_id=True):
+        """A manifest describing `archive` holding `blobs` [(path, data)] in that order."""
+        entries = [{"path": p, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for p, d in blobs]
+        m = {"schema": "continuon.episode-package/v1", "created_at": "2024-01-01T00:00:00Z",
+             "provenance": dict(PROVENANCE),
+             "archive": {"name": name or {"none": "episodes.tar", "gzip": "episodes.tar.gz",
+                                          "zstd": "episodes.tar.zst"}[compression],
+                         "compression": compression, "size": len(archive),
+                         "sha256": hashlib.sha256(archive).hexdigest()},
+             "blobs": entries}
+        m["package_id"] = package_id(m["provenance"], entries)
+        return m
+
+
+def outer(env_bytes, archive_bytes, archive_name="episodes.tar", extra=b"", end=b"\0" * 1024):
+    return tar(member("manifest.dsse.json", env_bytes), member(archive_name, archive_bytes), end=end) + extra
+
+
+def signed_package(manifest, archive, archive_name=None, manifest_bytes=None, **env):
+    body = manifest_bytes if manifest_bytes is not None else canonical_json(manifest)
+    return outer(envelope(body, **env), archive, archive_name or manifest["archive"]["name"])
+
+
+def sorted_blobs(blobs):
+    return sorted(blobs, key=lambda item: item[0].encode())
+
+
+def archive_of(blobs, **header):
+    return tar(*(member(p, d, **header) for p, d in blobs))
+
+
+def zstd_compress(data):
+    return subprocess.run(["zstd", "-q", "-3", "-c"], input=data, capture_output=True, check=True).stdout
+
+
+def make_invalid(base_path):
+    base = Base(base_path)
+    good_blobs = sorted_blobs(base.blobs.items())
+    good_archive = base.archive
+    cases = {}
+
+    def add(name, data, codes, description, **params):
+        cases[name] = (data, sorted(set(codes)), description, params)
+
+    def with_manifest(mutate, archive=good_archive, blobs=good_blobs, fix_id=True, **env):
+        m = base.manifest_for(archive, blobs)
+        mutate(m)
+        if fix_id and isinstance(m.get("blobs"), list) and isinstance(m.get("provenance"), dict):
+            try:
+                m["package_id"] = package_id(m["provenance"], m["blobs"])
+            except (KeyError, TypeError):
+                pass
+        return signed_package(m, archive, **env)
+
+    def blob_case(name, blobs_in_archive, manifest_blobs, codes, description, compression="none", **header):
+        archive = archive_of(blobs_in_archive, **header)
+        if compression == "zstd":
+            archive = zstd_compress(archive)
+        m = base.manifest_for(archive, manifest_blobs, compression=compression)
+        add(name, signed_package(m, archive), codes, description)
+
+    # Structure of the outer package.
+    add("empty-file", b"", ["package.not_tar"], "A zero-byte file.")
+    add("not-a-tar", b"This is a text file, not a package.\n" * 20, ["package.not_tar"], "Text, not a tar.")
+    add("members-swapped", tar(member("episodes.tar", good_archive), member("manifest.dsse.json", base.envelope)),
+        ["package.member_name"], "The episode archive comes before the envelope.")
+    add("third-member", tar(member("manifest.dsse.json", base.envelope), member("episodes.tar", good_archive),
+                            member("extra.bin", b"smuggled")),
+        ["package.member_count"], "A third member after the episode archive.")
+    add("envelope-only", tar(member("manifest.dsse.json", base.envelope)), ["package.member_count"],
+        "The episode archive is missing.")
+    add("outer-trailing-garbage", outer(base.envelope, good_archive, extra=b"smuggled bytes"),
+        ["package.trailing_data"], "Non-zero bytes after the end-of-archive marker.")
+    add("outer-second-tar", outer(base.envelope, good_archive) + tar(member("evil.bin", b"evil")),
+        ["package.trailing_data"], "A second tar concatenated after the package.")
+    add("outer-too-many-zeros", outer(base.envelope, good_archive, extra=b"\0" * 20480),
+        ["package.trailing_data"], "More than 10240 zero bytes after the end-of-archive marker.")
+    full = outer(base.envelope, good_archive)
+    add("truncated-in-archive", full[:2048 + 512 + 1000], ["package.corrupt"],
+        "Cut in the middle of the episode archive's data.")
+    add("truncated-before-end-marker", full[:-1024], ["package.corrupt"],
+        "The end-of-archive marker is missing.")
+    add("truncated-in-envelope", full[:700], ["package.corrupt"], "Cut in the middle of the envelope.")
+    add("outer-member-symlink", tar(member("manifest.dsse.json", base.envelope),
+                                    member("episodes.tar", b"", typeflag=b"2", linkname=b"/etc/passwd")),
+        ["package.member_type"], "The second member is a symbolic link.")
+    add("outer-metadata", tar(member("manifest.dsse.json", base.envelope, mtime=1700000000),
+                              member("episodes.tar", good_archive)),
+        ["package.metadata"], "The envelope member has a non-zero mtime.")
+    add("outer-bad-checksum-first", bytearray(full), ["package.not_tar"],
+        "The first header's checksum does not match (so the file is not recognizably a tar).")
+    cases["outer-bad-checksum-first"][0][148:150] = b"77"
+    second_header = 512 + len(pad(base.envelope))
+    add("outer-bad-checksum", bytearray(full), ["package.corrupt"], "The second header's checksum does not match.")
+    cases["outer-bad-checksum"][0][second_header + 148:second_header + 150] = b"77"
+    add("outer-gnu-magic", tar(member("manifest.dsse.json", base.envelope, magic=b"ustar  \0"),
+                               member("episodes.tar", good_archive)),
+        ["package.corrupt"], "A GNU tar header instead of POSIX ustar.")
+    add("unknown-archive-name", outer(base.envelope, good_archive, archive_name="episodes.zip"),
+        ["package.member_name"], "The second member has a name the format does not allow.")
+
+    # Envelope and signatures.
+    manifest_bytes = canonical_json(base.manifest_for(good_archive, good_blobs))
+    add("envelope-not-json", outer(b"{not json", good_archive), ["envelope.json_invalid"], "The envelope is not JSON.")
+    env = json.loads(base.envelope)
+    dup = base.envelope.replace(b'"payloadType":', b'"payloadType":"text/plain","payloadType":', 1)
+    add("envelope-duplicate-key", outer(dup, good_archive), ["envelope.duplicate_key"],
+        "payloadType appears twice (first and last differ).")
+    add("envelope-unknown-field", outer(canonical_json(dict(env, extra="x")), good_archive), ["envelope.shape"],
+        "An unknown envelope member.")
+    add("wrong-payload-type", outer(envelope(manifest_bytes, payload_type="application/json"), good_archive),
+        ["envelope.payload_type"], "A good signature over the wrong payload type.")
+    noncanonical = dict(env, payload=env["payload"].rstrip("="))
+    add("payload-base64-unpadded", outer(canonical_json(noncanonical), good_archive), ["envelope.base64_invalid"],
+        "The payload base64 has no padding.")
+    sig = base64.b64decode(env["signatures"][0]["sig"])
+    bad_b64 = dict(env, signatures=[{"keyid": env["signatures"][0]["keyid"],
+                                     "sig": base64.b64encode(sig).decode()[:-2] + "B="}])
+    add("sig-base64-trailing-bits", outer(canonical_json(bad_b64), good_archive), ["envelope.base64_invalid"],
+        "The signature base64 has non-zero trailing bits.")
+    add("no-signatures", outer(envelope(manifest_bytes, keys=()), good_archive), ["signature.missing"],
+        "The signatures array is empty.")
+    add("untrusted-key", outer(envelope(manifest_bytes, keys=(KEY_2,)), good_archive), ["signature.untrusted"],
+        "Signed only by a key the verifier does not trust.")
+    add("signature-tampered", outer(envelope(manifest_bytes, sig_filter=lambda s: s[:10] + bytes([s[10] ^ 1]) + s[11:]),
+                                    good_archive), ["signature.invalid"], "One bit of the signature flipped.")
+
+    def malleate(s):
+        value = int.from_bytes(s[32:], "little") + L
+        return s[:32] + value.to_bytes(32, "little")
+    add("signature-malleable", outer(envelope(manifest_bytes, sig_filter=malleate), good_archive),
+        ["signature.invalid"], "S replaced by S + L (the same signature, malleated).")
+    add("signature-truncated", outer(envelope(manifest_bytes, sig_filter=lambda s: s[:63]), good_archive),
+        ["signature.invalid"], "A 63-byte signature.")
+    add("signed-over-other-payload", outer(envelope(manifest_bytes, sign_type="application/vnd.other"), good_archive),
+        ["signature.invalid"], "The signature covers a PAE with another payload type.")
+    add("threshold-not-met", outer(envelope(manifest_bytes, keys=(KEY_1, KEY_1)), good_archive),
+        ["signature.threshold_not_met"], "Two signatures by the same key; the threshold is 2 distinct keys.",
+        threshold=2, trusted_keys=["test-ed25519.pub", "second-ed25519.pub"])
+
+    # Manifest.
+    add("manifest-not-json", outer(envelope(b"[1,2"), good_archive), ["manifest.json_invalid"],
+        "The payload is not JSON.")
+    dup_manifest = manifest_bytes.replace(b'"schema":', b'"created_at":"2030-01-01T00:00:00Z","schema":', 1)
+    add("manifest-duplicate-key", outer(envelope(dup_manifest), good_archive), ["manifest.duplicate_key"],
+        "created_at appears twice (first and last differ).")
+    add("manifest-unknown-schema", with_manifest(lambda m: m.update(schema="continuon.episode-package/v2")),
+        ["manifest.schema"], "An unknown schema.")
+    add("manifest-missing-created-at", with_manifest(lambda m: m.pop("created_at")), ["manifest.field_invalid"],
+        "created_at is missing.")
+    add("manifest-size-as-string", with_manifest(lambda m: m["blobs"][0].update(size="0"), fix_id=False),
+        ["manifest.field_invalid"], "A blob size written as a string.")
+    add("manifest-size-as-float", outer(envelope(manifest_bytes.replace(b'"size":0', b'"size":0.0', 1)), good_archive),
+        ["manifest.field_invalid"], "A blob size written as 0.0.")
+    add("manifest-unknown-field", with_manifest(lambda m: m.update(comment="hi")), ["manifest.unknown_field"],
+        "An unknown top-level member.")
+
+    def upper(m):
+        m["blobs"][1]["sha256"] = m["blobs"][1]["sha256"].upper()
+    add("manifest-uppercase-hex", with_manifest(upper), ["manifest.digest_invalid", "blob.digest_mismatch"],
+        "A blob digest in uppercase hex.")
+
+    def short(m):
+        m["archive"]["sha256"] = m["archive"]["sha256"][:63]
+    add("manifest-short-hex", with_manifest(short), ["manifest.digest_invalid", "archive.digest_mismatch"],
+        "The archive digest is 63 hex digits.")
+    add("manifest-blobs-unsorted", with_manifest(lambda m: m["blobs"].reverse()),
+        ["manifest.blobs_unsorted", "blob.out_of_order"], "The manifest lists the blobs in reverse order.")
+
+    def duplicate_blob(m):
+        m["blobs"].insert(1, dict(m["blobs"][1]))
+    add("manifest-blob-duplicate", with_manifest(duplicate_blob), ["manifest.blob_duplicate", "blob.missing"],
+        "The same blob listed twice.")
+    add("package-id-mismatch", with_manifest(lambda m: m.update(package_id="0" * 64), fix_id=False),
+        ["manifest.package_id_mismatch"], "The package ID is not the one the blobs give.")
+    add("identifier-invalid", with_manifest(lambda m: m["provenance"].update(environment_id="lab 01")),
+        ["manifest.identifier_invalid"], "An environment ID with a space.")
+    add("created-at-invalid", with_manifest(lambda m: m.update(created_at="2024-02-30T00:00:00Z")),
+        ["manifest.created_at_invalid"], "February 30th.")
+    add("manifest-deep-nesting", with_manifest(lambda m: m["provenance"].update(note=json.loads("[" * 40 + "]" * 40))),
+        ["manifest.limit_exceeded"], "Nesting 40 levels deep.")
+    add("compression-invalid", with_manifest(lambda m: m["archive"].update(compression="bzip2")),
+        ["manifest.field_invalid"], "An unknown compression.")
+    add("archive-name-mismatch", with_manifest(lambda m: m["archive"].update(name="episodes.tar.gz")),
+        ["archive.name_mismatch"], "The manifest names episodes.tar.gz for an uncompressed archive.")
+
+    # Episode archive and blobs, each under a good signature.
+    tampered = list(good_blobs)
+    tampered[2] = (tampered[2][0], tampered[2][1][:-1] + b"X")
+    archive = archive_of(tampered)
+    add("blob-digest-mismatch", signed_package(base.manifest_for(archive, good_blobs), archive),
+        ["blob.digest_mismatch"], "One byte of one blob differs from the signed digest.")
+    shorter = list(good_blobs)
+    shorter[2] = (shorter[2][0], shorter[2][1][:-1])
+    archive = archive_of(shorter)
+    add("blob-size-mismatch", signed_package(base.manifest_for(archive, good_blobs), archive),
+        ["blob.size_mismatch"], "One blob is a byte shorter than signed.")
+    add("archive-digest-mismatch", with_manifest(lambda m: m["archive"].update(sha256="ab" * 32)),
+        ["archive.digest_mismatch"], "The signed archive digest differs.")
+    add("archive-size-mismatch", with_manifest(lambda m: m["archive"].update(size=m["archive"]["size"] + 1)),
+        ["archive.size_mismatch"], "The signed archive size differs.")
+    blob_case("blob-missing", good_blobs[:-1], good_blobs, ["blob.missing"], "A listed blob is not in the archive.")
+    blob_case("blob-unexpected", good_blobs + [("zz-extra.bin", b"extra")], good_blobs, ["blob.unexpected"],
+              "The archive holds a member the manifest does not list.")
+    blob_case("blob-out-of-order", [good_blobs[1], good_blobs[0]] + good_blobs[2:], good_blobs, ["blob.out_of_order"],
+              "Two members swapped.")
+    blob_case("blob-duplicate-member", good_blobs[:2] + [good_blobs[1]] + good_blobs[2:], good_blobs,
+              ["blob.duplicate_member"], "A member appears twice.")
+    for name, flag, extra, what in (("symlink", b"2", {"linkname": b"/etc/passwd"}, "a symbolic link"),
+                                     ("hardlink", b"1", {"linkname": b"empty.bin"}, "a hard link"),
+                                     ("directory", b"5", {}, "a directory"),
+                                     ("fifo", b"6", {}, "a FIFO"),
+                                     ("chardev", b"3", {"devmajor": 1, "devminor": 3}, "a character device"),
+                                     ("global-pax", b"g", {}, "a global pax header"),
+                                     ("gnu-longname", b"L", {}, "a GNU long-name header"),
+                                     ("gnu-sparse", b"S", {}, "a GNU sparse member")):
+        archive = tar(*(member(p, d) for p, d in good_blobs[:1]), member("special", b"", typeflag=flag, **extra),
+                      *(member(p, d) for p, d in good_blobs[1:]))
+        add("member-" + name, signed_package(base.manifest_for(archive, good_blobs), archive), ["blob.member_type"],
+            "The archive holds %s." % what)
+    for name, path, what in (("dotdot", "../evil.bin", "a '..' segment"),
+                             ("absolute", "/etc/evil.bin", "an absolute path"),
+                             ("dot-segment", "a/./evil.bin", "a '.' segment"),
+                             ("empty-segment", "a//evil.bin", "an empty segment"),
+                             ("backslash", "a\\evil.bin", "a backslash"),
+                             ("control-char", "a\nevil.bin", "a newline"),
+                             ("c1-control", "a\u0085evil.bin", "U+0085"),
+                             ("too-long", "d/" * 511 + "abc", "1025 bytes")):
+        blobs = sorted_blobs(good_blobs + [(path, b"evil")])
+        pax = [("path", path)] if len(path.encode()) > 100 or not path.isascii() else None
+        archive = tar(*(member(p, d, pax=[("path", p)] if p == path and pax else None) for p, d in blobs))
+        add("path-" + name, signed_package(base.manifest_for(archive, blobs), archive),
+            ["manifest.path_invalid", "blob.path_invalid"], "A blob path with %s (in manifest and archive)." % what)
+    bad_utf8 = good_blobs[:1] + [(b"caf\xe9.bin", b"latin-1")] + good_blobs[1:]
+    archive = tar(*(member(p, d) for p, d in bad_utf8))
+    add("path-not-utf8", signed_package(base.manifest_for(archive, good_blobs), archive),
+        ["blob.path_invalid", "blob.unexpected"], "An extra archive member whose name is not UTF-8 (Latin-1).")
+    collide = sorted_blobs([("Readme.txt", b"one"), ("readme.txt", b"two")])
+    archive = archive_of(collide)
+    add("path-case-collision", signed_package(base.manifest_for(archive, collide), archive),
+        ["manifest.path_collision"], "Two paths that differ only in case.")
+    umlaut = sorted_blobs([("\u00c4rger.txt", b"upper"), ("\u00e4rger.txt", b"lower")])
+    archive = tar(*(member(p, d, pax=[("path", p)]) for p, d in umlaut))
+    add("path-unicode-case-collision", signed_package(base.manifest_for(archive, umlaut), archive),
+        ["manifest.path_collision"], "Two NFC paths that differ only in the case of a non-ASCII letter.")
+    nfd = sorted_blobs(good_blobs + [("cafe\u0301.txt", b"nfd")])
+    archive = tar(*(member(p, d, pax=[("path", p)] if not p.isascii() else None) for p, d in nfd))
+    add("path-not-nfc", signed_package(base.manifest_for(archive, nfd), archive),
+        ["manifest.path_invalid", "blob.path_invalid"], "A decomposed (NFD) path, in manifest and archive.")
+    overridden = tar(*(member(p, d) for p, d in good_blobs[:-1]),
+                     member(good_blobs[-1][0].encode()[:5], good_blobs[-1][1],
+                            pax=[("path", "../../" + good_blobs[-1][0])]))
+    add("pax-path-override", signed_package(base.manifest_for(overridden, good_blobs), overridden),
+        ["archive.corrupt"], "A pax path record overrides a harmless ustar name with '../../...'.")
+    for name, pax, code, what in (("pax-xattr", [("SCHILY.xattr.user.evil", "1")], "blob.metadata", "an xattr record"),
+                                  ("pax-linkpath", [("linkpath", "/etc/passwd")], "blob.metadata", "a linkpath record"),
+                                  ("pax-sparse", [("GNU.sparse.size", "1073741824")], "blob.metadata", "a sparse record"),
+                                  ("pax-mtime", [("mtime", "1700000000")], "blob.metadata", "an mtime record")):
+        archive = tar(*(member(p, d, pax=pax if i == 1 else None) for i, (p, d) in enumerate(good_blobs)))
+        add(name, signed_package(base.manifest_for(archive, good_blobs), archive), [code],
+            "A member's pax header carries %s." % what)
+    for name, header, what in (("member-mtime", {"mtime": 1700000000}, "a non-zero mtime"),
+                               ("member-mode", {"mode": 0o755}, "mode 0755"),
+                               ("member-owner", {"uid": 1000, "uname": b"robot"}, "an owner")):
+        archive = tar(*(member(p, d, **(header if i == 1 else {})) for i, (p, d) in enumerate(good_blobs)))
+        add(name, signed_package(base.manifest_for(archive, good_blobs), archive), ["blob.metadata"],
+            "A member with %s." % what)
+    archive = good_archive + b"smuggled"
+    add("inner-trailing-garbage", signed_package(base.manifest_for(archive, good_blobs), archive),
+        ["archive.trailing_data"], "Non-zero bytes after the episode archive's end-of-archive marker.")
+    archive = good_archive + tar(member("evil.bin", b"evil"))
+    add("inner-second-tar", signed_package(base.manifest_for(archive, good_blobs), archive),
+        ["archive.trailing_data"], "A second tar concatenated after the episode archive.")
+    archive = gzip.compress(good_archive, mtime=0) + b"trailing"
+    add("gzip-trailing-garbage", signed_package(base.manifest_for(archive, good_blobs, compression="gzip"), archive),
+        ["archive.trailing_data"], "Bytes after the end of the gzip stream.")
+    archive = zstd_compress(good_archive) + b"trailing"
+    add("zstd-trailing-garbage", signed_package(base.manifest_for(archive, good_blobs, compression="zstd"), archive),
+        ["archive.corrupt"], "Bytes after the last zstd frame (not a frame: the stream does not decode).")
+    archive = gzip.compress(good_archive, mtime=0)
+    add("compression-lies", signed_package(base.manifest_for(archive, good_blobs, compression="zstd"), archive,
+                                           archive_name="episodes.tar.zst"),
+        ["archive.corrupt"], "A gzip stream in a member named .zst.")
+    bomb = zstd_compress(tar(member("empty.bin", b"\0" * (64 << 20))))
+    add("decompression-bomb", signed_package(base.manifest_for(bomb, good_blobs[:1], compression="zstd"), bomb),
+        ["blob.size_mismatch", "archive.limit_exceeded"],
+        "A 3 KB zstd archive whose one member expands to 64 MiB while the manifest declares 0 bytes.")
+    zeros = zstd_compress(good_archive + b"\0" * (64 << 20))
+    add("zero-trailer-bomb", signed_package(base.manifest_for(zeros, good_blobs, compression="zstd"), zeros),
+        ["archive.trailing_data"], "64 MiB of zeros after the end-of-archive marker, compressed to a few KB.")
+    archive = archive_of(good_blobs)[:-1024]
+    add("inner-no-end-marker", signed_package(base.manifest_for(archive, good_blobs), archive), ["archive.corrupt"],
+        "The episode archive has no end-of-archive marker.")
+    return cases
+
+
+def write_invalid(cases):
+    directory = os.path.join(VECTORS, "invalid")
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory)
+    index = []
+    for name, (data, codes, description, params) in sorted(cases.items()):
+        with open(os.path.join(directory, name + ".cpkg"), "wb") as f:
+            f.write(bytes(data))
+        expected = {"codes": codes, "description": description, "valid": False,
+                    "trusted_keys": params.get("trusted_keys", ["test-ed25519.pub"]),
+                    "threshold": params.get("threshold", 1)}
+        with open(os.path.join(directory, name + ".expected.json"), "w") as f:
+            json.dump(expected, f, indent=2, sort_keys=True)
+            f.write("\n")
+        index.append((name, codes, description))
+    return index
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit("usage: make_vectors.py PATH_TO_continuon-pack")
+    write_keys()
+    base_path = make_valid(sys.argv[1])
+    index = write_invalid(make_invalid(base_path))
+    print("valid: 3 packages; invalid: %d packages" % len(index))
+
+
+if __name__ == "__main__":
+    main()
