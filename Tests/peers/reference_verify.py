@@ -130,9 +130,12 @@ NOT_TAR, CORRUPT, NO_MARKER, TRAILING = "not_tar", "corrupt", "no_marker", "trai
 class TarProblem(Exception):
     """A structural tar failure; `kind` is one of the four constants above."""
 
-    def __init__(self, kind: str, detail: str) -> None:
+    def __init__(self, kind: str, detail: str, members_complete: bool = True) -> None:
         super().__init__(detail)
         self.kind = kind
+        # False when members may follow the problem (a lone zero block), so
+        # "how many members / which are missing" cannot be judged.
+        self.members_complete = members_complete
 
 
 class LimitExceeded(Exception):
@@ -173,7 +176,7 @@ class StreamSource:
     def __init__(self, chunks, limit: int | None = None) -> None:
         self.chunks = iter(chunks)
         self.buf = bytearray()
-        self.total = 0
+        self.consumed = 0
         self.limit = limit
         self.eof = False
 
@@ -183,15 +186,19 @@ class StreamSource:
             if chunk is None:
                 self.eof = True
                 break
-            self.total += len(chunk)
-            if self.limit is not None and self.total > self.limit:
-                raise LimitExceeded(f"archive expands past {self.limit} bytes")
             self.buf += chunk
 
     def read(self, n: int) -> bytes:
+        """Up to n bytes (fewer only at the end). The limit counts bytes handed
+        out, so where reading stops does not depend on chunk sizes."""
+        if self.limit is not None:
+            n = min(n, self.limit + 1 - self.consumed)   # consumed <= limit here
         self._fill(n)
         data = bytes(self.buf[:n])
         del self.buf[:n]
+        self.consumed += len(data)
+        if self.limit is not None and self.consumed > self.limit:
+            raise LimitExceeded(f"archive expands past {self.limit} bytes")
         return data
 
     def skip(self, n: int) -> bool:
@@ -354,9 +361,9 @@ class TarReader:
         if len(second) < BLOCK:
             if second.count(0) == len(second):
                 raise TarProblem(NO_MARKER, "end-of-archive marker incomplete")
-            raise TarProblem(TRAILING, "non-zero bytes after a zero block")
+            raise TarProblem(TRAILING, "non-zero bytes after a zero block", False)
         if second != ZERO_BLOCK:
-            raise TarProblem(TRAILING, "lone zero block followed by data")
+            raise TarProblem(TRAILING, "lone zero block followed by data", False)
         while True:
             chunk = self.src.read(CHUNK)
             if not chunk:
@@ -1146,6 +1153,7 @@ def check_blobs(reader: TarReader, blobs: list[Blob], report: Report) -> None:
         for m in reader.members():
             if not m.regular:
                 fail("blob.member_type")
+                seen.add(m.name)          # present, but not as a file: not also "missing"
                 continue
             if not m.meta_ok:
                 fail("blob.metadata")
@@ -1167,7 +1175,11 @@ def check_blobs(reader: TarReader, blobs: list[Blob], report: Report) -> None:
     except TarProblem as exc:
         if exc.kind != TRAILING:
             raise
-        trailing = True                   # all members were read; only the tail is bad
+        trailing = True
+        if not exc.members_complete:      # members may hide behind a lone zero block
+            report.fail("archive", "archive.trailing_data")
+            report.not_checked("blobs")
+            return
     if any(b.raw not in seen for b in blobs):
         fail("blob.missing")
     if trailing:
@@ -1209,13 +1221,13 @@ def scan_package(f, size: int, report: Report) -> list[Member]:
             members.append(m)
     except TarProblem as exc:
         fail(OUTER_CODES[exc.kind])
-        complete = exc.kind in (TRAILING, NO_MARKER)
+        complete = exc.kind in (TRAILING, NO_MARKER) and exc.members_complete
     if complete and len(members) != 2:
         fail("package.member_count")
     for pos, m in enumerate(members):
         if not m.regular:
             fail("package.member_type")
-        if not m.meta_ok:
+        elif not m.meta_ok:
             fail("package.metadata")
         if (pos == 0 and m.name != ENVELOPE_NAME) or (pos == 1 and m.name not in ARCHIVE_NAMES):
             fail("package.member_name")

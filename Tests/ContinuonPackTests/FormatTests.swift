@@ -1,0 +1,161 @@
+import Foundation
+import Testing
+@testable import ContinuonPack
+
+@Suite("Strict JSON")
+struct JSONTests {
+    @Test("Duplicate keys are refused at any depth", arguments: [
+        #"{"a":1,"a":1}"#,
+        #"{"a":{"b":[{"c":1,"c":2}]}}"#,
+        #"{"a":1,"\u0061":2}"#,
+    ])
+    func duplicateKeys(_ text: String) {
+        #expect(throws: JSONParseError.self) { try StrictJSONParser.parse(Array(text.utf8)) }
+        do {
+            _ = try StrictJSONParser.parse(Array(text.utf8))
+        } catch {
+            #expect(error.kind == .duplicateKey)
+        }
+    }
+
+    @Test("Malformed input is refused", arguments: [
+        "", " ", "{", "[1,]", "{\"a\":1,}", "01", "1.", "-", "\"\\x\"", "\"\u{01}\"", "{} {}", "\u{FEFF}{}",
+        "\"\\ud800\"", "\"\\udc00x\"", "NaN", "Infinity", "[1e]", "tru",
+    ])
+    func malformed(_ text: String) {
+        #expect(throws: JSONParseError.self) { try StrictJSONParser.parse(Array(text.utf8)) }
+    }
+
+    @Test("Invalid UTF-8 inside strings is refused")
+    func invalidUTF8() {
+        #expect(throws: JSONParseError.self) { try StrictJSONParser.parse([0x22, 0xff, 0x22]) }
+        #expect(throws: JSONParseError.self) { try StrictJSONParser.parse([0x22, 0xc0, 0xaf, 0x22]) }
+    }
+
+    @Test("Nesting is capped")
+    func depth() throws {
+        let ok = String(repeating: "[", count: 16) + String(repeating: "]", count: 16)
+        _ = try StrictJSONParser.parse(Array(ok.utf8), maxDepth: 16)
+        let deep = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
+        do {
+            _ = try StrictJSONParser.parse(Array(deep.utf8), maxDepth: 16)
+            Issue.record("deep nesting was accepted")
+        } catch {
+            #expect(error.kind == .tooDeep)
+        }
+    }
+
+    @Test("Safe integers: plain digits up to 2^53 - 1 only")
+    func integers() throws {
+        #expect(JSONValue.number("9007199254740991").safeUnsignedInteger == 9_007_199_254_740_991)
+        for text in ["9007199254740992", "1.0", "1e3", "-0", "-1", "00"] {
+            #expect(JSONValue.number(text).safeUnsignedInteger == nil, "\(text)")
+        }
+    }
+
+    @Test("Canonical JSON matches Python's json.dumps(sort_keys, compact, ensure_ascii=False)")
+    func canonicalMatchesPython() throws {
+        let value = JSONValue.object([
+            ("zeta", .string("tab\tquote\"backslash\\newline\ncontrol\u{01}\u{1f}del\u{7f}")),
+            ("alpha", .array([.number("0"), .number("9007199254740991"), .bool(true), .null])),
+            ("ünï", .string("日本語 / 🤖")),
+            ("Alpha", .object([("b", .string("")), ("a", .array([]))])),
+        ])
+        let ours = CanonicalJSON.encode(value)
+        let python = try run("python3", [
+            "-c",
+            "import json,sys; v=json.loads(sys.stdin.buffer.read()); "
+                + "sys.stdout.buffer.write(json.dumps(v, sort_keys=True, separators=(',',':'), ensure_ascii=False).encode())",
+        ], stdin: ours)
+        #expect(python.status == 0, "\(python.stderr)")
+        #expect(python.stdout == ours)
+        #expect(CanonicalJSON.encode(try StrictJSONParser.parse(ours)) == ours)
+    }
+}
+
+@Suite("Format rules")
+struct ValidationTests {
+    @Test("Identifiers", arguments: [
+        ("lab-arm-01", true), ("0.9.4+build.7", true), ("env:a@b_c", true), (String(repeating: "a", count: 128), true),
+        ("", false), ("-lead", false), (".lead", false), ("has space", false), ("slash/no", false),
+        (String(repeating: "a", count: 129), false), ("ünï", false), ("new\nline", false),
+    ])
+    func identifiers(_ text: String, _ valid: Bool) {
+        #expect(Validation.isValidIdentifier(text) == valid)
+    }
+
+    @Test("Blob paths", arguments: [
+        ("episode/steps.tfrecord", true), ("a", true), ("ünï/日本.bin", true), (".hidden/x", true), ("a..b", true),
+        (String(repeating: "d/", count: 511) + "ab", true),
+        ("", false), ("/abs", false), ("../up", false), ("a/../b", false), ("a/./b", false), ("a//b", false),
+        ("a/", false), ("back\\slash", false), ("nl\nx", false), ("del\u{7f}", false), ("c1\u{85}", false),
+        ("nul\u{0}", false), ("cafe\u{301}", false), (String(repeating: "d/", count: 511) + "abc", false),
+    ])
+    func paths(_ path: String, _ valid: Bool) {
+        #expect((Validation.pathProblem(Array(path.utf8)) == nil) == valid, "\(path.debugDescription)")
+    }
+
+    @Test("Non-UTF-8 paths are refused")
+    func nonUTF8Path() {
+        #expect(Validation.pathProblem([0x63, 0x61, 0x66, 0xe9]) == "the path is not valid UTF-8")
+        #expect(Validation.pathProblem([0xed, 0xa0, 0x80]) != nil) // an encoded surrogate
+    }
+
+    @Test("Timestamps", arguments: [
+        ("2024-01-01T00:00:00Z", true), ("2024-02-29T23:59:59Z", true), ("2023-02-29T00:00:00Z", false),
+        ("2024-13-01T00:00:00Z", false), ("2024-01-01T24:00:00Z", false), ("2024-01-01T00:00:00+00:00", false),
+        ("2024-01-01 00:00:00Z", false), ("2024-01-01T00:00:00.5Z", false), ("1900-02-29T00:00:00Z", false),
+    ])
+    func timestamps(_ text: String, _ valid: Bool) {
+        #expect(Validation.isValidTimestamp(text) == valid)
+    }
+
+    @Test("SOURCE_DATE_EPOCH sets created_at, in UTC, whatever TZ says")
+    func sourceDateEpoch() throws {
+        #expect(try PackageWriter.createdAt(environment: ["SOURCE_DATE_EPOCH": "1704067200", "TZ": "Asia/Tokyo"])
+            == "2024-01-01T00:00:00Z")
+        #expect(throws: ContinuonPackError.self) { try PackageWriter.createdAt(environment: ["SOURCE_DATE_EPOCH": "soon"]) }
+        #expect(Validation.isValidTimestamp(try PackageWriter.createdAt(environment: [:])))
+    }
+
+    @Test("Base64 decoding is canonical")
+    func base64() {
+        #expect(Base64.decodeCanonical("AA==") == [0])
+        #expect(Base64.decodeCanonical("AB==") == nil) // non-zero trailing bits
+        #expect(Base64.decodeCanonical("AA") == nil) // no padding
+        #expect(Base64.decodeCanonical("AA==\n") == nil)
+        #expect(Base64.decodeCanonical("-_8=") == nil) // URL alphabet
+        #expect(Base64.decodeCanonical("") == [])
+    }
+
+    @Test("DSSE PAE is byte-exact, including an empty body")
+    func pae() {
+        #expect(Envelope.preAuthenticationEncoding(payloadType: "http://example.com/HelloWorld", payload: Array("hello world".utf8))
+            == Array("DSSEv1 29 http://example.com/HelloWorld 11 hello world".utf8))
+        #expect(Envelope.preAuthenticationEncoding(payloadType: "t", payload: []) == Array("DSSEv1 1 t 0 ".utf8))
+    }
+
+    @Test("Package ID: the documented preimage and digest of the test vector")
+    func packageIDVector() throws {
+        let expected = try json(try readBytes(Repo.path("TestVectors/valid/expected.json")))
+        let manifest = try Manifest.decode(try readBytes(Repo.path("TestVectors/valid/manifest-none.json")))
+        let preimage = PackageID.preimage(provenance: manifest.provenance, blobs: manifest.blobs)
+        #expect(preimage == (try readBytes(Repo.path("TestVectors/valid/package-id-preimage.txt"))))
+        #expect(PackageID.compute(provenance: manifest.provenance, blobs: manifest.blobs) == expected["package_id"] as? String)
+        // sha256sum, an implementation we did not write, agrees on the preimage's digest.
+        let coreutils = try run("sha256sum", [Repo.path("TestVectors/valid/package-id-preimage.txt")])
+        #expect(coreutils.text.hasPrefix(manifest.packageID + " "))
+    }
+
+    @Test("Extra provenance fields are kept but do not enter the package ID")
+    func extraProvenance() {
+        var provenance = sampleProvenance
+        let blobs = [BlobDescriptor(path: "a", size: 1, sha256: String(repeating: "0", count: 64))]
+        let plain = PackageID.compute(provenance: provenance, blobs: blobs)
+        provenance.extra = ["robot_serial": "CN-0042"]
+        #expect(PackageID.compute(provenance: provenance, blobs: blobs) == plain)
+        #expect(provenance.problem() == nil)
+        provenance.extra = ["environment_id": "x"]
+        #expect(provenance.problem()?.code == .manifestField)
+    }
+}
