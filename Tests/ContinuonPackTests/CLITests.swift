@@ -137,3 +137,40 @@ struct CLITests {
         #expect(Set(digests).count == 1, "\(digests)")
     }
 }
+
+@Suite("Bounded memory")
+struct MemoryTests {
+    @Test("pack and verify of a 256 MiB blob stay under 48 MiB of resident memory", arguments: [Compression.none, .gzip])
+    func boundedMemory(_ compression: Compression) throws {
+        let dir = try TemporaryDirectory()
+        let episodes = try dir.subdirectory("episodes")
+        let big = episodes + "/big.bin"
+        #expect(truncate(big, 256 << 20) == 0 || creat(big, 0o644) >= 0 && truncate(big, 256 << 20) == 0)
+        try dir.write("episodes/small.bin", [1, 2, 3])
+        let out = try dir.subdirectory("out")
+        let pack = try peer("maxrss.py", [
+            Repo.cli, "pack", episodes, "--key", Repo.testKey, "--output", out, "--compression", compression.rawValue,
+            "--runtime-version", "1", "--app-version", "1", "--environment-id", "e",
+        ])
+        let packed = try json(pack.stdout)
+        #expect(packed["status"] as? Int == 0)
+        let package = try #require(try FileManager.default.contentsOfDirectory(atPath: out).first)
+        let verify = try peer("maxrss.py", [Repo.cli, "verify", out + "/" + package, "--trusted-key", Repo.testPublicKey])
+        let verified = try json(verify.stdout)
+        #expect(verified["status"] as? Int == 0)
+        #expect((packed["maxrss_kib"] as? Int ?? .max) < 48 * 1024, "pack peak RSS \(packed)")
+        #expect((verified["maxrss_kib"] as? Int ?? .max) < 48 * 1024, "verify peak RSS \(verified)")
+    }
+}
+
+@Suite("Examples")
+struct ExampleTests {
+    @Test("The runtime example packs and verifies the bundled episodes")
+    func runtimeExample() throws {
+        let out = try TemporaryDirectory()
+        let binary = URL(fileURLWithPath: Repo.cli).deletingLastPathComponent().appendingPathComponent("runtime-example").path
+        let result = try run(binary, [Repo.path("Examples/episodes"), out.path])
+        #expect(result.status == 0, "\(result.text) \(result.stderr)")
+        #expect(result.text.contains("verified: package "))
+    }
+}

@@ -35,7 +35,7 @@ import sys
 import threading
 import unicodedata
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -59,8 +59,8 @@ MAX_BLOB_SIZE = 1 << 40                  # 1 TiB
 MAX_TOTAL_SIZE = 4 << 40                 # 4 TiB
 MAX_JSON_INT = (1 << 53) - 1
 
-# Choices of this verifier (the spec does not fix them; see the report).
-MAX_PAX_HEADER = 1024 * 1024             # a pax extended header larger than this is corrupt
+# Choices of this verifier for what the spec leaves open ("tar overhead").
+MAX_PAX_HEADER = 8192                    # section 6: a pax header holds at most 8192 bytes
 PAX_ALLOWANCE_PER_BLOB = 512 + 1536      # pax header block + data (path <= 1024 bytes)
 TAR_RECORD_SLACK = 1024 + 10240          # end-of-archive marker + record padding
 CHUNK = 64 * 1024
@@ -223,7 +223,6 @@ class Member:
     regular: bool
     meta_ok: bool
     offset: int | None = None     # data offset when the source is a file
-    notes: list[str] = field(default_factory=list)
 
 
 def parse_octal(raw: bytes) -> int | None:
@@ -288,30 +287,23 @@ def parse_pax(data: bytes) -> dict[bytes, bytes]:
     return records
 
 
-def apply_pax(hdr: dict, pax: dict[bytes, bytes], notes: list[str]) -> tuple[bool, bool]:
-    """Apply pax records to a header. Returns (sparse, metadata_ok)."""
+def apply_pax(hdr: dict, pax: dict[bytes, bytes]) -> tuple[bool, bool]:
+    """Apply pax records (section 6: only `path` and `size` are allowed).
+    Returns (sparse, metadata_ok)."""
     sparse, meta_ok = False, True
     for key, value in pax.items():
         if key == b"path":
+            if not value.startswith(hdr["name"]):
+                raise TarProblem(CORRUPT, "ustar name is not a prefix of the pax path")
             hdr["name"] = value
         elif key == b"size":
             if not value.isdigit():
                 raise TarProblem(CORRUPT, "bad pax size")
             hdr["size"] = int(value)
-        elif key in (b"uid", b"gid"):
-            meta_ok &= value.isdigit() and int(value) == 0
-        elif key in (b"uname", b"gname"):
-            meta_ok &= value == b""
-        elif key == b"mtime":
-            meta_ok &= re.fullmatch(rb"0+(\.0*)?", value) is not None
         elif key.startswith(b"GNU.sparse."):
-            sparse = True
-            notes.append("sparse pax record")
-        elif key.startswith((b"SCHILY.xattr.", b"LIBARCHIVE.xattr.", b"SCHILY.acl.")):
-            meta_ok = False
-            notes.append("xattr/acl pax record")
-        # Other records (atime, ctime, comment, hdrcharset, ...) carry nothing
-        # the spec normalizes; they are ignored.
+            sparse = True                 # a sparse file: not a plain regular file
+        else:
+            meta_ok = False               # xattrs, mtime, uid, comment, ...: not normalized
     return sparse, meta_ok
 
 
@@ -397,8 +389,7 @@ class TarReader:
             pax = None
 
     def _member(self, hdr: dict, pax: dict[bytes, bytes]) -> Member:
-        notes: list[str] = []
-        sparse, pax_meta_ok = apply_pax(hdr, pax, notes)
+        sparse, pax_meta_ok = apply_pax(hdr, pax)
         meta_ok = pax_meta_ok and (
             hdr["mode"] == 0o644 and hdr["uid"] == 0 and hdr["gid"] == 0
             and hdr["mtime"] == 0 and hdr["uname"] == b"" and hdr["gname"] == b"")
@@ -406,7 +397,7 @@ class TarReader:
         self.pending = hdr["size"]
         self.padding = pad_len(hdr["size"])
         return Member(hdr["name"], hdr["size"], hdr["typeflag"], regular, meta_ok,
-                      self.src.tell(), notes)
+                      self.src.tell())
 
 
 # --------------------------------------------------------------------------
@@ -535,7 +526,9 @@ def is_valid_path(raw: bytes) -> bool:
         return False
     if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text):
         return False
-    return all(seg not in ("", ".", "..") for seg in text.split("/"))
+    if any(seg in ("", ".", "..") for seg in text.split("/")):
+        return False
+    return unicodedata.is_normalized("NFC", text)
 
 
 def path_bytes(value: str) -> bytes | None:
@@ -1141,14 +1134,16 @@ def check_archive_contents(pkg: str, member: Member, blobs: list[Blob], report: 
 
 def check_blobs(reader: TarReader, blobs: list[Blob], report: Report) -> None:
     """Match archive members against the manifest blobs (section 7, check 7).
-    Returns normally only when the tar was read to its end-of-archive marker."""
+    Returns normally when every member was read (problems after the last member,
+    such as trailing bytes or a missing marker, are reported here); other tar
+    problems propagate to the caller as archive.corrupt."""
     fail = lambda code: report.fail("blobs", code)
     index = {}
     for i, blob in enumerate(blobs):
         index.setdefault(blob.raw, (i, blob))
     seen: set[bytes] = set()
     highest = -1
-    trailing = False
+    tail_code = None                      # a problem found after the last member
     try:
         for m in reader.members():
             if not m.regular:
@@ -1173,17 +1168,17 @@ def check_blobs(reader: TarReader, blobs: list[Blob], report: Report) -> None:
             highest = max(highest, i)
             _check_blob_data(reader, m, blob, report)
     except TarProblem as exc:
-        if exc.kind != TRAILING:
+        if exc.kind not in (TRAILING, NO_MARKER):
             raise
-        trailing = True
+        tail_code = "archive.trailing_data" if exc.kind == TRAILING else "archive.corrupt"
         if not exc.members_complete:      # members may hide behind a lone zero block
-            report.fail("archive", "archive.trailing_data")
+            report.fail("archive", tail_code)
             report.not_checked("blobs")
             return
     if any(b.raw not in seen for b in blobs):
         fail("blob.missing")
-    if trailing:
-        report.fail("archive", "archive.trailing_data")
+    if tail_code:
+        report.fail("archive", tail_code)
 
 
 def _check_blob_data(reader: TarReader, m: Member, blob: Blob, report: Report) -> None:
