@@ -21,6 +21,22 @@ final class FileByteSource: ArchiveByteSource {
     }
 }
 
+/// Reads from bytes held in memory.
+final class MemoryByteSource: ArchiveByteSource {
+    private let bytes: [UInt8]
+    private var offset = 0
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let count = min(buffer.count, bytes.count - offset)
+        guard count > 0 else { return 0 }
+        bytes.withUnsafeBytes { raw in
+            buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + count)]))
+        }
+        offset += count
+        return count
+    }
+}
+
 /// The context libarchive's read callback receives: the source and the buffer handed back to libarchive.
 private final class ReadContext {
     let source: any ArchiveByteSource
@@ -140,6 +156,17 @@ final class ArchiveReader {
         let count = archive_read_data(archive, buffer.baseAddress, buffer.count)
         guard count >= 0 else { throw failure("read member data") }
         return count
+    }
+
+    /// True when libarchive really decoded the declared filter (it passes unrecognized data through as "none").
+    func filterMatches(_ compression: Compression) -> Bool {
+        let expected: Int32
+        switch compression {
+        case .none: return archive_filter_count(archive) == 1
+        case .gzip: expected = ARCHIVE_FILTER_GZIP
+        case .zstd: expected = ARCHIVE_FILTER_ZSTD
+        }
+        return archive_filter_count(archive) == 2 && archive_filter_code(archive, 0) == expected
     }
 
     /// Bytes the format layer consumed (after decompression) and bytes pulled from the source.

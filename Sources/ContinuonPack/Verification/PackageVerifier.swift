@@ -22,9 +22,19 @@ public struct PackageVerifier: Sendable {
     /// - Throws: `io.error` only, when the file cannot be opened or read.
     public func verify(path: String) throws -> VerificationReport {
         let file = try FileDescriptor.openForReading(path)
-        return try withUTF8Locale {
-            var run = VerificationRun(verifier: self, report: VerificationReport(path: path))
-            try run.verify(file: file)
+        return try verify(source: FileByteSource(file: file), name: path)
+    }
+
+    /// Verifies a package held in memory (small packages, fuzzing). `name` only labels the report.
+    public func verify(bytes: [UInt8], name: String = "<memory>") -> VerificationReport {
+        // A memory source cannot fail with an I/O error, and nothing else throws.
+        (try? verify(source: MemoryByteSource(bytes), name: name)) ?? VerificationReport(path: name)
+    }
+
+    func verify(source: any ArchiveByteSource, name: String) throws -> VerificationReport {
+        try withUTF8Locale {
+            var run = VerificationRun(verifier: self, report: VerificationReport(path: name))
+            try run.verify(source: source)
             return run.report
         }
     }
@@ -36,6 +46,8 @@ final class AuditedSource: ArchiveByteSource {
     let upstream: any ArchiveByteSource
     var auditor = TarAuditor()
     let hasher: SHA256Hasher?
+    /// CRC-32 of everything delivered, when asked for (gzip's trailer check).
+    var crc32: CRC32?
     /// Most bytes this source will deliver before it fails with `limitError`.
     let cap: UInt64
     let limitError: ContinuonPackError?
@@ -69,6 +81,7 @@ final class AuditedSource: ArchiveByteSource {
         let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
         byteCount += UInt64(count)
         hasher?.update(chunk)
+        crc32?.update(chunk)
         auditor.feed(chunk)
         return count
     }
@@ -91,6 +104,8 @@ private final class MemberByteSource: ArchiveByteSource {
     private(set) var ended = false
     /// Set when the outer package failed (damaged or truncated) while this member was read.
     private(set) var outerFailure: (any Error)?
+    /// The last eight bytes read (a gzip member's trailer).
+    private(set) var tail: [UInt8] = []
 
     init(outer: ArchiveReader) { self.outer = outer }
 
@@ -104,8 +119,10 @@ private final class MemberByteSource: ArchiveByteSource {
             throw error
         }
         if count == 0 { ended = true }
-        hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+        let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
+        hasher.update(chunk)
         byteCount += UInt64(count)
+        tail = Array((tail + chunk.suffix(8)).suffix(8))
         return count
     }
 
@@ -117,9 +134,11 @@ private final class MemberByteSource: ArchiveByteSource {
 /// The decompressed bytes of a gzip or zstd stream, through libarchive's raw format.
 private final class DecompressedSource: ArchiveByteSource {
     let reader: ArchiveReader
+    let compression: Compression
     private var started = false
 
     init(compressed: any ArchiveByteSource, compression: Compression) throws {
+        self.compression = compression
         reader = try ArchiveReader(source: compressed, format: .raw, compression: compression)
     }
 
@@ -127,6 +146,10 @@ private final class DecompressedSource: ArchiveByteSource {
         if !started {
             started = true
             guard case .entry = try reader.next() else { return 0 }
+            // libarchive passes data it does not recognize through unchanged: insist on the declared filter.
+            guard reader.filterMatches(compression) else {
+                throw ContinuonPackError(.archiveCorrupt, "The episode archive is not a \(compression.rawValue) stream.")
+            }
         }
         return try reader.readData(into: buffer)
     }
@@ -176,8 +199,9 @@ private struct VerificationRun {
     /// raw path bytes are the ones checked against the manifest.
     mutating func bind(_ info: ArchiveEntryInfo, auditor: inout TarAuditor, layer: Layer) -> TarAuditor.Member? {
         if reportViolation(auditor, layer: layer) { return nil }
-        guard let member = auditor.takeMember(), Int64(member.size) == info.size ?? -1,
-              Self.samePath(member.path, info.pathBytes)
+        guard let member = auditor.takeMember(),
+              Validation.pathProblem(member.path) != nil
+                || (Int64(member.size) == info.size ?? -1 && Self.samePath(member.path, info.pathBytes))
         else {
             let (code, _) = layer.code(for: .corrupt(""))
             report.fail(layer == .package ? .structure : .archive, ContinuonPackError(
@@ -194,10 +218,10 @@ private struct VerificationRun {
         return a == b // Swift compares strings by canonical equivalence
     }
 
-    mutating func verify(file: FileDescriptor) throws {
+    mutating func verify(source upstream: any ArchiveByteSource) throws {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: verifier.bufferSize, alignment: 4096)
         defer { buffer.deallocate() }
-        let source = AuditedSource(upstream: FileByteSource(file: file))
+        let source = AuditedSource(upstream: upstream)
         let outer: ArchiveReader
         do {
             outer = try ArchiveReader(source: source, compression: .none)
@@ -435,6 +459,7 @@ private struct VerificationRun {
             return
         }
         let tarBytes = AuditedSource(upstream: decompressed!, cap: cap, limitError: limitError)
+        if compression == .gzip { tarBytes.crc32 = CRC32() }
         do {
             let inner = try ArchiveReader(source: tarBytes, compression: .none)
             try checkBlobs(inner, source: tarBytes, manifest: manifest, buffer: buffer)
@@ -447,6 +472,9 @@ private struct VerificationRun {
                     report.fail(.archive, ContinuonPackError(
                         .archiveTrailingData,
                         "\(member.byteCount - UInt64(raw.rawBytes)) bytes follow the end of the \(compression.rawValue) stream."))
+                } else if let crc = tarBytes.crc32, !Self.gzipTrailerMatches(member.tail, crc) {
+                    report.fail(.archive, ContinuonPackError(
+                        .archiveCorrupt, "The gzip trailer (CRC-32 and length) does not match the decompressed data."))
                 }
             }
         } catch let error as ContinuonPackError where error.code == .ioError {
@@ -465,14 +493,21 @@ private struct VerificationRun {
         _ = reportViolation(tarBytes.auditor, layer: .archive)
     }
 
+    /// A gzip member ends with CRC-32 and ISIZE (length mod 2^32), both little-endian.
+    static func gzipTrailerMatches(_ tail: [UInt8], _ crc: CRC32) -> Bool {
+        guard tail.count == 8 else { return false }
+        func word(_ offset: Int) -> UInt32 {
+            (0..<4).reduce(UInt32(0)) { $0 | UInt32(tail[offset + $1]) << (8 * $1) }
+        }
+        return word(0) == crc.value && word(4) == crc.length
+    }
+
     private mutating func checkBlobs(
         _ inner: ArchiveReader, source: AuditedSource, manifest: Manifest, buffer: UnsafeMutableRawBufferPointer
     ) throws {
         let blobs = manifest.blobs
-        var indexByPath: [[UInt8]: Int] = [:]
-        for (index, blob) in blobs.enumerated() where indexByPath[Array(blob.path.utf8)] == nil {
-            indexByPath[Array(blob.path.utf8)] = index
-        }
+        var indicesByPath: [[UInt8]: [Int]] = [:]
+        for (index, blob) in blobs.enumerated() { indicesByPath[Array(blob.path.utf8), default: []].append(index) }
         var seen = [Bool](repeating: false, count: blobs.count)
         var next = 0
         var listed = 0
@@ -483,18 +518,22 @@ private struct VerificationRun {
         while case let .entry(info) = try inner.next() {
             guard let member = bind(info, auditor: &source.auditor, layer: .archive) else { return }
             let path = String(decoding: member.path, as: UTF8.self)
+            let indices = indicesByPath[member.path] ?? []
             if let problem = Validation.pathProblem(member.path) {
+                // Not trusted further (libarchive may read such a name differently): matched, never read.
                 note(ContinuonPackError(.blobPath, "The archive member \(quoted(path)) has an invalid path: \(problem)."))
+                if let index = indices.first(where: { !seen[$0] }) { seen[index] = true }
+                continue
             }
             guard info.isRegularFile, !info.isSparse, !info.hasExtendedAttributes else {
                 note(ContinuonPackError(.blobType, "The archive member \(quoted(path)) is not a plain regular file."))
                 continue
             }
-            guard let index = indexByPath[member.path] else {
+            guard !indices.isEmpty else {
                 note(ContinuonPackError(.blobUnexpected, "The archive member \(quoted(path)) is not in the manifest."))
                 continue
             }
-            if seen[index] {
+            guard let index = indices.first(where: { !seen[$0] }) else {
                 note(ContinuonPackError(.blobDuplicate, "The archive holds \(quoted(path)) more than once."))
                 continue
             }

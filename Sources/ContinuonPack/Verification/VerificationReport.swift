@@ -46,11 +46,30 @@ public struct VerificationReport: Sendable {
     init(path: String) { self.path = path }
 
     mutating func fail(_ check: Check, _ error: ContinuonPackError) {
+        // When the episode archive cannot be read to its end, which blob checks ran first depends on buffering:
+        // the format says no blob codes are reported then (docs/signed-ingestion.md, section 7).
+        if error.code == .archiveCorrupt || error.code == .archiveLimit {
+            dropFailures(of: .blobs)
+            blobsAbandoned = true
+        }
+        if check == .blobs && blobsAbandoned { return }
         outcomes[check] = .failed
         failures.append(error)
     }
 
+    /// Set once the episode archive could not be read to its end.
+    private var blobsAbandoned = false
+
+    /// Forgets the failures recorded for `check` and marks it not checked.
+    mutating func dropFailures(of check: Check) {
+        let prefix = check == .blobs ? "blob." : check.rawValue + "."
+        failures.removeAll { $0.code.rawValue.hasPrefix(prefix) }
+        omittedFailures = 0
+        outcomes[check] = .notChecked
+    }
+
     mutating func hold(_ check: Check) {
+        if check == .blobs && blobsAbandoned { return }
         if outcomes[check] == .notChecked { outcomes[check] = .held }
     }
 

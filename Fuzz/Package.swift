@@ -1,0 +1,17 @@
+// swift-tools-version:6.0
+// libFuzzer targets for the parsers that face untrusted input. A separate package, so that the main build never
+// links them without the fuzzer runtime. Run them with scripts/fuzz.
+import Foundation
+import PackageDescription
+
+// SwiftPM names a path dependency after its folder, which differs between clones.
+let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().lastPathComponent.lowercased()
+
+let package = Package(
+    name: "continuon-pack-fuzz",
+    dependencies: [.package(path: "..")],
+    targets: [
+        .executableTarget(name: "FuzzVerifier", dependencies: [.product(name: "ContinuonPack", package: root)]),
+        .executableTarget(name: "FuzzJSON", dependencies: [.product(name: "ContinuonPack", package: root)]),
+    ]
+)

@@ -1,0 +1,20 @@
+import ContinuonPack
+
+// The strict JSON parser, envelope and manifest decoders on arbitrary bytes. A parsed value must re-encode to
+// canonical JSON that parses to the same value.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzJSON(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+    let bytes = Array(UnsafeBufferPointer(start: data, count: size))
+    if let value = try? StrictJSONParser.parse(bytes) {
+        let canonical = CanonicalJSON.encode(value)
+        guard let again = try? StrictJSONParser.parse(canonical, maxDepth: 64) else {
+            preconditionFailure("canonical output does not parse")
+        }
+        precondition(CanonicalJSON.encode(again) == canonical, "canonical JSON is not stable")
+    }
+    if let envelope = try? Envelope.decode(bytes) {
+        _ = try? Manifest.decode(envelope.payload).problems()
+    }
+    _ = try? Manifest.decode(bytes).problems()
+    return 0
+}
