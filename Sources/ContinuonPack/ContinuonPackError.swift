@@ -41,6 +41,13 @@ extension ContinuonPackError.Code {
     public static let sourceChanged: Self = "pack.source_changed"
     public static let sourceEmpty: Self = "pack.no_blobs"
 
+    // MARK: - Outbox and upload
+    public static let outboxCorrupt: Self = "outbox.state_corrupt"
+    public static let outboxConflict: Self = "outbox.conflict"
+    public static let uploadRejected: Self = "upload.rejected"
+    public static let uploadIncomplete: Self = "upload.incomplete"
+    public static let uploadProtocol: Self = "upload.protocol_error"
+
     // MARK: - Package structure (outer tar)
     public static let packageNotTar: Self = "package.not_tar"
     public static let packageMemberCount: Self = "package.member_count"

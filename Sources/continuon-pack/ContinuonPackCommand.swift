@@ -5,7 +5,7 @@ import Glibc
 #endif
 
 @main
-struct ContinuonPackCommand: ParsableCommand {
+struct ContinuonPackCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "continuon-pack",
         abstract: "Pack robot episodes into signed, verifiable upload packages, and verify them offline.",
@@ -14,15 +14,19 @@ struct ContinuonPackCommand: ParsableCommand {
             The format is specified in docs/signed-ingestion.md.
             """,
         version: "0.1.0",
-        subcommands: [Keygen.self, Pack.self, Verify.self, Inspect.self, SignBlob.self, VerifyBlob.self]
+        subcommands: [Keygen.self, Pack.self, Verify.self, Inspect.self, SignBlob.self, VerifyBlob.self, Upload.self, OutboxCommand.self]
     )
 
     /// Runs the command, mapping every failure to the documented exit codes (0, 1, 2) instead of
     /// ArgumentParser's defaults.
-    static func main() {
+    static func main() async {
         do {
             var command = try parseAsRoot()
-            try command.run()
+            if var asynchronous = command as? any AsyncParsableCommand {
+                try await asynchronous.run()
+            } else {
+                try command.run()
+            }
         } catch let exit as ExitCode {
             Glibc.exit(exit.rawValue)
         } catch let error as ContinuonPackError {

@@ -1,10 +1,14 @@
 /// CRC-32 (ISO-HDLC, as in gzip's trailer: reflected polynomial 0xEDB88320), slicing by 8.
+/// `CRC32(castagnoli: true)` computes CRC-32C (polynomial 0x82F63B78), as Cloud Storage's `crc32c`.
 struct CRC32 {
-    private static let tables: [[UInt32]] = {
+    private static let isoTables = makeTables(polynomial: 0xEDB8_8320)
+    private static let castagnoliTables = makeTables(polynomial: 0x82F6_3B78)
+
+    private static func makeTables(polynomial: UInt32) -> [[UInt32]] {
         var tables = [[UInt32]](repeating: [UInt32](repeating: 0, count: 256), count: 8)
         for index in 0..<256 {
             var crc = UInt32(index)
-            for _ in 0..<8 { crc = crc & 1 == 1 ? (crc >> 1) ^ 0xEDB8_8320 : crc >> 1 }
+            for _ in 0..<8 { crc = crc & 1 == 1 ? (crc >> 1) ^ polynomial : crc >> 1 }
             tables[0][index] = crc
         }
         for index in 0..<256 {
@@ -14,17 +18,22 @@ struct CRC32 {
             }
         }
         return tables
-    }()
+    }
 
+    private let tables: [[UInt32]]
     private var crc: UInt32 = 0xFFFF_FFFF
     /// Bytes seen, modulo 2^32 (gzip's ISIZE).
     private(set) var length: UInt32 = 0
 
     var value: UInt32 { ~crc }
 
+    init(castagnoli: Bool = false) {
+        tables = castagnoli ? Self.castagnoliTables : Self.isoTables
+    }
+
     mutating func update(_ bytes: UnsafeRawBufferPointer) {
         length &+= UInt32(truncatingIfNeeded: bytes.count)
-        Self.tables.withUnsafeBufferPointer { tables in
+        tables.withUnsafeBufferPointer { tables in
             let t0 = tables[0], t1 = tables[1], t2 = tables[2], t3 = tables[3]
             let t4 = tables[4], t5 = tables[5], t6 = tables[6], t7 = tables[7]
             var crc = self.crc

@@ -126,7 +126,7 @@ public enum FileIO {
         try syncDirectory(directory)
     }
 
-    static func syncDirectory(_ directory: String) throws {
+    public static func syncDirectory(_ directory: String) throws {
         let fd = FileDescriptor.retryOnInterrupt { open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         guard fd >= 0 else { throw FileDescriptor.ioError("Cannot open directory \(directory)", path: directory) }
         defer { _ = close(fd) }
@@ -148,6 +148,43 @@ public enum FileIO {
             throw error
         }
         try publish(temporary: temporary, as: path, directory: directory)
+    }
+
+    /// Replaces (or creates) `path` atomically: temporary name, fsync, rename over, fsync directory.
+    public static func replaceFile(_ bytes: [UInt8], at path: String, mode: mode_t) throws {
+        let directory = parentDirectory(of: path)
+        let temporary = FileDescriptor.uniqueTemporaryPath(in: directory, suffix: ".partial")
+        let file = try FileDescriptor.createExclusive(temporary, mode: mode)
+        do {
+            try bytes.withUnsafeBytes { try file.writeAll($0) }
+            try file.sync()
+            try file.close()
+            guard rename(temporary, path) == 0 else { throw FileDescriptor.ioError("Cannot replace \(path)", path: path) }
+        } catch {
+            _ = unlink(temporary)
+            throw error
+        }
+        try syncDirectory(directory)
+    }
+
+    /// Copies a file to a new path (never replacing one), fsyncing the copy.
+    public static func copyFile(from source: String, to destination: String) throws {
+        let input = try FileDescriptor.openForReading(source)
+        let output = try FileDescriptor.createExclusive(destination, mode: 0o600)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { buffer.deallocate() }
+        do {
+            while true {
+                let count = try input.read(into: buffer)
+                if count == 0 { break }
+                try output.writeAll(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+            }
+            try output.sync()
+            try output.close()
+        } catch {
+            _ = unlink(destination)
+            throw error
+        }
     }
 
     public static func readFile(_ path: String, limit: Int) throws -> [UInt8] {

@@ -11,12 +11,19 @@ public struct SHA256Digest: Hashable, Sendable, CustomStringConvertible {
 /// Streaming SHA-256 from OpenSSL's EVP interface. One owner of one `EVP_MD_CTX`.
 public final class SHA256Hasher {
     private let context: OpaquePointer
+    private let length: Int
 
-    public init() {
+    public convenience init() { self.init(algorithm: EVP_sha256(), length: 32) }
+
+    /// MD5, only for Cloud Storage's `md5Hash` transfer check; never for security.
+    static func md5() -> SHA256Hasher { SHA256Hasher(algorithm: EVP_md5(), length: 16) }
+
+    private init(algorithm: OpaquePointer?, length: Int) {
         guard let context = EVP_MD_CTX_new() else { fatalError("EVP_MD_CTX_new: out of memory") }
         self.context = context
-        guard EVP_DigestInit_ex(context, EVP_sha256(), nil) == 1 else {
-            fatalError("EVP_DigestInit_ex(SHA-256) failed: \(openSSLErrorText() ?? "unknown")")
+        self.length = length
+        guard EVP_DigestInit_ex(context, algorithm, nil) == 1 else {
+            fatalError("EVP_DigestInit_ex failed: \(openSSLErrorText() ?? "unknown")")
         }
     }
 
@@ -36,12 +43,12 @@ public final class SHA256Hasher {
 
     /// Returns the digest. The hasher must not be used afterwards.
     public func finalize() -> SHA256Digest {
-        var out = [UInt8](repeating: 0, count: 32)
+        var out = [UInt8](repeating: 0, count: 64)
         var length: UInt32 = 0
-        guard EVP_DigestFinal_ex(context, &out, &length) == 1, length == 32 else {
+        guard EVP_DigestFinal_ex(context, &out, &length) == 1, Int(length) == self.length else {
             fatalError("EVP_DigestFinal_ex failed: \(openSSLErrorText() ?? "unknown")")
         }
-        return SHA256Digest(bytes: out)
+        return SHA256Digest(bytes: Array(out.prefix(self.length)))
     }
 
     /// The digest of `bytes` in one call.

@@ -1,0 +1,77 @@
+/// The durable record of one outbox entry (`state.json`), rewritten atomically at every transition.
+public struct OutboxState: Sendable, Equatable {
+    public enum Phase: String, Sendable {
+        /// Added, nothing sent yet.
+        case queued
+        /// A resumable session exists (saved before the first byte was sent).
+        case uploading
+        /// The server holds the object and its size and hashes equal ours. Final.
+        case acknowledged
+        /// The server refused the package (a 4xx other than 408/429), or holds different bytes under its name.
+        /// Final: never retried by itself; the package stays on disk.
+        case rejected
+    }
+
+    public var packageID: String
+    public var size: UInt64
+    /// Lowercase hex SHA-256 of the package file.
+    public var sha256: String
+    /// Standard base64, as Cloud Storage reports `md5Hash` and `crc32c`.
+    public var md5Base64: String
+    public var crc32cBase64: String
+    public var phase: Phase
+    public var objectName: String?
+    public var sessionURI: String?
+    /// Bytes the server confirmed holding.
+    public var confirmed: UInt64
+    public var attempts: Int
+    public var lastError: String?
+    public var rejectionStatus: Int?
+    public var rejectionBody: String?
+
+    public init(packageID: String, size: UInt64, sha256: String, md5Base64: String, crc32cBase64: String) {
+        self.packageID = packageID
+        self.size = size
+        self.sha256 = sha256
+        self.md5Base64 = md5Base64
+        self.crc32cBase64 = crc32cBase64
+        self.phase = .queued
+        self.confirmed = 0
+        self.attempts = 0
+    }
+
+    public var jsonValue: JSONValue {
+        func optional(_ text: String?) -> JSONValue { text.map(JSONValue.string) ?? .null }
+        return .object([
+            ("package_id", .string(packageID)), ("size", .number(String(size))), ("sha256", .string(sha256)),
+            ("md5", .string(md5Base64)), ("crc32c", .string(crc32cBase64)), ("state", .string(phase.rawValue)),
+            ("object_name", optional(objectName)), ("session_uri", optional(sessionURI)),
+            ("confirmed", .number(String(confirmed))), ("attempts", .number(String(attempts))),
+            ("last_error", optional(lastError)),
+            ("rejection_status", rejectionStatus.map { .number(String($0)) } ?? .null),
+            ("rejection_body", optional(rejectionBody)),
+        ])
+    }
+
+    init(json bytes: [UInt8]) throws {
+        let value: JSONValue
+        do { value = try StrictJSONParser.parse(bytes) } catch {
+            throw ContinuonPackError(.outboxCorrupt, "An outbox state file is not valid JSON: \(error.reason).")
+        }
+        func string(_ key: String) -> String? { if case let .string(text)? = value[key] { return text }; return nil }
+        func number(_ key: String) -> UInt64? { value[key]?.safeUnsignedInteger }
+        guard let packageID = string("package_id"), let size = number("size"), let sha256 = string("sha256"),
+              let md5 = string("md5"), let crc32c = string("crc32c"), let phase = string("state").flatMap(Phase.init),
+              let confirmed = number("confirmed"), let attempts = number("attempts")
+        else { throw ContinuonPackError(.outboxCorrupt, "An outbox state file lacks required fields.") }
+        self.init(packageID: packageID, size: size, sha256: sha256, md5Base64: md5, crc32cBase64: crc32c)
+        self.phase = phase
+        self.objectName = string("object_name")
+        self.sessionURI = string("session_uri")
+        self.confirmed = confirmed
+        self.attempts = Int(attempts)
+        self.lastError = string("last_error")
+        self.rejectionStatus = number("rejection_status").map(Int.init)
+        self.rejectionBody = string("rejection_body")
+    }
+}

@@ -1,0 +1,329 @@
+import Foundation
+
+/// What the uploader reports as it goes (for progress bars and logs).
+public struct UploadEvent: Sendable {
+    public let packageID: String
+    public let phase: OutboxState.Phase
+    public let confirmed: UInt64
+    public let size: UInt64
+    public let message: String?
+}
+
+/// Uploads outbox entries with the Cloud Storage JSON API resumable protocol, resuming where the server says it
+/// stopped, retrying transient failures with full-jitter backoff, and writing every transition to the entry's
+/// state record before acting on it. An entry is `acknowledged` only after the server reported the object's size
+/// and hashes equal to ours; a refusal (4xx) makes it `rejected`, with the package kept on disk.
+///
+/// Memory: one chunk (`UploadTarget.chunkSize`) per upload in flight.
+public actor Uploader {
+    public let outbox: Outbox
+    public let target: UploadTarget
+    public let policy: RetryPolicy
+    private let transport: any HTTPTransport
+    private let sleep: @Sendable (Duration) async throws -> Void
+    private let random: @Sendable () -> Double
+    private let onEvent: (@Sendable (UploadEvent) -> Void)?
+
+    /// - Parameters:
+    ///   - transport: defaults to `URLSessionTransport` with the policy's request timeout.
+    ///   - sleep, random: injectable for tests (the backoff's clock and jitter).
+    public init(
+        outbox: Outbox, target: UploadTarget, policy: RetryPolicy = RetryPolicy(), transport: (any HTTPTransport)? = nil,
+        sleep: @escaping @Sendable (Duration) async throws -> Void = { try await Task.sleep(for: $0) },
+        random: @escaping @Sendable () -> Double = { Double.random(in: 0...1) },
+        onEvent: (@Sendable (UploadEvent) -> Void)? = nil
+    ) {
+        self.outbox = outbox
+        self.target = target
+        self.policy = policy
+        self.transport = transport ?? URLSessionTransport(timeout: policy.requestTimeout)
+        self.sleep = sleep
+        self.random = random
+        self.onEvent = onEvent
+    }
+
+    /// Uploads every queued or uploading entry once (each until acknowledged, rejected or its deadline).
+    public func drain() async throws -> [OutboxState] {
+        var results: [OutboxState] = []
+        for entry in try outbox.entries() where entry.phase == .queued || entry.phase == .uploading {
+            if Task.isCancelled { break }
+            results.append(try await upload(packageID: entry.packageID))
+        }
+        return results
+    }
+
+    /// Drains, then looks for new entries every `pollInterval`, until the task is cancelled.
+    public func run(pollInterval: Duration = .seconds(5)) async throws {
+        while !Task.isCancelled {
+            _ = try await drain()
+            try? await sleep(pollInterval)
+        }
+    }
+
+    /// Uploads one entry. Returns its state: `acknowledged`, `rejected`, or still `queued`/`uploading` when the
+    /// deadline passed, the task was cancelled or another process holds the entry.
+    public func upload(packageID: String) async throws -> OutboxState {
+        guard let lock = try outbox.lock(packageID) else { return try outbox.state(of: packageID) }
+        defer { withExtendedLifetime(lock) {} }
+        var state = try outbox.state(of: packageID)
+        guard state.phase == .queued || state.phase == .uploading else { return state }
+        state.objectName = target.objectName(packageID: packageID)
+        let file = try FileDescriptor.openForReading(outbox.packagePath(packageID))
+        var session = Session(state: state, file: file, askStatus: state.phase == .uploading)
+        let clock = ContinuousClock()
+        let start = clock.now
+        var attempt = 0
+        while true {
+            if Task.isCancelled { break }
+            do {
+                let before = session.state.confirmed
+                try await step(&session)
+                if session.state.confirmed > before { attempt = 0 }
+                if session.state.phase == .acknowledged || session.state.phase == .rejected { break }
+            } catch let failure as Retryable {
+                session.state.attempts += 1
+                session.state.lastError = failure.message
+                session.askStatus = session.state.sessionURI != nil
+                try save(session.state)
+                let delay = policy.delay(attempt: attempt, retryAfter: failure.retryAfter, random: random())
+                attempt += 1
+                if clock.now - start + delay > policy.deadline {
+                    session.state.lastError = "gave up for this run after \(policy.deadline): \(failure.message)"
+                    try save(session.state)
+                    break
+                }
+                try? await sleep(delay)
+            }
+        }
+        return session.state
+    }
+
+    // MARK: - Protocol steps
+
+    private struct Session {
+        var state: OutboxState
+        let file: FileDescriptor
+        /// Ask the server what it holds before sending (after an error, or when resuming a saved session).
+        var askStatus: Bool
+    }
+
+    private struct Retryable: Error {
+        let message: String
+        var retryAfter: Duration?
+    }
+
+    private func save(_ state: OutboxState) throws {
+        try outbox.save(state)
+        onEvent?(UploadEvent(
+            packageID: state.packageID, phase: state.phase, confirmed: state.confirmed, size: state.size,
+            message: state.lastError))
+    }
+
+    private func step(_ session: inout Session) async throws {
+        guard let sessionURI = session.state.sessionURI, let sessionURL = URL(string: sessionURI) else {
+            try await initiate(&session)
+            return
+        }
+        if session.askStatus {
+            let response = try await send("PUT", sessionURL, headers: ["Content-Range": "bytes */\(session.state.size)"], body: Data())
+            try await handle(response, &session, sentUpTo: nil)
+            return
+        }
+        let offset = session.state.confirmed
+        let size = session.state.size
+        if size > 0 && offset >= size {
+            session.askStatus = true
+            return
+        }
+        let length = Int(min(UInt64(target.chunkSize), size - offset))
+        var chunk = Data(count: length)
+        let read = try chunk.withUnsafeMutableBytes { try readFully(session.file, into: $0, at: Int64(offset)) }
+        guard read == length else {
+            throw ContinuonPackError(.ioError, "The outbox copy of \(session.state.packageID) is shorter than recorded.")
+        }
+        let range = size == 0 ? "bytes */0" : "bytes \(offset)-\(offset + UInt64(length) - 1)/\(size)"
+        let response = try await send("PUT", sessionURL, headers: ["Content-Range": range], body: chunk)
+        try await handle(response, &session, sentUpTo: offset + UInt64(length))
+    }
+
+    private func initiate(_ session: inout Session) async throws {
+        let state = session.state
+        guard let url = target.initiateURL(objectName: state.objectName ?? "") else {
+            throw ContinuonPackError(.uploadProtocol, "Cannot build the upload URL from \(target.baseURL).")
+        }
+        let metadata = CanonicalJSON.encode(.object([
+            ("name", .string(state.objectName ?? "")), ("contentType", .string("application/vnd.continuon.package")),
+            ("md5Hash", .string(state.md5Base64)), ("crc32c", .string(state.crc32cBase64)),
+            ("metadata", .object([("package_id", .string(state.packageID)), ("sha256", .string(state.sha256))])),
+        ]))
+        let response = try await send("POST", url, headers: [
+            "Content-Type": "application/json; charset=UTF-8", "X-Upload-Content-Type": "application/octet-stream",
+            "X-Upload-Content-Length": String(state.size),
+        ], body: Data(metadata))
+        switch response.status {
+        case 200, 201:
+            guard let location = response.header("Location"), URL(string: location) != nil else {
+                throw Retryable(message: "the server started a session without a Location header")
+            }
+            // The session URI is durable before the first byte is sent: a crash resumes this session.
+            session.state.sessionURI = location
+            session.state.confirmed = 0
+            session.state.phase = .uploading
+            session.state.lastError = nil
+            session.askStatus = false
+            try save(session.state)
+        case 412:
+            try await settleExisting(&session)
+        default:
+            try reject(response, &session, during: "starting the upload")
+        }
+    }
+
+    /// Interprets the answer to a chunk or a status query.
+    private func handle(_ response: HTTPResponse, _ session: inout Session, sentUpTo: UInt64?) async throws {
+        switch response.status {
+        case 308:
+            // "Resume incomplete": Range bytes=0-N means the server holds N+1 bytes; no Range means none.
+            var held: UInt64 = 0
+            if let range = response.header("Range") {
+                guard let parsed = Self.parseRange(range), parsed <= session.state.size else {
+                    throw Retryable(message: "the server sent an unusable Range header \(quoted(range))")
+                }
+                held = parsed
+            }
+            session.state.confirmed = held
+            session.state.lastError = nil
+            session.askStatus = false
+            try save(session.state)
+        case 200, 201:
+            try await acknowledge(response, &session)
+        case 404, 410:
+            // The session expired or is unknown: start a new one from byte 0.
+            session.state.sessionURI = nil
+            session.state.confirmed = 0
+            session.state.lastError = "the upload session expired (HTTP \(response.status)); starting a new one"
+            try save(session.state)
+        case 412:
+            try await settleExisting(&session)
+        default:
+            try reject(response, &session, during: sentUpTo == nil ? "asking for the upload status" : "sending data")
+        }
+    }
+
+    /// Retryable statuses throw; every other status is a rejection.
+    private func reject(_ response: HTTPResponse, _ session: inout Session, during: String) throws {
+        if response.status == 408 || response.status == 429 || response.status >= 500 {
+            throw Retryable(
+                message: "HTTP \(response.status) while \(during)", retryAfter: Self.retryAfter(response.header("Retry-After")))
+        }
+        session.state.phase = .rejected
+        session.state.rejectionStatus = response.status
+        session.state.rejectionBody = String(decoding: response.body.prefix(64 * 1024), as: UTF8.self)
+        session.state.lastError = "rejected with HTTP \(response.status) while \(during)"
+        try save(session.state)
+    }
+
+    /// The upload finished: acknowledge only if the server's size and hashes are ours.
+    private func acknowledge(_ response: HTTPResponse, _ session: inout Session) async throws {
+        var object = try? StrictJSONParser.parse(Array(response.body))
+        if object.map(Self.hashes)?.hasHash != true {
+            object = try await fetchObject(session.state)
+        }
+        try settle(object, &session, status: response.status)
+    }
+
+    /// `412`: an object of that name exists. Equal size and hashes: it is ours (acknowledged); else rejected.
+    private func settleExisting(_ session: inout Session) async throws {
+        guard let object = try await fetchObject(session.state) else {
+            session.state.sessionURI = nil
+            throw Retryable(message: "the server said the object exists but does not show it")
+        }
+        try settle(object, &session, status: 412)
+    }
+
+    private func settle(_ object: JSONValue?, _ session: inout Session, status: Int) throws {
+        let found = object.map(Self.hashes) ?? ObjectHashes(size: nil, md5: nil, crc32c: nil)
+        let state = session.state
+        let sizeMatches = found.size == state.size
+        let md5Matches = found.md5.map { $0 == state.md5Base64 } ?? true
+        let crcMatches = found.crc32c.map { $0 == state.crc32cBase64 } ?? true
+        if sizeMatches && md5Matches && crcMatches && found.hasHash {
+            session.state.phase = .acknowledged
+            session.state.confirmed = state.size
+            session.state.lastError = nil
+        } else {
+            session.state.phase = .rejected
+            session.state.rejectionStatus = status
+            session.state.rejectionBody = object.map { String(decoding: CanonicalJSON.encode($0), as: UTF8.self) }
+            session.state.lastError = "the server holds \(found.size.map(String.init) ?? "unknown") bytes with hashes "
+                + "md5 \(found.md5 ?? "none"), crc32c \(found.crc32c ?? "none"): not this package"
+        }
+        try save(session.state)
+    }
+
+    private func fetchObject(_ state: OutboxState) async throws -> JSONValue? {
+        guard let url = target.objectURL(objectName: state.objectName ?? "") else { return nil }
+        let response = try await send("GET", url, headers: [:], body: nil)
+        switch response.status {
+        case 200: return try? StrictJSONParser.parse(Array(response.body))
+        case 404: return nil
+        case 408, 429, 500...:
+            throw Retryable(message: "HTTP \(response.status) while reading the object's metadata",
+                            retryAfter: Self.retryAfter(response.header("Retry-After")))
+        default: return nil
+        }
+    }
+
+    private func send(_ method: String, _ url: URL, headers: [String: String], body: Data?) async throws -> HTTPResponse {
+        var headers = headers
+        if let token = target.bearerToken { headers["Authorization"] = "Bearer " + token }
+        do {
+            return try await transport.send(method: method, url: url, headers: headers, body: body)
+        } catch {
+            throw Retryable(message: "\(method) \(url.path): \(error.localizedDescription)")
+        }
+    }
+
+    private func readFully(_ file: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws -> Int {
+        var filled = 0
+        while filled < buffer.count {
+            let count = try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...]), at: offset + Int64(filled))
+            if count == 0 { break }
+            filled += count
+        }
+        return filled
+    }
+
+    // MARK: - Parsing
+
+    struct ObjectHashes {
+        let size: UInt64?
+        let md5: String?
+        let crc32c: String?
+        var hasHash: Bool { md5 != nil || crc32c != nil }
+    }
+
+    static func hashes(_ object: JSONValue) -> ObjectHashes {
+        var size: UInt64?
+        switch object["size"] {
+        case let .string(text)?: size = UInt64(text)
+        case let .number(text)?: size = UInt64(text)
+        default: size = nil
+        }
+        func string(_ key: String) -> String? { if case let .string(text)? = object[key] { return text }; return nil }
+        return ObjectHashes(size: size, md5: string("md5Hash"), crc32c: string("crc32c"))
+    }
+
+    /// `bytes=0-N` → N + 1.
+    static func parseRange(_ header: String) -> UInt64? {
+        let text = header.trimmingCharacters(in: .whitespaces)
+        guard text.hasPrefix("bytes=0-"), let last = UInt64(text.dropFirst("bytes=0-".count)) else { return nil }
+        return last + 1
+    }
+
+    /// `Retry-After` in seconds (HTTP dates are not honoured: the backoff applies).
+    static func retryAfter(_ header: String?) -> Duration? {
+        guard let header, let seconds = UInt64(header.trimmingCharacters(in: .whitespaces)), seconds <= 3600 else { return nil }
+        return .seconds(Int64(seconds))
+    }
+}

@@ -1,0 +1,202 @@
+import ArgumentParser
+import ContinuonPack
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where to upload, shared by `upload` and `outbox run`.
+struct TargetOptions: ParsableArguments {
+    @Option(name: .long, help: "The storage endpoint: https://storage.googleapis.com, an emulator, or continuon-pack serve (e.g. http://127.0.0.1:8080).")
+    var to: String
+
+    @Option(name: .long, help: "The bucket (the ingestion service's staging area).")
+    var bucket = "staging"
+
+    @Option(name: .long, help: "Prefix of the object name <prefix><package_id>.cpkg.")
+    var prefix = ""
+
+    @Option(name: .long, help: "A file holding a bearer token (OAuth access token) sent as Authorization.")
+    var tokenFile: String?
+
+    @Option(name: .long, help: "Bytes per request, a multiple of 256 KiB.")
+    var chunkSize = 8 << 20
+
+    @Option(name: .long, help: "Seconds one package may keep failing in one run before it is left for a later run.")
+    var deadline = 900
+
+    func validate() throws {
+        guard let url = URL(string: to), url.scheme == "http" || url.scheme == "https", url.host != nil else {
+            throw ValidationError("--to must be an http or https URL, not \(to).")
+        }
+        guard chunkSize >= UploadTarget.chunkGranularity, chunkSize % UploadTarget.chunkGranularity == 0 else {
+            throw ValidationError("--chunk-size must be a positive multiple of 262144 (256 KiB).")
+        }
+        guard deadline > 0 else { throw ValidationError("--deadline must be positive.") }
+    }
+
+    func target() throws -> UploadTarget {
+        var token: String?
+        if let tokenFile {
+            token = String(decoding: try FileIO.readFile(tokenFile, limit: 64 * 1024), as: UTF8.self)
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        return UploadTarget(baseURL: URL(string: to)!, bucket: bucket, prefix: prefix, bearerToken: token, chunkSize: chunkSize)
+    }
+
+    var policy: RetryPolicy { RetryPolicy(deadline: .seconds(deadline)) }
+}
+
+struct OutboxOption: ParsableArguments {
+    @Option(name: .long, help: "The outbox directory (default: $CONTINUON_PACK_OUTBOX or ~/.local/share/continuon-pack/outbox).")
+    var outbox: String?
+
+    func open() throws -> Outbox { try Outbox(directory: outbox ?? Outbox.defaultDirectory()) }
+}
+
+/// A one-line progress display on a terminal; silent otherwise.
+final class ProgressLine: @unchecked Sendable {
+    private let enabled = isatty(2) == 1
+    private let lock = NSLock()
+
+    func show(_ event: UploadEvent) {
+        guard enabled else { return }
+        lock.lock()
+        defer { lock.unlock() }
+        let percent = event.size == 0 ? 100 : Int(event.confirmed * 100 / event.size)
+        let line = "\r\(event.packageID.prefix(12))… \(event.phase.rawValue) \(percent)% (\(event.confirmed)/\(event.size) bytes)\u{1b}[K"
+        FileHandle.standardError.write(Data(line.utf8))
+        if event.phase == .acknowledged || event.phase == .rejected { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+}
+
+func printStates(_ states: [OutboxState], json: Bool) {
+    if json {
+        printJSON(.array(states.map(\.jsonValue)))
+        return
+    }
+    for state in states {
+        var line = "\(state.packageID)  \(state.phase.rawValue)  \(state.confirmed)/\(state.size) bytes  attempts \(state.attempts)"
+        if let status = state.rejectionStatus { line += "  HTTP \(status)" }
+        if let error = state.lastError { line += "  (\(error))" }
+        print(line)
+    }
+}
+
+/// 0 when every package is acknowledged, 1 when any was rejected, 2 when any is still pending.
+func exitStatus(_ states: [OutboxState]) -> ExitCode {
+    if states.contains(where: { $0.phase == .rejected }) { return ExitStatus.invalid }
+    if states.contains(where: { $0.phase != .acknowledged }) { return ExitStatus.usageOrIO }
+    return ExitStatus.ok
+}
+
+extension ContinuonPackCommand {
+    struct Upload: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Upload packages with the resumable Cloud Storage protocol, retrying until acknowledged.",
+            discussion: """
+                Each package is first added to the outbox (a hard link or copy with a durable state record), so an \
+                interrupted upload resumes from what the server holds on the next run. Exit 0 when every package \
+                is acknowledged (the server's size and hashes equal ours), 1 when any was rejected (4xx; the \
+                package stays in the outbox with the server's reason), 2 when any is still pending.
+                """)
+
+        @Argument(help: "The .cpkg files.")
+        var packages: [String]
+
+        @OptionGroup var target: TargetOptions
+        @OptionGroup var outboxOption: OutboxOption
+
+        @Flag(name: .long, help: "Print the final states as JSON.")
+        var json = false
+
+        func run() async throws {
+            let outbox = try outboxOption.open()
+            var ids: [String] = []
+            for package in packages { ids.append(try outbox.add(packageAt: package).packageID) }
+            let progress = ProgressLine()
+            let uploader = Uploader(outbox: outbox, target: try target.target(), policy: target.policy,
+                                    onEvent: { progress.show($0) })
+            var states: [OutboxState] = []
+            for id in ids { states.append(try await uploader.upload(packageID: id)) }
+            printStates(states, json: json)
+            throw exitStatus(states)
+        }
+    }
+
+    struct OutboxCommand: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "outbox",
+            abstract: "A durable queue of packages to upload.",
+            subcommands: [Add.self, Run.self, Status.self])
+
+        struct Add: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Add packages to the outbox (a hard link or fsynced copy: the caller may then delete theirs).")
+
+            @Argument(help: "The .cpkg files.")
+            var packages: [String]
+            @OptionGroup var outboxOption: OutboxOption
+
+            func run() throws {
+                let outbox = try outboxOption.open()
+                for package in packages {
+                    let state = try outbox.add(packageAt: package)
+                    print("\(state.packageID)  \(state.phase.rawValue)")
+                }
+            }
+        }
+
+        struct Run: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Upload what the outbox holds; keep watching for new entries unless --once.")
+
+            @OptionGroup var target: TargetOptions
+            @OptionGroup var outboxOption: OutboxOption
+
+            @Flag(name: .long, help: "Drain what is queued and exit (0 when all are acknowledged).")
+            var once = false
+
+            @Option(name: .long, help: "Seconds between looks for new entries.")
+            var interval = 5
+
+            @Option(name: .long, help: "After acknowledgement: keep the package, or remove it (the state record stays).")
+            var retention: Retention = .keep
+
+            @Flag(name: .long, help: "Print the final states as JSON (with --once).")
+            var json = false
+
+            enum Retention: String, ExpressibleByArgument { case keep, remove }
+
+            func run() async throws {
+                let outbox = try outboxOption.open()
+                let progress = ProgressLine()
+                let uploader = Uploader(outbox: outbox, target: try target.target(), policy: target.policy,
+                                        onEvent: { progress.show($0) })
+                if once {
+                    let states = try await uploader.drain()
+                    if retention == .remove { try outbox.removeAcknowledged() }
+                    printStates(states, json: json)
+                    throw exitStatus(states)
+                }
+                while true {
+                    _ = try await uploader.drain()
+                    if retention == .remove { try outbox.removeAcknowledged() }
+                    try await Task.sleep(for: .seconds(interval))
+                }
+            }
+        }
+
+        struct Status: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Show each entry: package ID, state, bytes confirmed, attempts, last error.")
+
+            @OptionGroup var outboxOption: OutboxOption
+            @Flag(name: .long, help: "Print JSON.")
+            var json = false
+
+            func run() throws {
+                printStates(try outboxOption.open().entries(), json: json)
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Runs Tests/peers/reference_verify.py against every vector in TestVectors/.
+
+- invalid/NAME.cpkg: verified with the keys and threshold of NAME.expected.json; the verdict must be invalid
+  (exit 1, "valid": false) and the set of error codes must equal "codes" exactly.
+- valid/package-*.cpkg: valid (exit 0) with keys/test-ed25519.pub; invalid with exactly
+  ["signature.untrusted"] with only keys/second-ed25519.pub.
+
+Prints one line per mismatch and finally "N passed, M failed". Exit 0 only when nothing failed.
+
+Usage: python3 Tests/peers/check_reference_vectors.py [--vectors DIR] [--verifier PATH] [--timeout S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_VECTORS = os.path.normpath(os.path.join(HERE, "..", "..", "TestVectors"))
+DEFAULT_VERIFIER = os.path.join(HERE, "reference_verify.py")
+
+
+def run_verifier(verifier: str, package: str, keys: list[str], threshold: int, timeout: float):
+    """Returns (exit status, parsed JSON report or None, problem text or None)."""
+    cmd = [sys.executable, verifier, package]
+    for key in keys:
+        cmd += ["--trusted-key", key]
+    cmd += ["--threshold", str(threshold)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, None, f"timed out after {timeout:g} s"
+    try:
+        report = json.loads(proc.stdout.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+        return proc.returncode, None, "no JSON report" + (f" ({tail[0]})" if tail else "")
+    if not isinstance(report, dict) or not isinstance(report.get("errors"), list):
+        return proc.returncode, None, "malformed JSON report"
+    if "Traceback" in proc.stderr.decode("utf-8", "replace"):
+        return proc.returncode, report, "traceback on stderr"
+    return proc.returncode, report, None
+
+
+def expect(verifier: str, label: str, package: str, keys: list[str], threshold: int,
+           valid: bool, codes: set[str], timeout: float) -> str | None:
+    """None when the verifier's result matches; otherwise a one-line description."""
+    status, report, problem = run_verifier(verifier, package, keys, threshold, timeout)
+    if report is None:
+        return f"{label}: {problem} (exit {status})"
+    got = set(report["errors"])
+    want_status = 0 if valid else 1
+    issues = []
+    if problem:
+        issues.append(problem)
+    if status != want_status:
+        issues.append(f"exit {status}, expected {want_status}")
+    if report.get("valid") is not valid:
+        issues.append(f"valid={report.get('valid')!r}, expected {valid!r}")
+    if got != codes:
+        missing, extra = sorted(codes - got), sorted(got - codes)
+        issues.append(f"codes {sorted(got)}, expected {sorted(codes)}"
+                      + (f"; missing {missing}" if missing else "")
+                      + (f"; unexpected {extra}" if extra else ""))
+    return f"{label}: " + "; ".join(issues) if issues else None
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description="Check reference_verify.py against TestVectors/.")
+    parser.add_argument("--vectors", default=DEFAULT_VECTORS)
+    parser.add_argument("--verifier", default=DEFAULT_VERIFIER)
+    parser.add_argument("--timeout", type=float, default=120.0)
+    args = parser.parse_args(argv)
+    keys_dir = os.path.join(args.vectors, "keys")
+    invalid_dir = os.path.join(args.vectors, "invalid")
+    valid_dir = os.path.join(args.vectors, "valid")
+
+    passed = failed = 0
+
+    def record(mismatch: str | None) -> None:
+        nonlocal passed, failed
+        if mismatch is None:
+            passed += 1
+        else:
+            failed += 1
+            print(mismatch, flush=True)
+
+    try:
+        invalid_names = sorted(n[:-len(".expected.json")] for n in os.listdir(invalid_dir)
+                               if n.endswith(".expected.json"))
+        valid_names = sorted(n for n in os.listdir(valid_dir)
+                             if n.startswith("package-") and n.endswith(".cpkg"))
+    except OSError as exc:
+        print(f"cannot list vectors: {exc}")
+        print("0 passed, 1 failed")
+        return 1
+
+    for name in invalid_names:
+        try:
+            with open(os.path.join(invalid_dir, name + ".expected.json"), "rb") as f:
+                expected = json.load(f)
+            keys = [os.path.join(keys_dir, k) for k in expected["trusted_keys"]]
+            threshold = int(expected.get("threshold", 1))
+            codes = set(expected["codes"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            record(f"invalid/{name}: unreadable expected.json: {exc}")
+            continue
+        package = os.path.join(invalid_dir, name + ".cpkg")
+        record(expect(args.verifier, f"invalid/{name}", package, keys, threshold, False, codes,
+                      args.timeout))
+
+    if len(valid_names) != 3:
+        record(f"valid/: expected 3 package-*.cpkg, found {len(valid_names)}")
+    trusted = os.path.join(keys_dir, "test-ed25519.pub")
+    other = os.path.join(keys_dir, "second-ed25519.pub")
+    for name in valid_names:
+        package = os.path.join(valid_dir, name)
+        record(expect(args.verifier, f"valid/{name} (trusted key)", package, [trusted], 1,
+                      True, set(), args.timeout))
+        record(expect(args.verifier, f"valid/{name} (untrusted key)", package, [other], 1,
+                      False, {"signature.untrusted"}, args.timeout))
+
+    print(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
