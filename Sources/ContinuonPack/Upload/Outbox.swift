@@ -52,6 +52,11 @@ public struct Outbox: Sendable {
         guard Hex.isLowercaseDigest(packageID) else {
             throw ContinuonPackError(.manifestDigest, "The package ID in \(path) is not 64 lowercase hex digits.")
         }
+        return try add(fileAt: path, packageID: packageID)
+    }
+
+    /// Adds any file under a given ID (the transfer itself does not look inside packages).
+    func add(fileAt path: String, packageID: String) throws -> OutboxState {
         var state = try Self.fingerprint(path: path, packageID: packageID)
         if let existing = try? self.state(of: packageID) {
             guard existing.sha256 == state.sha256 else {
