@@ -197,9 +197,9 @@ def parse_json(data: bytes):
     valid UTF-8, no lone surrogates. Numbers that are not plain integers up to
     2^53 - 1 become BadNumber (a type error for the caller). Raises JsonError
     for the first error in document order. Iterative: no recursion limit."""
+    # Invalid UTF-8 becomes lone surrogates: inside a string _json_string
+    # refuses them, outside one they are an unexpected character (in order).
     text = data.decode("utf-8", "surrogateescape")
-    if _SURROGATE_RE.search(text):      # invalid UTF-8 anywhere (outside strings too)
-        raise JsonError("invalid")
     stack: list[list] = []              # open containers: [container, current key]
     pos = _ws(text, 0)
     while True:

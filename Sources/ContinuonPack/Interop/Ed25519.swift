@@ -16,12 +16,12 @@ private final class MemoryBIO {
         pointer = bio
     }
 
-    init(reading bytes: [UInt8]) throws {
-        // BIO_new_mem_buf does not copy; `bytes` outlives every use because callers keep it alive in scope.
-        guard bytes.count < Int32.max,
-              let bio = bytes.withUnsafeBytes({ BIO_new_mem_buf($0.baseAddress, Int32($0.count)) })
-        else { throw cryptoError("BIO_new_mem_buf failed") }
-        pointer = bio
+    /// A BIO holding its own copy of `bytes` (BIO_new_mem_buf would borrow memory Swift may free first).
+    convenience init(reading bytes: [UInt8]) throws {
+        try self.init()
+        guard bytes.count < Int32.max else { throw ContinuonPackError(.keyInvalid, "The key file is too large.") }
+        let written = bytes.withUnsafeBytes { BIO_write(pointer, $0.baseAddress, Int32($0.count)) }
+        guard written == Int32(bytes.count) else { throw cryptoError("BIO_write failed") }
     }
 
     deinit { BIO_free(pointer) }

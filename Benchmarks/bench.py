@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of continuon-pack against the standard tools, on inputs it generates.
+
+    scripts/bench [--size-mb 1024] [--small 20000] [--runs 5] [--workdir DIR] [--quick]
+
+Runs every command interleaved (one of each per round, `--runs` rounds, page cache warm) and prints the median
+wall time, ratios to the reference tool, and peak memory (max RSS from wait4). Not a test: numbers depend on the
+machine. The README's performance table comes from one run of this script.
+"""
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def timed(command, cwd=None, stdout=subprocess.DEVNULL, shell=False):
+    """Wall seconds and peak RSS (MiB) of one command (the largest process of a pipeline, for shell=True)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=cwd, stdout=stdout, stderr=subprocess.PIPE, shell=shell)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit("bench: %s failed: %s" % (command, process.stderr.read().decode()[-500:]))
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def make_blobs(directory, count, size_of):
+    os.makedirs(directory, exist_ok=True)
+    with open("/dev/urandom", "rb") as random:
+        seed = random.read(1 << 20)
+    for index in range(count):
+        size = size_of(index)
+        path = os.path.join(directory, "episode-%05d" % (index // 100), "blob-%05d.bin" % index)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            written = 0
+            while written < size:
+                piece = seed[: min(len(seed), size - written)]
+                # Vary the content so that zstd cannot collapse repeats across 1 MiB.
+                f.write(bytes([index & 0xFF, written >> 20 & 0xFF]) + piece[2:])
+                written += len(piece)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--small", type=int, default=20000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--workdir", default=os.path.join(ROOT, ".build-bench"))
+    parser.add_argument("--binary", required=True)
+    parser.add_argument("--quick", action="store_true", help="tiny inputs, one run: a smoke test of the script")
+    args = parser.parse_args()
+    if args.quick:
+        args.size_mb, args.small, args.runs = 16, 200, 1
+    work = args.workdir
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    key = os.path.join(ROOT, "TestVectors/keys/test-ed25519.pem")
+    pub = os.path.join(ROOT, "TestVectors/keys/test-ed25519.pub")
+    ident = ["--runtime-version", "1", "--app-version", "1", "--environment-id", "bench"]
+    big = os.path.join(work, "big")
+    small = os.path.join(work, "small")
+    make_blobs(big, 100, lambda i: args.size_mb * (1 << 20) // 100)
+    make_blobs(small, args.small, lambda i: 1024 + (i * 7919) % (15 * 1024))
+    out = os.path.join(work, "out")
+
+    def fresh(name):
+        path = os.path.join(out, name)
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path)
+        return path
+
+    def pack(source, compression, name):
+        target = fresh(name)
+        return [args.binary, "pack", source, "--key", key, "--output", target, "--compression", compression] + ident
+
+    def package(name):
+        directory = os.path.join(out, name)
+        return os.path.join(directory, os.listdir(directory)[0])
+
+    cases = [
+        ("pack none, %d MiB in 100 blobs" % args.size_mb, [
+            ("tar cf", lambda: ["tar", "cf", os.path.join(fresh("tar-big"), "x.tar"), "-C", big, "."]),
+            ("tar cf + sha256sum (blobs, archive)", lambda: "tar cf %s/x.tar -C %s . && find %s -type f -exec sha256sum {} + >/dev/null && sha256sum %s/x.tar >/dev/null" % (fresh("tarsum-big"), big, big, os.path.join(out, "tarsum-big"))),
+            ("continuon-pack pack --compression none", lambda: pack(big, "none", "pack-big")),
+        ]),
+        ("pack zstd, %d MiB in 100 blobs" % args.size_mb, [
+            ("tar cf - | zstd -3 -T2", lambda: "tar cf - -C %s . | zstd -q -3 -T2 -o %s/x.tar.zst" % (big, fresh("tarzst-big"))),
+            ("continuon-pack pack --compression zstd", lambda: pack(big, "zstd", "packzst-big")),
+        ]),
+        ("verify, %d MiB package" % args.size_mb, [
+            ("openssl dgst -sha256", lambda: ["openssl", "dgst", "-sha256", package("pack-big")]),
+            ("sha256sum", lambda: ["sha256sum", package("pack-big")]),
+            ("continuon-pack verify", lambda: [args.binary, "verify", package("pack-big"), "--trusted-key", pub]),
+        ]),
+        ("pack none, %d small blobs (1-16 KiB)" % args.small, [
+            ("tar cf", lambda: ["tar", "cf", os.path.join(fresh("tar-small"), "x.tar"), "-C", small, "."]),
+            ("continuon-pack pack --compression none", lambda: pack(small, "none", "pack-small")),
+        ]),
+        ("verify, %d small blobs" % args.small, [
+            ("openssl dgst -sha256", lambda: ["openssl", "dgst", "-sha256", package("pack-small")]),
+            ("continuon-pack verify", lambda: [args.binary, "verify", package("pack-small"), "--trusted-key", pub]),
+        ]),
+    ]
+    print("continuon-pack benchmark: %d runs each, interleaved; median wall seconds; ratio to the first row; peak RSS"
+          % args.runs)
+    print("machine: %s, %d cores" % (os.uname().machine, os.cpu_count()))
+    for title, commands in cases:
+        times = {name: [] for name, _ in commands}
+        rss = {name: 0 for name, _ in commands}
+        for _ in range(args.runs):
+            for name, make in commands:
+                command = make()
+                elapsed, peak = timed(command, shell=isinstance(command, str))
+                times[name].append(elapsed)
+                rss[name] = max(rss[name], peak)
+        reference = statistics.median(times[commands[0][0]])
+        print("\n| %s | median s | ratio | peak RSS MiB |" % title)
+        print("|---|---:|---:|---:|")
+        for name, _ in commands:
+            median = statistics.median(times[name])
+            print("| %s | %.3f | %.2f | %.0f |" % (name, median, median / reference, rss[name]))
+
+    # Batch verification: many small packages in one process vs one process each.
+    batch = fresh("batch")
+    episodes = os.path.join(work, "one")
+    make_blobs(episodes, 2, lambda i: 4096)
+    count = 50 if args.quick else 1000
+    for index in range(count):
+        env = dict(os.environ, SOURCE_DATE_EPOCH=str(1700000000 + index))
+        subprocess.run([args.binary, "pack", episodes, "--key", key, "--output", batch, "--compression", "none",
+                        "--runtime-version", "1", "--app-version", "1", "--environment-id", "b%d" % index],
+                       check=True, stdout=subprocess.DEVNULL, env=env)
+    packages = [os.path.join(batch, name) for name in sorted(os.listdir(batch))]
+    one, _ = timed([args.binary, "verify", "--trusted-key", pub] + packages)
+    start = time.perf_counter()
+    for path in packages:
+        subprocess.run([args.binary, "verify", path, "--trusted-key", pub], check=True, stdout=subprocess.DEVNULL)
+    separate = time.perf_counter() - start
+    print("\n| batch verify, %d small packages | s | speed-up |" % count)
+    print("|---|---:|---:|")
+    print("| %d separate runs | %.3f | 1.00 |" % (count, separate))
+    print("| one run | %.3f | %.1f |" % (one, separate / one))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
