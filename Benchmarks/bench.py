@@ -87,11 +87,13 @@ def main():
     cases = [
         ("pack none, %d MiB in 100 blobs" % args.size_mb, [
             ("tar cf", lambda: ["tar", "cf", os.path.join(fresh("tar-big"), "x.tar"), "-C", big, "."]),
+            ("tar cf + sync (durable, as pack is)", lambda: "tar cf %s/x.tar -C %s . && sync -f %s/x.tar" % (fresh("tarsync-big"), big, os.path.join(out, "tarsync-big"))),
             ("tar cf + sha256sum (blobs, archive)", lambda: "tar cf %s/x.tar -C %s . && find %s -type f -exec sha256sum {} + >/dev/null && sha256sum %s/x.tar >/dev/null" % (fresh("tarsum-big"), big, big, os.path.join(out, "tarsum-big"))),
             ("continuon-pack pack --compression none", lambda: pack(big, "none", "pack-big")),
         ]),
         ("pack zstd, %d MiB in 100 blobs" % args.size_mb, [
             ("tar cf - | zstd -3 -T2", lambda: "tar cf - -C %s . | zstd -q -3 -T2 -o %s/x.tar.zst" % (big, fresh("tarzst-big"))),
+            ("tar cf - | zstd -3 -T2 + sync", lambda: "tar cf - -C %s . | zstd -q -3 -T2 -o %s/x.tar.zst && sync -f %s/x.tar.zst" % (big, fresh("tarzstsync-big"), os.path.join(out, "tarzstsync-big"))),
             ("continuon-pack pack --compression zstd", lambda: pack(big, "zstd", "packzst-big")),
         ]),
         ("verify, %d MiB package" % args.size_mb, [
@@ -101,6 +103,7 @@ def main():
         ]),
         ("pack none, %d small blobs (1-16 KiB)" % args.small, [
             ("tar cf", lambda: ["tar", "cf", os.path.join(fresh("tar-small"), "x.tar"), "-C", small, "."]),
+            ("tar cf + sync", lambda: "tar cf %s/x.tar -C %s . && sync -f %s/x.tar" % (fresh("tarsync-small"), small, os.path.join(out, "tarsync-small"))),
             ("continuon-pack pack --compression none", lambda: pack(small, "none", "pack-small")),
         ]),
         ("verify, %d small blobs" % args.small, [

@@ -1,18 +1,23 @@
 import CArchive
 
-/// Receives the archive bytes libarchive produces: hashes them, counts them and writes them to a file.
+/// Receives the archive bytes libarchive produces: counts them, writes them to a file and, when asked, hashes
+/// them on the hash pipeline's thread.
 final class HashingFileSink {
     let file: FileDescriptor
-    let hasher = SHA256Hasher()
+    let pipeline: HashPipeline?
+    let stream = HashPipeline.Stream()
     private(set) var byteCount: UInt64 = 0
     var failure: (any Error)?
 
-    init(file: FileDescriptor) { self.file = file }
+    init(file: FileDescriptor, pipeline: HashPipeline?) {
+        self.file = file
+        self.pipeline = pipeline
+    }
 
     func write(_ buffer: UnsafeRawBufferPointer) -> Bool {
         do {
             try file.writeAll(buffer)
-            hasher.update(buffer)
+            pipeline?.update(stream, buffer)
             byteCount += UInt64(buffer.count)
             return true
         } catch {
@@ -40,12 +45,13 @@ final class ArchiveWriter {
     private let sink: HashingFileSink
     private var finished = false
 
-    init(compression: Compression, output: FileDescriptor) throws {
+    /// - Parameter pipeline: hashes the output bytes (on its thread) when given; `finish()` then returns the digest.
+    init(compression: Compression, output: FileDescriptor, pipeline: HashPipeline? = nil) throws {
         guard let archive = archive_write_new() else {
             throw ContinuonPackError(.archiveWriteFailed, "archive_write_new failed")
         }
         self.archive = archive
-        self.sink = HashingFileSink(file: output)
+        self.sink = HashingFileSink(file: output, pipeline: pipeline)
         try check(archive_write_set_format_pax_restricted(archive), "set the pax_restricted format")
         switch compression {
         case .none:
@@ -89,12 +95,16 @@ final class ArchiveWriter {
         }
     }
 
-    /// Writes the end-of-archive marker and flushes; returns the size and SHA-256 of every byte written.
-    func finish() throws -> (size: UInt64, sha256: SHA256Digest) {
+    /// Writes the end-of-archive marker and flushes; returns the size of every byte written and, when a pipeline
+    /// was given, their SHA-256 (after draining the pipeline).
+    func finish() throws -> (size: UInt64, sha256: SHA256Digest?) {
         guard !finished else { preconditionFailure("ArchiveWriter.finish called twice") }
         finished = true
         try check(archive_write_close(archive), "close the archive")
-        return (sink.byteCount, sink.hasher.finalize())
+        guard let pipeline = sink.pipeline else { return (sink.byteCount, nil) }
+        pipeline.finish(sink.stream)
+        pipeline.drain()
+        return (sink.byteCount, sink.stream.digest)
     }
 
     private func check(_ status: Int32, _ what: String) throws {

@@ -10,9 +10,23 @@ public struct PackResult: Sendable {
     public let manifest: Manifest
     /// The exact bytes of `manifest.dsse.json`.
     public let envelopeBytes: [UInt8]
-    /// SHA-256 and size of the whole `.cpkg` file.
-    public let packageSHA256: SHA256Digest
+    /// Size of the whole `.cpkg` file.
     public let packageSize: UInt64
+
+    /// SHA-256 of the whole `.cpkg` file, read back from disk (not computed while packing: nothing in the format
+    /// needs it, and the uploader's outbox computes its own).
+    public func packageSHA256() throws -> SHA256Digest {
+        let file = try FileDescriptor.openForReading(path)
+        let hasher = SHA256Hasher()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { buffer.deallocate() }
+        while true {
+            let count = try file.read(into: buffer)
+            if count == 0 { break }
+            hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+        }
+        return hasher.finalize()
+    }
 }
 
 /// Packs blobs into a signed `.cpkg` in one pass over each blob: read once, hashed and archived together, with
@@ -94,15 +108,20 @@ public struct PackageWriter: Sendable {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 4096)
         defer { buffer.deallocate() }
 
-        // 1. The episode archive, into an anonymous temporary file, hashed as it is written.
+        // 1. The episode archive, into an anonymous temporary file. Blobs are hashed as they are read; the archive
+        //    bytes are hashed on a second thread as they are written.
+        let pipeline = HashPipeline()
+        defer { pipeline.close() }
         let archiveFile = try FileDescriptor.anonymousTemporary(in: directory)
-        let archiveWriter = try ArchiveWriter(compression: compression, output: archiveFile)
+        let archiveWriter = try ArchiveWriter(compression: compression, output: archiveFile, pipeline: pipeline)
         var descriptors: [BlobDescriptor] = []
         descriptors.reserveCapacity(blobs.count)
         for blob in blobs {
             descriptors.append(try archive(blob, with: archiveWriter, buffer: buffer))
         }
-        let archiveResult = try archiveWriter.finish()
+        let finished = try archiveWriter.finish()
+        guard let archiveDigest = finished.sha256 else { preconditionFailure("the archive writer had a pipeline") }
+        let archiveResult = (size: finished.size, sha256: archiveDigest)
 
         // 2. The manifest and its signed envelope.
         let packageID = PackageID.compute(provenance: provenance, blobs: descriptors)
@@ -122,7 +141,7 @@ public struct PackageWriter: Sendable {
         }
         let temporaryPath = FileDescriptor.uniqueTemporaryPath(in: directory, suffix: ".cpkg.partial")
         let packageFile = try FileDescriptor.createExclusive(temporaryPath, mode: 0o644)
-        let packageResult: (size: UInt64, sha256: SHA256Digest)
+        let packageResult: (size: UInt64, sha256: SHA256Digest?)
         do {
             let writer = try ArchiveWriter(compression: .none, output: packageFile)
             try writer.beginEntry(path: "manifest.dsse.json", size: UInt64(envelopeBytes.count))
@@ -148,7 +167,7 @@ public struct PackageWriter: Sendable {
         try FileIO.publish(temporary: temporaryPath, as: finalPath, directory: directory)
         return PackResult(
             packageID: packageID, path: finalPath, manifest: manifest, envelopeBytes: envelopeBytes,
-            packageSHA256: packageResult.sha256, packageSize: packageResult.size)
+            packageSize: packageResult.size)
     }
 
     /// Archives one blob, reading its bytes exactly once, and returns its descriptor.

@@ -96,10 +96,12 @@ final class AuditedSource: ArchiveByteSource {
     }
 }
 
-/// The bytes of the outer package's current member, counted and hashed (the archive digest).
+/// The bytes of the outer package's current member, counted, and hashed on the pipeline's thread (the archive
+/// digest) while the blobs are hashed on this one.
 private final class MemberByteSource: ArchiveByteSource {
     let outer: ArchiveReader
-    let hasher = SHA256Hasher()
+    let pipeline: HashPipeline
+    let stream = HashPipeline.Stream()
     private(set) var byteCount: UInt64 = 0
     private(set) var ended = false
     /// Set when the outer package failed (damaged or truncated) while this member was read.
@@ -107,7 +109,17 @@ private final class MemberByteSource: ArchiveByteSource {
     /// The last eight bytes read (a gzip member's trailer).
     private(set) var tail: [UInt8] = []
 
-    init(outer: ArchiveReader) { self.outer = outer }
+    init(outer: ArchiveReader, pipeline: HashPipeline) {
+        self.outer = outer
+        self.pipeline = pipeline
+    }
+
+    /// The member's SHA-256; call once, after the member was read to its end.
+    func digest() -> SHA256Digest {
+        pipeline.finish(stream)
+        pipeline.drain()
+        return stream.digest
+    }
 
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         if let outerFailure { throw outerFailure }
@@ -120,9 +132,9 @@ private final class MemberByteSource: ArchiveByteSource {
         }
         if count == 0 { ended = true }
         let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
-        hasher.update(chunk)
+        pipeline.update(stream, chunk)
         byteCount += UInt64(count)
-        tail = Array((tail + chunk.suffix(8)).suffix(8))
+        if count >= 8 { tail = Array(chunk.suffix(8)) } else { tail = Array((tail + chunk).suffix(8)) }
         return count
     }
 
@@ -411,7 +423,9 @@ private struct VerificationRun {
                     .archiveSize, "\(name) is \(memberSize) bytes; the manifest says \(manifest.archive.size)."))
             }
         }
-        let member = MemberByteSource(outer: outer)
+        let pipeline = HashPipeline()
+        defer { pipeline.close() }
+        let member = MemberByteSource(outer: outer, pipeline: pipeline)
         if let manifest {
             try checkEpisodeArchive(member, compression: compression, manifest: manifest, buffer: buffer)
         }
@@ -428,7 +442,7 @@ private struct VerificationRun {
             return false
         }
         if let manifest {
-            let digest = member.hasher.finalize().hex
+            let digest = member.digest().hex
             if digest != manifest.archive.sha256 {
                 report.fail(.archive, ContinuonPackError(
                     .archiveDigest, "The SHA-256 of \(name) is \(digest); the manifest says \(manifest.archive.sha256)."))

@@ -62,7 +62,7 @@ extension ContinuonPackCommand {
                 printJSON(.object([
                     ("package_id", .string(result.packageID)),
                     ("path", .string(result.path)),
-                    ("sha256", .string(result.packageSHA256.hex)),
+                    ("sha256", .string(try result.packageSHA256().hex)),
                     ("size", .number(String(result.packageSize))),
                     ("blobs", .number(String(result.manifest.blobs.count))),
                     ("key_id", .string(key.publicKey.keyID)),
