@@ -26,7 +26,8 @@ public enum Validation {
         for scalar in text.unicodeScalars where scalar.value < 0x20 || (0x7f...0x9f).contains(scalar.value) {
             return "the path contains the control character U+\(String(scalar.value, radix: 16, uppercase: true))"
         }
-        if !text.precomposedStringWithCanonicalMapping.utf8.elementsEqual(bytes) {
+        // ASCII is always NFC; only other text needs Foundation's (slow) normalization.
+        if !bytes.allSatisfy({ $0 < 0x80 }) && !text.precomposedStringWithCanonicalMapping.utf8.elementsEqual(bytes) {
             return "the path is not in Unicode Normalization Form C (NFC)"
         }
         for segment in bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false) {

@@ -68,7 +68,8 @@ extension BlobSource {
             }
             let path = directory + "/" + name
             // Blob paths are stored in NFC (file systems may hand out decomposed names).
-            let blobPath = (relative + [name.precomposedStringWithCanonicalMapping]).joined(separator: "/")
+            let normalized = nameBytes.allSatisfy({ $0 < 0x80 }) ? name : name.precomposedStringWithCanonicalMapping
+            let blobPath = (relative + [normalized]).joined(separator: "/")
             var info = stat()
             guard lstat(path, &info) == 0 else { throw FileDescriptor.ioError("Cannot stat \(path)", path: path) }
             switch info.st_mode & S_IFMT {
