@@ -14,7 +14,7 @@ struct ContinuonPackCommand: AsyncParsableCommand {
             The format is specified in docs/signed-ingestion.md.
             """,
         version: "0.1.0",
-        subcommands: [Keygen.self, Pack.self, Verify.self, Inspect.self, SignBlob.self, VerifyBlob.self, Upload.self, OutboxCommand.self]
+        subcommands: [Keygen.self, Pack.self, Verify.self, Inspect.self, SignBlob.self, VerifyBlob.self, Upload.self, OutboxCommand.self, Serve.self]
     )
 
     /// Runs the command, mapping every failure to the documented exit codes (0, 1, 2) instead of

@@ -8,12 +8,22 @@ final class PeerServer {
     let port: Int
     var baseURL: URL { URL(string: "http://127.0.0.1:\(port)")! }
 
-    init(_ script: String, _ arguments: [String] = []) throws {
+    convenience init(_ script: String, _ arguments: [String] = []) throws {
+        try self.init(executable: "/usr/bin/env", ["python3", Repo.path("Tests/peers/" + script)] + arguments)
+    }
+
+    /// Any program that prints "PORT <n>" or "listening on http://HOST:<n>" when ready.
+    init(executable: String, _ arguments: [String], standardError: String? = nil) throws {
         let pipe = Pipe()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", Repo.path("Tests/peers/" + script)] + arguments
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
         process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
+        if let standardError {
+            FileManager.default.createFile(atPath: standardError, contents: nil)
+            process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: standardError))
+        } else {
+            process.standardError = FileHandle.nullDevice
+        }
         try process.run()
         var line = Data()
         while !line.contains(0x0a) {
@@ -22,9 +32,10 @@ final class PeerServer {
             line.append(byte)
         }
         let text = String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        guard text.hasPrefix("PORT "), let port = Int(text.dropFirst(5)) else {
+        let portText = text.hasPrefix("PORT ") ? String(text.dropFirst(5)) : text.split(separator: ":").last.map(String.init)
+        guard let port = portText.flatMap({ Int($0) }) else {
             process.terminate()
-            throw ContinuonPackError(.ioError, "\(script) did not start: \(text)")
+            throw ContinuonPackError(.ioError, "\(arguments) did not start: \(text)")
         }
         self.port = port
     }

@@ -112,7 +112,7 @@ final class FileDescriptor {
 public enum FileIO {
     /// Publishes the complete, fsynced file at `temporary` as `final` without replacing anything: `link` fails
     /// when `final` exists. Then removes the temporary name and fsyncs the directory.
-    static func publish(temporary: String, as final: String, directory: String) throws {
+    public static func publish(temporary: String, as final: String, directory: String) throws {
         if link(temporary, final) != 0 {
             let code = errno
             _ = unlink(temporary)

@@ -91,25 +91,18 @@ public struct Outbox: Sendable {
     /// Size, SHA-256, MD5 and CRC-32C of a file in one pass.
     static func fingerprint(path: String, packageID: String) throws -> OutboxState {
         let file = try FileDescriptor.openForReading(path)
-        let sha = SHA256Hasher(), md5 = SHA256Hasher.md5()
-        var crc = CRC32(castagnoli: true)
-        var size: UInt64 = 0
+        var checksums = TransferChecksums()
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
         defer { buffer.deallocate() }
         while true {
             let count = try file.read(into: buffer)
             if count == 0 { break }
-            let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
-            sha.update(chunk)
-            md5.update(chunk)
-            crc.update(chunk)
-            size += UInt64(count)
+            checksums.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
         }
-        let crcValue = crc.value
-        let crcBytes: [UInt8] = [UInt8(crcValue >> 24), UInt8(crcValue >> 16 & 0xff), UInt8(crcValue >> 8 & 0xff), UInt8(crcValue & 0xff)]
+        let sums = checksums.finalize()
         return OutboxState(
-            packageID: packageID, size: size, sha256: sha.finalize().hex, md5Base64: Base64.encode(md5.finalize().bytes),
-            crc32cBase64: Base64.encode(crcBytes))
+            packageID: packageID, size: sums.size, sha256: sums.sha256, md5Base64: sums.md5Base64,
+            crc32cBase64: sums.crc32cBase64)
     }
 
     // MARK: - State

@@ -25,7 +25,7 @@ public struct UploadTarget: Sendable, Equatable {
 
     public func objectName(packageID: String) -> String { prefix + packageID + ".cpkg" }
 
-    func initiateURL(objectName: String) -> URL? {
+    public func initiateURL(objectName: String) -> URL? {
         var components = URLComponents(url: baseURL, resolvingAgainstBaseURL: false)
         components?.percentEncodedPath = base + "/upload/storage/v1/b/" + Self.escape(bucket) + "/o"
         components?.queryItems = [
@@ -35,7 +35,7 @@ public struct UploadTarget: Sendable, Equatable {
         return components?.url
     }
 
-    func objectURL(objectName: String, media: Bool = false) -> URL? {
+    public func objectURL(objectName: String, media: Bool = false) -> URL? {
         var components = URLComponents(url: baseURL, resolvingAgainstBaseURL: false)
         components?.percentEncodedPath = base + "/storage/v1/b/" + Self.escape(bucket) + "/o/" + Self.escape(objectName)
         if media { components?.queryItems = [URLQueryItem(name: "alt", value: "media")] }
@@ -48,6 +48,8 @@ public struct UploadTarget: Sendable, Equatable {
     }
 
     /// Percent-encodes everything but unreserved characters (so `/` in object names becomes `%2F`).
+    public static func escapeComponent(_ text: String) -> String { escape(text) }
+
     static func escape(_ text: String) -> String {
         var allowed = CharacterSet.alphanumerics
         allowed.insert(charactersIn: "-._~")

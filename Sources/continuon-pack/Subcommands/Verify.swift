@@ -32,6 +32,9 @@ extension ContinuonPackCommand {
 
         func run() throws {
             let keys = try trustedKey.map(loadPublicKey)
+            guard threshold <= Set(keys).count else {
+                throw ValidationError("--threshold \(threshold) is more than the \(Set(keys).count) distinct trusted keys.")
+            }
             let verifier = PackageVerifier(trustedKeys: keys, threshold: threshold)
             var reports: [VerificationReport] = []
             for package in packages {

@@ -1,0 +1,147 @@
+import Foundation
+import Testing
+@testable import ContinuonPack
+
+/// `continuon-pack serve` as a real process on 127.0.0.1, with a local store.
+func startServe(_ dir: TemporaryDirectory, trusting keys: [String] = [Repo.testPublicKey], store: String? = nil,
+                extra: [String] = []) throws -> PeerServer {
+    let arguments = ["serve", "--listen", "127.0.0.1:0", "--store", store ?? dir.file("store")]
+        + keys.flatMap { ["--trusted-key", $0] } + extra
+    return try PeerServer(executable: Repo.cli, arguments, standardError: dir.file("serve.log"))
+}
+
+func storedPackages(_ dir: TemporaryDirectory) -> [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: dir.file("store"))) ?? []).filter { $0.hasSuffix(".cpkg") }
+}
+
+@Suite("The ingestion endpoint (continuon-pack serve)", .serialized)
+struct ServeTests {
+    @Test("Our uploader's package is verified, stored once, and a second upload is acknowledged without a copy")
+    func accepted() async throws {
+        let dir = try TemporaryDirectory()
+        let server = try startServe(dir)
+        let package = Repo.path("TestVectors/valid/package-zstd.cpkg")
+        let first = try cli(["upload", package, "--to", server.baseURL.absoluteString, "--outbox", dir.file("outbox1"), "--chunk-size", "262144"])
+        #expect(first.status == 0, "\(first.text) \(first.stderr)")
+        let stored = storedPackages(dir)
+        #expect(stored.count == 1)
+        #expect(try readBytes(dir.file("store/" + (stored.first ?? "?"))) == (try readBytes(package)))
+        // Another device uploads the same package: 412, same hashes, acknowledged; still one object.
+        let again = try cli(["upload", package, "--to", server.baseURL.absoluteString, "--outbox", dir.file("outbox2")])
+        #expect(again.status == 0, "\(again.text)")
+        #expect(storedPackages(dir).count == 1)
+        #expect(try run("curl", ["-sf", server.baseURL.absoluteString + "/healthz"]).text == "ok\n")
+        let log = String(decoding: try readBytes(dir.file("serve.log")), as: UTF8.self)
+        #expect(log.contains("upload accepted") && log.contains("package_id=767e1663"))
+    }
+
+    struct Hostile: Sendable, CustomTestStringConvertible {
+        let name: String
+        let package: String
+        let trusted: String
+        let status: Int
+        let code: String
+        var prefix = ""
+        var testDescription: String { name }
+    }
+
+    @Test("Hostile uploads are refused with a 4xx and our error code, and nothing is stored", arguments: [
+        Hostile(name: "untrusted key", package: "valid/package-none.cpkg", trusted: "second-ed25519.pub", status: 422, code: "signature.untrusted"),
+        Hostile(name: "bad signature", package: "invalid/signature-tampered.cpkg", trusted: "test-ed25519.pub", status: 422, code: "signature.invalid"),
+        Hostile(name: "digest mismatch", package: "invalid/blob-digest-mismatch.cpkg", trusted: "test-ed25519.pub", status: 422, code: "blob.digest_mismatch"),
+        Hostile(name: "truncated", package: "invalid/truncated-in-archive.cpkg", trusted: "test-ed25519.pub", status: 422, code: "package.corrupt"),
+        Hostile(name: "trailing data", package: "invalid/outer-trailing-garbage.cpkg", trusted: "test-ed25519.pub", status: 422, code: "package.trailing_data"),
+        Hostile(name: "wrong object name", package: "valid/package-none.cpkg", trusted: "test-ed25519.pub", status: 422, code: "upload.object_name_invalid", prefix: "other/"),
+    ])
+    func refused(_ hostile: Hostile) throws {
+        let dir = try TemporaryDirectory()
+        let server = try startServe(dir, trusting: [Repo.path("TestVectors/keys/" + hostile.trusted)])
+        var arguments = ["upload", Repo.path("TestVectors/" + hostile.package), "--to", server.baseURL.absoluteString,
+                         "--outbox", dir.file("outbox"), "--json"]
+        if !hostile.prefix.isEmpty { arguments += ["--prefix", hostile.prefix] }
+        let result = try cli(arguments)
+        #expect(result.status == 1, "\(result.text) \(result.stderr)")
+        let state = try #require((try JSONSerialization.jsonObject(with: Data(result.stdout)) as? [[String: Any]])?.first)
+        #expect(state["state"] as? String == "rejected")
+        #expect(state["rejection_status"] as? Int == hostile.status)
+        let problem = try json(Array((state["rejection_body"] as? String ?? "").utf8))
+        #expect(problem["code"] as? String == hostile.code)
+        #expect(problem["status"] as? Int == hostile.status)
+        #expect((problem["type"] as? String)?.hasPrefix("urn:continuon-pack:error:") == true)
+        #expect(storedPackages(dir).isEmpty)
+        let spool = (try? FileManager.default.contentsOfDirectory(atPath: dir.file("store/.spool"))) ?? []
+        #expect(spool.isEmpty, "spool left behind: \(spool)")
+    }
+
+    @Test("Google's google-cloud-storage client uploads a valid package (resumable) and is refused a tampered one")
+    func googleClient() throws {
+        let valid = try TemporaryDirectory()
+        let server = try startServe(valid)
+        let name = "767e166376752cb640429ccc51e902807e24292e40eee8eef5834be7977ff0d7.cpkg"
+        let accepted = try json(try peer("gcs_client_upload.py", [server.baseURL.absoluteString, "staging", name,
+                                                                  Repo.path("TestVectors/valid/package-none.cpkg")]).stdout)
+        #expect(accepted["ok"] as? Bool == true, "\(accepted)")
+        #expect(storedPackages(valid) == [name])
+        let tamperedDir = try TemporaryDirectory()
+        let second = try startServe(tamperedDir)
+        let refused = try json(try peer("gcs_client_upload.py", [second.baseURL.absoluteString, "staging", name,
+                                                                 Repo.path("TestVectors/invalid/blob-digest-mismatch.cpkg")]).stdout)
+        #expect(refused["ok"] as? Bool == false)
+        #expect(refused["status"] as? Int == 422, "\(refused)")
+        #expect(storedPackages(tamperedDir).isEmpty)
+    }
+
+    @Test("Strict protocol: offsets are checked, held bytes dropped, and the 308 Range says what is really kept")
+    func strictProtocol() async throws {
+        let dir = try TemporaryDirectory()
+        let server = try startServe(dir)
+        let transport = URLSessionTransport()
+        let package = try readBytes(Repo.path("TestVectors/valid/package-none.cpkg")) // 28160 bytes
+        let name = "767e166376752cb640429ccc51e902807e24292e40eee8eef5834be7977ff0d7.cpkg"
+        let target = UploadTarget(baseURL: server.baseURL)
+        let initiated = try await transport.send(
+            method: "POST", url: try #require(target.initiateURL(objectName: name)),
+            headers: ["X-Upload-Content-Length": String(package.count)], body: Data())
+        #expect(initiated.status == 200)
+        let session = try #require(initiated.header("Location").flatMap(URL.init(string:)))
+        func put(_ range: String, _ bytes: ArraySlice<UInt8>) async throws -> HTTPResponse {
+            try await transport.send(method: "PUT", url: session, headers: ["Content-Range": range], body: Data(bytes))
+        }
+        // Nothing held yet: 308 without Range.
+        let status = try await put("bytes */\(package.count)", [])
+        #expect(status.status == 308 && status.header("Range") == nil)
+        // A non-final chunk that is not a multiple of 256 KiB is refused.
+        #expect(try await put("bytes 0-999/\(package.count)", package[0..<1000]).status == 400)
+        // A gap is not accepted: the answer says nothing is held.
+        let gap = try await put("bytes 10-\(package.count - 1)/\(package.count)", package[10...])
+        #expect(gap.status == 308 && gap.header("Range") == nil)
+        // The whole package, then a repeat of the tail (already held): completes exactly once.
+        let done = try await put("bytes 0-\(package.count - 1)/\(package.count)", package[...])
+        #expect(done.status == 200)
+        let object = try json([UInt8](done.body))
+        #expect(object["size"] as? String == String(package.count))
+        let repeatFinal = try await put("bytes 0-\(package.count - 1)/\(package.count)", package[...])
+        #expect(repeatFinal.status == 200)
+        #expect(storedPackages(dir) == [name])
+        // A request with a hostile Host header is answered, not crashed on.
+        let crash = try run("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: evil host/?#",
+                                     "-X", "POST", server.baseURL.absoluteString + "/upload/storage/v1/b/staging/o?uploadType=resumable&ifGenerationMatch=0&name=" + String(repeating: "f", count: 64) + ".cpkg"])
+        #expect(crash.text == "200")
+        #expect(try run("curl", ["-sf", server.baseURL.absoluteString + "/healthz"]).status == 0)
+    }
+
+    @Test("A Cloud Storage store: verified packages are forwarded to the bucket (gcp-storage-emulator)")
+    func cloudStorageStore() async throws {
+        let emulator = try PeerServer("emulator.py")
+        let dir = try TemporaryDirectory()
+        let server = try startServe(dir, store: "gs://staging/accepted", extra: [
+            "--store-endpoint", emulator.baseURL.absoluteString, "--spool", dir.file("spool"),
+        ])
+        let package = Repo.path("TestVectors/valid/package-gzip.cpkg")
+        let result = try cli(["upload", package, "--to", server.baseURL.absoluteString, "--outbox", dir.file("outbox")])
+        #expect(result.status == 0, "\(result.text) \(result.stderr)")
+        let bucket = UploadTarget(baseURL: emulator.baseURL)
+        let stored = try await download(bucket, "accepted/767e166376752cb640429ccc51e902807e24292e40eee8eef5834be7977ff0d7.cpkg")
+        #expect(stored == (try readBytes(package)))
+    }
+}
