@@ -382,9 +382,12 @@ struct Expirer: Service {
     let sessions: UploadSessions
 
     func run() async throws {
-        while !Task.isCancelled {
-            try? await Task.sleep(for: .seconds(60))
-            await sessions.expire()
+        // Ends on graceful shutdown (SIGTERM/SIGINT), so that the service group can stop.
+        try? await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                try await Task.sleep(for: .seconds(60))
+                await sessions.expire()
+            }
         }
     }
 }

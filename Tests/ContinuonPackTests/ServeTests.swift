@@ -130,6 +130,15 @@ struct ServeTests {
         #expect(try run("curl", ["-sf", server.baseURL.absoluteString + "/healthz"]).status == 0)
     }
 
+    @Test("SIGTERM stops the service")
+    func gracefulStop() async throws {
+        let dir = try TemporaryDirectory()
+        let server = try startServe(dir)
+        kill(server.process.processIdentifier, SIGTERM)
+        for _ in 0..<100 where server.process.isRunning { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(!server.process.isRunning)
+    }
+
     @Test("A Cloud Storage store: verified packages are forwarded to the bucket (gcp-storage-emulator)")
     func cloudStorageStore() async throws {
         let emulator = try PeerServer("emulator.py")

@@ -56,6 +56,7 @@ public struct Outbox: Sendable {
     }
 
     /// Adds any file under a given ID (the transfer itself does not look inside packages).
+    @discardableResult
     func add(fileAt path: String, packageID: String) throws -> OutboxState {
         var state = try Self.fingerprint(path: path, packageID: packageID)
         if let existing = try? self.state(of: packageID) {
