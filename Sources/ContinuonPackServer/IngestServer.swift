@@ -19,11 +19,14 @@ public struct IngestConfiguration: Sendable {
     public var maxPackageBytes: UInt64
     public var maxSessions: Int
     public var sessionExpiry: Duration
+    /// A connection idle this long (mid-request too) is closed; the client resumes with a status query.
+    public var idleTimeout: Duration
     public var limits: Limits
 
     public init(host: String, port: Int, trustedKeys: [Ed25519PublicKey], threshold: Int = 1, bucket: String = "staging",
                 spoolDirectory: String, maxPackageBytes: UInt64 = 64 << 30, maxSessions: Int = 64,
-                sessionExpiry: Duration = .seconds(24 * 3600), limits: Limits = .default) {
+                sessionExpiry: Duration = .seconds(24 * 3600), idleTimeout: Duration = .seconds(120),
+                limits: Limits = .default) {
         self.host = host
         self.port = port
         self.trustedKeys = trustedKeys
@@ -33,6 +36,7 @@ public struct IngestConfiguration: Sendable {
         self.maxPackageBytes = maxPackageBytes
         self.maxSessions = maxSessions
         self.sessionExpiry = sessionExpiry
+        self.idleTimeout = idleTimeout
         self.limits = limits
     }
 }
@@ -69,8 +73,10 @@ public struct IngestServer: Sendable {
             await self.respond { try await self.objectMetadata(request, context) }
         }
         let expirer = Expirer(sessions: sessions)
+        let idle = TimeAmount.seconds(configuration.idleTimeout.components.seconds)
         let app = Application(
             router: router,
+            server: .http1(configuration: .init(idleTimeout: idle)),
             configuration: ApplicationConfiguration(
                 address: .hostname(configuration.host, port: configuration.port), serverName: "continuon-pack"),
             services: [expirer],

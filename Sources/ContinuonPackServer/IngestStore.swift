@@ -89,11 +89,7 @@ public struct LocalDirectoryStore: IngestStore {
         }
         // The sidecar is written after the package: recompute it if a crash came between.
         var checksums = TransferChecksums()
-        let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
-        defer { try? handle.close() }
-        while let data = try handle.read(upToCount: 1 << 20), !data.isEmpty {
-            data.withUnsafeBytes { checksums.update($0) }
-        }
+        try FileIO.forEachChunk(of: path) { checksums.update($0) }
         return StoredObject(name: name, bucket: "", checksums: checksums.finalize(), keyIDs: [])
     }
 

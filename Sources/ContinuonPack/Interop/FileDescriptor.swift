@@ -167,18 +167,23 @@ public enum FileIO {
         try syncDirectory(directory)
     }
 
-    /// Copies a file to a new path (never replacing one), fsyncing the copy.
-    public static func copyFile(from source: String, to destination: String) throws {
-        let input = try FileDescriptor.openForReading(source)
-        let output = try FileDescriptor.createExclusive(destination, mode: 0o600)
+    /// Reads a file from start to end in 1 MiB chunks, handing each to `body` (bounded memory, one buffer).
+    public static func forEachChunk(of path: String, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        let input = try FileDescriptor.openForReading(path)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
         defer { buffer.deallocate() }
+        while true {
+            let count = try input.read(into: buffer)
+            if count == 0 { break }
+            try body(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+        }
+    }
+
+    /// Copies a file to a new path (never replacing one), fsyncing the copy.
+    public static func copyFile(from source: String, to destination: String) throws {
+        let output = try FileDescriptor.createExclusive(destination, mode: 0o600)
         do {
-            while true {
-                let count = try input.read(into: buffer)
-                if count == 0 { break }
-                try output.writeAll(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
-            }
+            try forEachChunk(of: source) { try output.writeAll($0) }
             try output.sync()
             try output.close()
         } catch {

@@ -16,15 +16,8 @@ public struct PackResult: Sendable {
     /// SHA-256 of the whole `.cpkg` file, read back from disk (not computed while packing: nothing in the format
     /// needs it, and the uploader's outbox computes its own).
     public func packageSHA256() throws -> SHA256Digest {
-        let file = try FileDescriptor.openForReading(path)
         let hasher = SHA256Hasher()
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
-        defer { buffer.deallocate() }
-        while true {
-            let count = try file.read(into: buffer)
-            if count == 0 { break }
-            hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
-        }
+        try FileIO.forEachChunk(of: path) { hasher.update($0) }
         return hasher.finalize()
     }
 }

@@ -91,15 +91,8 @@ public struct Outbox: Sendable {
 
     /// Size, SHA-256, MD5 and CRC-32C of a file in one pass.
     static func fingerprint(path: String, packageID: String) throws -> OutboxState {
-        let file = try FileDescriptor.openForReading(path)
         var checksums = TransferChecksums()
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
-        defer { buffer.deallocate() }
-        while true {
-            let count = try file.read(into: buffer)
-            if count == 0 { break }
-            checksums.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
-        }
+        try FileIO.forEachChunk(of: path) { checksums.update($0) }
         let sums = checksums.finalize()
         return OutboxState(
             packageID: packageID, size: sums.size, sha256: sums.sha256, md5Base64: sums.md5Base64,

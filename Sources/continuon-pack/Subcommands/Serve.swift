@@ -49,14 +49,17 @@ extension ContinuonPackCommand {
         @Option(name: .long, help: "Seconds an idle upload session is kept.")
         var sessionExpiry = 86400
 
+        @Option(name: .long, help: "Seconds a connection may stay idle (also mid-request) before it is closed.")
+        var idleTimeout = 120
+
         func validate() throws {
             guard !trustedKey.isEmpty else { throw ValidationError("Give at least one --trusted-key.") }
             guard threshold >= 1 else { throw ValidationError("--threshold must be at least 1.") }
             guard listen.split(separator: ":").count == 2, Int(listen.split(separator: ":")[1]) != nil else {
                 throw ValidationError("--listen must be HOST:PORT, not \(listen).")
             }
-            guard maxSessions > 0, maxPackageMib > 0, sessionExpiry > 0 else {
-                throw ValidationError("--max-sessions, --max-package-mib and --session-expiry must be positive.")
+            guard maxSessions > 0, maxPackageMib > 0, sessionExpiry > 0, idleTimeout > 0 else {
+                throw ValidationError("--max-sessions, --max-package-mib, --session-expiry and --idle-timeout must be positive.")
             }
         }
 
@@ -93,7 +96,7 @@ extension ContinuonPackCommand {
                 configuration: IngestConfiguration(
                     host: String(parts[0]), port: Int(parts[1]) ?? 8080, trustedKeys: keys, threshold: threshold,
                     bucket: bucket, spoolDirectory: spoolDirectory, maxPackageBytes: UInt64(maxPackageMib) << 20,
-                    maxSessions: maxSessions, sessionExpiry: .seconds(sessionExpiry)),
+                    maxSessions: maxSessions, sessionExpiry: .seconds(sessionExpiry), idleTimeout: .seconds(idleTimeout)),
                 store: ingestStore)
             let host = parts[0]
             try await server.run { port in
