@@ -62,6 +62,19 @@ struct PackVerifyTests {
         #expect(digests[0] == digests[1])
     }
 
+    @Test("zstd output is the same bytes for 1 and 2 worker threads")
+    func zstdThreadCountDoesNotMatter() throws {
+        let out = try TemporaryDirectory()
+        var digests: [String] = []
+        for threads in [1, 2, 3] {
+            var packer = writer(.zstd)
+            packer.compressionThreads = threads
+            let result = try packer.write(blobs: sampleBlobs(), toDirectory: try out.subdirectory("t\(threads)"))
+            digests.append(try result.packageSHA256().hex)
+        }
+        #expect(Set(digests).count == 1)
+    }
+
     @Test("The uncompressed test vector is reproduced byte for byte")
     func testVector() throws {
         let expected = try json(try readBytes(Repo.path("TestVectors/valid/expected.json")))

@@ -43,6 +43,13 @@ struct VectorTests {
         #expect(codes(report) == vector.codes)
     }
 
+    @Test("An independent Python verifier, written from docs/signed-ingestion.md alone, agrees on every vector")
+    func referenceVerifierAgrees() throws {
+        let result = try peer("check_reference_vectors.py", [])
+        #expect(result.status == 0, "\(result.text)")
+        #expect(result.lastLine.hasSuffix(" 0 failed"), "\(result.lastLine)")
+    }
+
     @Test("Each documented error code of a vector appears in the spec")
     func codesAreDocumented() throws {
         let spec = String(decoding: try readBytes(Repo.path("docs/signed-ingestion.md")), as: UTF8.self)

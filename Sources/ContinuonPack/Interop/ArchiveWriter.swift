@@ -46,7 +46,10 @@ final class ArchiveWriter {
     private var finished = false
 
     /// - Parameter pipeline: hashes the output bytes (on its thread) when given; `finish()` then returns the digest.
-    init(compression: Compression, output: FileDescriptor, pipeline: HashPipeline? = nil) throws {
+    /// - Parameter zstdWorkers: zstd worker threads, at least 1. Every count of one or more gives the same bytes
+    ///   (zstd's multi-threaded output does not depend on the worker count); single-threaded mode, which gives
+    ///   other bytes, is never used.
+    init(compression: Compression, output: FileDescriptor, pipeline: HashPipeline? = nil, zstdWorkers: Int = 2) throws {
         guard let archive = archive_write_new() else {
             throw ContinuonPackError(.archiveWriteFailed, "archive_write_new failed")
         }
@@ -61,7 +64,7 @@ final class ArchiveWriter {
             try check(archive_write_set_options(archive, "gzip:!timestamp,gzip:compression-level=6"), "set gzip options")
         case .zstd:
             try check(archive_write_add_filter_zstd(archive), "add the zstd filter")
-            try check(archive_write_set_options(archive, "zstd:compression-level=3"), "set zstd options")
+            try check(archive_write_set_options(archive, "zstd:compression-level=3,zstd:threads=\(max(1, zstdWorkers))"), "set zstd options")
         }
         try check(archive_write_set_bytes_per_block(archive, Self.bytesPerBlock), "set the block size")
         try check(archive_write_set_bytes_in_last_block(archive, 1), "set the last block size")

@@ -36,6 +36,8 @@ public struct PackageWriter: Sendable {
     public var createdAt: String
     /// Size of the read buffer (one per writer call).
     public var bufferSize = 1 << 20
+    /// zstd worker threads (at least 1; the output bytes are the same for every count).
+    public var compressionThreads = 2
 
     public init(provenance: Provenance, signingKey: Ed25519PrivateKey, compression: Compression = .zstd, createdAt: String) {
         self.provenance = provenance
@@ -106,7 +108,8 @@ public struct PackageWriter: Sendable {
         let pipeline = HashPipeline()
         defer { pipeline.close() }
         let archiveFile = try FileDescriptor.anonymousTemporary(in: directory)
-        let archiveWriter = try ArchiveWriter(compression: compression, output: archiveFile, pipeline: pipeline)
+        let archiveWriter = try ArchiveWriter(
+            compression: compression, output: archiveFile, pipeline: pipeline, zstdWorkers: compressionThreads)
         var descriptors: [BlobDescriptor] = []
         descriptors.reserveCapacity(blobs.count)
         for blob in blobs {

@@ -39,6 +39,9 @@ extension ContinuonPackCommand {
         @Option(name: .long, help: "Compression of the episode archive: none, gzip or zstd.")
         var compression: Compression = .zstd
 
+        @Option(name: .long, help: "zstd worker threads (the output is the same for any count of 1 or more).")
+        var threads = 2
+
         @Flag(name: .long, help: "Follow symbolic links to regular files instead of refusing them.")
         var followSymlinks = false
 
@@ -57,7 +60,9 @@ extension ContinuonPackCommand {
                     brainRuntimeVersion: runtimeVersion, aiAppVersion: appVersion, environmentID: environmentId),
                 signingKey: key, compression: compression,
                 createdAt: try PackageWriter.createdAt(environment: ProcessInfo.processInfo.environment))
-            let result = try writer.write(blobs: blobs, toDirectory: output)
+            var configured = writer
+            configured.compressionThreads = max(1, threads)
+            let result = try configured.write(blobs: blobs, toDirectory: output)
             if json {
                 printJSON(.object([
                     ("package_id", .string(result.packageID)),
