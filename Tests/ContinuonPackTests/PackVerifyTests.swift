@@ -62,6 +62,19 @@ struct PackVerifyTests {
         #expect(digests[0] == digests[1])
     }
 
+    @Test("A wrong layout prediction falls back to copying, with the same bytes", arguments: Compression.allCases)
+    func layoutFallback(_ compression: Compression) throws {
+        let out = try TemporaryDirectory()
+        let predicted = try writer(compression).write(blobs: sampleBlobs(), toDirectory: try out.subdirectory("predicted"))
+        var forced = writer(compression)
+        forced.reservedOverride = 512 * 7
+        let copied = try forced.write(blobs: sampleBlobs(), toDirectory: try out.subdirectory("copied"))
+        #expect(try readBytes(copied.path) == (try readBytes(predicted.path)))
+        #expect(try out.entries() == ["copied", "predicted"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: out.file("copied")) == [copied.packageID + ".cpkg"])
+        #expect(try PackageVerifier(trustedKeys: [key.publicKey]).verify(path: copied.path).valid)
+    }
+
     @Test("zstd output is the same bytes for 1 and 2 worker threads")
     func zstdThreadCountDoesNotMatter() throws {
         let out = try TemporaryDirectory()

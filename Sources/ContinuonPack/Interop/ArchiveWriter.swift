@@ -6,17 +6,36 @@ final class HashingFileSink {
     let file: FileDescriptor
     let pipeline: HashPipeline?
     let stream = HashPipeline.Stream()
+    /// Where in the file the archive starts.
+    let origin: UInt64
+    /// Archive bytes in this range (relative to the archive's start) are not written: the file already holds them.
+    let keep: Range<UInt64>?
     private(set) var byteCount: UInt64 = 0
     var failure: (any Error)?
 
-    init(file: FileDescriptor, pipeline: HashPipeline?) {
+    init(file: FileDescriptor, pipeline: HashPipeline?, origin: UInt64, keep: Range<UInt64>?) {
         self.file = file
         self.pipeline = pipeline
+        self.origin = origin
+        self.keep = keep
     }
 
     func write(_ buffer: UnsafeRawBufferPointer) -> Bool {
         do {
-            try file.writeAll(buffer)
+            let start = byteCount
+            let end = start + UInt64(buffer.count)
+            if let keep, keep.overlaps(start..<end) {
+                // Write only the parts outside `keep`.
+                if start < keep.lowerBound {
+                    try file.writeAll(UnsafeRawBufferPointer(rebasing: buffer[0..<Int(keep.lowerBound - start)]), at: origin + start)
+                }
+                if end > keep.upperBound {
+                    let from = Int(keep.upperBound - start)
+                    try file.writeAll(UnsafeRawBufferPointer(rebasing: buffer[from...]), at: origin + keep.upperBound)
+                }
+            } else {
+                try file.writeAll(buffer, at: origin + start)
+            }
             pipeline?.update(stream, buffer)
             byteCount += UInt64(buffer.count)
             return true
@@ -49,12 +68,16 @@ final class ArchiveWriter {
     /// - Parameter zstdWorkers: zstd worker threads, at least 1. Every count of one or more gives the same bytes
     ///   (zstd's multi-threaded output does not depend on the worker count); single-threaded mode, which gives
     ///   other bytes, is never used.
-    init(compression: Compression, output: FileDescriptor, pipeline: HashPipeline? = nil, zstdWorkers: Int = 2) throws {
+    /// - Parameters:
+    ///   - origin: the file offset the archive starts at (written with pwrite).
+    ///   - keep: archive bytes (offsets within the archive) the file already holds; they are not written.
+    init(compression: Compression, output: FileDescriptor, pipeline: HashPipeline? = nil, zstdWorkers: Int = 2,
+         origin: UInt64 = 0, keep: Range<UInt64>? = nil) throws {
         guard let archive = archive_write_new() else {
             throw ContinuonPackError(.archiveWriteFailed, "archive_write_new failed")
         }
         self.archive = archive
-        self.sink = HashingFileSink(file: output, pipeline: pipeline)
+        self.sink = HashingFileSink(file: output, pipeline: pipeline, origin: origin, keep: keep)
         try check(archive_write_set_format_pax_restricted(archive), "set the pax_restricted format")
         switch compression {
         case .none:

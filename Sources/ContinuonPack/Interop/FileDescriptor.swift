@@ -26,7 +26,7 @@ final class FileDescriptor {
 
     /// Creates `path` exclusively (never replaces an existing file).
     static func createExclusive(_ path: String, mode: mode_t) throws -> FileDescriptor {
-        let fd = retryOnInterrupt { Glibc.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode) }
+        let fd = retryOnInterrupt { Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode) }
         guard fd >= 0 else {
             if errno == EEXIST {
                 throw ContinuonPackError(.outputExists, "\(path) already exists; it is never overwritten.")
@@ -34,16 +34,6 @@ final class FileDescriptor {
             throw ioError("Cannot create \(path)", path: path)
         }
         return FileDescriptor(raw: fd, path: path)
-    }
-
-    /// An anonymous read-write file in `directory`: created under a unique name and unlinked at once, so nothing
-    /// is left behind however the process ends.
-    static func anonymousTemporary(in directory: String) throws -> FileDescriptor {
-        let path = uniqueTemporaryPath(in: directory, suffix: ".tmp")
-        let fd = retryOnInterrupt { Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) }
-        guard fd >= 0 else { throw ioError("Cannot create a temporary file in \(directory)", path: directory) }
-        _ = unlink(path)
-        return FileDescriptor(raw: fd, path: directory)
     }
 
     func status() throws -> stat {
@@ -73,6 +63,18 @@ final class FileDescriptor {
             }
             guard count > 0 else { throw Self.ioError("Cannot write \(path)", path: path) }
             offset += count
+        }
+    }
+
+    /// Writes all of `buffer` at `offset` (pwrite), leaving the file offset alone.
+    func writeAll(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        var done = 0
+        while done < buffer.count {
+            let count = Self.retryOnInterrupt {
+                pwrite(raw, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            }
+            guard count > 0 else { throw Self.ioError("Cannot write \(path)", path: path) }
+            done += count
         }
     }
 

@@ -38,6 +38,9 @@ public struct PackageWriter: Sendable {
     public var bufferSize = 1 << 20
     /// zstd worker threads (at least 1; the output bytes are the same for every count).
     public var compressionThreads = 2
+    /// Tests only: reserve this many bytes before the archive instead of the predicted count (forces the copy path
+    /// when wrong).
+    var reservedOverride: UInt64?
 
     public init(provenance: Provenance, signingKey: Ed25519PrivateKey, compression: Compression = .zstd, createdAt: String) {
         self.provenance = provenance
@@ -102,14 +105,33 @@ public struct PackageWriter: Sendable {
     private func pack(_ blobs: [BlobSource], into directory: String) throws -> PackResult {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 4096)
         defer { buffer.deallocate() }
+        let temporaryPath = FileDescriptor.uniqueTemporaryPath(in: directory, suffix: ".cpkg.partial")
+        let packageFile = try FileDescriptor.createExclusive(temporaryPath, mode: 0o644)
+        do {
+            let result = try pack(blobs, into: packageFile, directory: directory, buffer: buffer)
+            try FileIO.publish(temporary: result.packagePath, as: result.finalPath, directory: directory)
+            if result.packagePath != temporaryPath { _ = unlink(temporaryPath) }
+            return result.result
+        } catch {
+            _ = unlink(temporaryPath)
+            throw error
+        }
+    }
 
-        // 1. The episode archive, into an anonymous temporary file. Blobs are hashed as they are read; the archive
-        //    bytes are hashed on a second thread as they are written.
+    /// Writes the package. The episode archive is written once, straight into the package file behind a
+    /// reserved region for the outer tar's headers and the envelope, whose size is predicted from the manifest's
+    /// shape (every digest has a fixed length; only the archive size's digits are guessed). When the prediction
+    /// misses (rarely, for compressed archives), the archive is copied into a second file.
+    private func pack(
+        _ blobs: [BlobSource], into packageFile: FileDescriptor, directory: String, buffer: UnsafeMutableRawBufferPointer
+    ) throws -> (result: PackResult, packagePath: String, finalPath: String) {
+        // 1. The episode archive. Blobs are hashed as they are read; the archive bytes on a second thread.
+        let reserved = try reservedOverride ?? outerPrefixLength(forArchiveSize: estimatedArchiveSize(blobs), blobs: blobs)
         let pipeline = HashPipeline()
         defer { pipeline.close() }
-        let archiveFile = try FileDescriptor.anonymousTemporary(in: directory)
         let archiveWriter = try ArchiveWriter(
-            compression: compression, output: archiveFile, pipeline: pipeline, zstdWorkers: compressionThreads)
+            compression: compression, output: packageFile, pipeline: pipeline, zstdWorkers: compressionThreads,
+            origin: reserved)
         var descriptors: [BlobDescriptor] = []
         descriptors.reserveCapacity(blobs.count)
         for blob in blobs {
@@ -117,53 +139,122 @@ public struct PackageWriter: Sendable {
         }
         let finished = try archiveWriter.finish()
         guard let archiveDigest = finished.sha256 else { preconditionFailure("the archive writer had a pipeline") }
-        let archiveResult = (size: finished.size, sha256: archiveDigest)
+        let archiveSize = finished.size
 
         // 2. The manifest and its signed envelope.
         let packageID = PackageID.compute(provenance: provenance, blobs: descriptors)
         let manifest = Manifest(
             packageID: packageID, createdAt: createdAt, provenance: provenance,
             archive: ArchiveDescriptor(
-                name: compression.archiveName, compression: compression, size: archiveResult.size,
-                sha256: archiveResult.sha256.hex),
+                name: compression.archiveName, compression: compression, size: archiveSize, sha256: archiveDigest.hex),
             blobs: descriptors)
         let envelope = try Envelope.sign(payload: manifest.canonicalBytes(), with: signingKeys)
         let envelopeBytes = envelope.jsonBytes()
-
-        // 3. The package: envelope, then the archive copied from the temporary file; published atomically.
         let finalPath = directory + "/" + packageID + ".cpkg"
         if access(finalPath, F_OK) == 0 {
             throw ContinuonPackError(.outputExists, "\(finalPath) already exists; it is never overwritten.")
         }
-        let temporaryPath = FileDescriptor.uniqueTemporaryPath(in: directory, suffix: ".cpkg.partial")
-        let packageFile = try FileDescriptor.createExclusive(temporaryPath, mode: 0o644)
-        let packageResult: (size: UInt64, sha256: SHA256Digest?)
+
+        // 3. The outer tar around it: libarchive writes the headers, the envelope, the padding and the end marker;
+        //    the archive bytes it is handed are not written where the file already holds them.
+        let prefix = Self.outerPrefixLength(envelopeLength: envelopeBytes.count, archiveSize: archiveSize)
+        var output = packageFile
+        var outputPath = packageFile.path
+        var keep: Range<UInt64>? = reserved..<(reserved + archiveSize)
+        if prefix != reserved {
+            let path = FileDescriptor.uniqueTemporaryPath(in: directory, suffix: ".cpkg.partial")
+            output = try FileDescriptor.createExclusive(path, mode: 0o644)
+            outputPath = path
+            keep = nil
+        }
         do {
-            let writer = try ArchiveWriter(compression: .none, output: packageFile)
+            let writer = try ArchiveWriter(compression: .none, output: output, keep: keep.map { _ in prefix..<(prefix + archiveSize) })
             try writer.beginEntry(path: "manifest.dsse.json", size: UInt64(envelopeBytes.count))
             try envelopeBytes.withUnsafeBytes { try writer.writeData($0) }
-            try writer.beginEntry(path: compression.archiveName, size: archiveResult.size)
-            var offset: Int64 = 0
-            while true {
-                let count = try archiveFile.read(into: buffer, at: offset)
-                if count == 0 { break }
-                try writer.writeData(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
-                offset += Int64(count)
+            try writer.beginEntry(path: compression.archiveName, size: archiveSize)
+            var offset: UInt64 = 0
+            if keep != nil {
+                // In place: libarchive only needs the byte count; these zeros are never written.
+                buffer.initializeMemory(as: UInt8.self, repeating: 0)
+                while offset < archiveSize {
+                    let count = Int(min(UInt64(buffer.count), archiveSize - offset))
+                    try writer.writeData(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+                    offset += UInt64(count)
+                }
+            } else {
+                while offset < archiveSize {
+                    let count = try packageFile.read(
+                        into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(min(UInt64(buffer.count), archiveSize - offset))]),
+                        at: Int64(reserved + offset))
+                    guard count > 0 else { throw ContinuonPackError(.ioError, "The episode archive is shorter than written.") }
+                    try writer.writeData(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+                    offset += UInt64(count)
+                }
             }
-            guard UInt64(offset) == archiveResult.size else {
-                throw ContinuonPackError(.ioError, "The temporary episode archive changed size while it was copied.")
-            }
-            packageResult = try writer.finish()
-            try packageFile.sync()
-            try packageFile.close()
+            let packageSize = try writer.finish().size
+            if keep != nil { try Self.checkArchiveHeader(in: output, before: prefix, name: compression.archiveName) }
+            try output.sync()
+            if output !== packageFile { try output.close() }
+            return (PackResult(packageID: packageID, path: finalPath, manifest: manifest, envelopeBytes: envelopeBytes,
+                               packageSize: packageSize), outputPath, finalPath)
         } catch {
-            _ = unlink(temporaryPath)
+            if output !== packageFile { _ = unlink(outputPath) }
             throw error
         }
-        try FileIO.publish(temporary: temporaryPath, as: finalPath, directory: directory)
-        return PackResult(
-            packageID: packageID, path: finalPath, manifest: manifest, envelopeBytes: envelopeBytes,
-            packageSize: packageResult.size)
+    }
+
+    // MARK: - Layout prediction
+
+    /// Bytes before the archive data in the package: the envelope's header, the envelope padded to 512, a pax
+    /// header for sizes of 8 GiB or more, the archive's header.
+    static func outerPrefixLength(envelopeLength: Int, archiveSize: UInt64) -> UInt64 {
+        let padded = UInt64((envelopeLength + 511) / 512 * 512)
+        let pax: UInt64 = archiveSize > 0o77777777777 ? 1024 : 0
+        return 512 + padded + pax + 512
+    }
+
+    /// The prefix for a guessed archive size: the envelope of a manifest with these blobs and placeholder digests
+    /// has exactly the length of the real one (digests and signatures have fixed lengths).
+    private func outerPrefixLength(forArchiveSize size: UInt64, blobs: [(path: String, size: UInt64)]) throws -> UInt64 {
+        let zeros = String(repeating: "0", count: 64)
+        let manifest = Manifest(
+            packageID: zeros, createdAt: createdAt, provenance: provenance,
+            archive: ArchiveDescriptor(name: compression.archiveName, compression: compression, size: size, sha256: zeros),
+            blobs: blobs.map { BlobDescriptor(path: $0.path, size: $0.size, sha256: zeros) })
+        let envelope = Envelope(payload: manifest.canonicalBytes(), signatures: signingKeys.map {
+            Envelope.Signature(keyID: $0.publicKey.keyID, signature: [UInt8](repeating: 0, count: 64))
+        })
+        return Self.outerPrefixLength(envelopeLength: envelope.jsonBytes().count, archiveSize: size)
+    }
+
+    private func outerPrefixLength(forArchiveSize size: UInt64, blobs: [BlobSource]) throws -> UInt64 {
+        try outerPrefixLength(forArchiveSize: size, blobs: blobs.map { ($0.path, try Self.size(of: $0)) })
+    }
+
+    /// The uncompressed tar's size without pax headers: exact for short ASCII names, a guess otherwise.
+    private func estimatedArchiveSize(_ blobs: [BlobSource]) throws -> UInt64 {
+        try blobs.reduce(UInt64(1024)) { total, blob in total + 512 + (try Self.size(of: blob) + 511) / 512 * 512 }
+    }
+
+    private static func size(of blob: BlobSource) throws -> UInt64 {
+        switch blob.content {
+        case let .bytes(bytes): return UInt64(bytes.count)
+        case let .file(path):
+            var info = stat()
+            guard stat(path, &info) == 0 else { throw FileDescriptor.ioError("Cannot stat \(path)", path: path) }
+            return UInt64(info.st_size)
+        }
+    }
+
+    /// After an in-place write, the header just before the archive data must be the archive member's.
+    private static func checkArchiveHeader(in file: FileDescriptor, before offset: UInt64, name: String) throws {
+        var header = [UInt8](repeating: 0, count: 512)
+        let count = try header.withUnsafeMutableBytes { try file.read(into: $0, at: Int64(offset) - 512) }
+        guard count == 512, header[0..<name.utf8.count].elementsEqual(name.utf8), header[name.utf8.count] == 0,
+              header[156] == UInt8(ascii: "0")
+        else {
+            throw ContinuonPackError(.archiveWriteFailed, "The package layout was not the predicted one (internal error).")
+        }
     }
 
     /// Archives one blob, reading its bytes exactly once, and returns its descriptor.
