@@ -44,7 +44,6 @@ extension ContinuonPackError.Code {
     // MARK: - Outbox and upload
     public static let outboxCorrupt: Self = "outbox.state_corrupt"
     public static let outboxConflict: Self = "outbox.conflict"
-    public static let uploadRejected: Self = "upload.rejected"
     public static let uploadIncomplete: Self = "upload.incomplete"
     public static let uploadProtocol: Self = "upload.protocol_error"
 

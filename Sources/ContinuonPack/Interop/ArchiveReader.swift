@@ -12,13 +12,8 @@ protocol ArchiveByteSource: AnyObject {
 /// Reads a file from its current offset.
 final class FileByteSource: ArchiveByteSource {
     let file: FileDescriptor
-    private(set) var byteCount: UInt64 = 0
     init(file: FileDescriptor) { self.file = file }
-    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        let count = try file.read(into: buffer)
-        byteCount += UInt64(count)
-        return count
-    }
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int { try file.read(into: buffer) }
 }
 
 /// Reads from bytes held in memory.
@@ -169,8 +164,7 @@ final class ArchiveReader {
         return archive_filter_count(archive) == 2 && archive_filter_code(archive, 0) == expected
     }
 
-    /// Bytes the format layer consumed (after decompression) and bytes pulled from the source.
-    var uncompressedBytes: Int64 { Int64(archive_filter_bytes(archive, 0)) }
+    /// Bytes the lowest filter consumed from the source (the compressed bytes the decoder used).
     var rawBytes: Int64 { Int64(archive_filter_bytes(archive, -1)) }
 
     private func failure(_ what: String) -> ContinuonPackError {
