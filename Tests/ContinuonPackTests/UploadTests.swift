@@ -217,6 +217,35 @@ struct UploadTests {
         #expect(try await download(target, target.objectName(packageID: id)) == (try readBytes(path)))
     }
 
+    @Test("Two uploader processes on one outbox never upload the same entry")
+    func twoProcesses() async throws {
+        let dir = try TemporaryDirectory()
+        let log = dir.file("requests.log")
+        let server = try PeerServer("fake_gcs.py", ["--scenario", "slow", "--delay", "0.1", "--log", log])
+        let outboxPath = try dir.subdirectory("outbox")
+        let file = try randomFile(dir, "package.cpkg", size: 3 * 1024 * 1024, seed: 77)
+        let id = String(repeating: "e", count: 64)
+        try Outbox(directory: outboxPath).add(fileAt: file, packageID: id)
+        let arguments = ["outbox", "run", "--once", "--outbox", outboxPath, "--to", server.baseURL.absoluteString, "--chunk-size", "262144"]
+        let processes = (0..<2).map { _ in Process() }
+        for process in processes {
+            process.executableURL = URL(fileURLWithPath: Repo.cli)
+            process.arguments = arguments
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+        }
+        for process in processes { process.waitUntilExit() }
+        let statuses = processes.map(\.terminationStatus).sorted()
+        // One uploads (0); the other found the entry locked and left it alone (2: still pending when it looked).
+        #expect(statuses == [0, 2] || statuses == [0, 0], "\(statuses)")
+        let requests = try requestLog(log)
+        #expect(requests.filter { $0["method"] as? String == "POST" }.count == 1, "more than one upload session")
+        let sent = requests.compactMap { $0["received"] as? Int }.reduce(0, +)
+        #expect(sent == 3 * 1024 * 1024, "bytes were sent twice: \(sent)")
+        #expect(try Outbox(directory: outboxPath).state(of: id).phase == .acknowledged)
+    }
+
     @Test("An entry locked by another uploader is left alone")
     func lockedEntry() async throws {
         let dir = try TemporaryDirectory()
