@@ -8,15 +8,26 @@ public struct SHA256Digest: Hashable, Sendable, CustomStringConvertible {
     public var description: String { hex }
 }
 
+/// A digest algorithm fetched from OpenSSL's default provider once per process: OpenSSL 3 otherwise fetches it
+/// (with locking) at every `EVP_DigestInit_ex` given `EVP_sha256()`, which shows with thousands of small blobs.
+private final class FetchedAlgorithm: @unchecked Sendable {
+    let pointer: OpaquePointer?
+    init(_ name: String) { pointer = EVP_MD_fetch(nil, name, nil) }
+    deinit { EVP_MD_free(pointer) }
+
+    static let sha256 = FetchedAlgorithm("SHA2-256")
+    static let md5 = FetchedAlgorithm("MD5")
+}
+
 /// Streaming SHA-256 from OpenSSL's EVP interface. One owner of one `EVP_MD_CTX`.
 public final class SHA256Hasher {
     private let context: OpaquePointer
     private let length: Int
 
-    public convenience init() { self.init(algorithm: EVP_sha256(), length: 32) }
+    public convenience init() { self.init(algorithm: FetchedAlgorithm.sha256.pointer ?? EVP_sha256(), length: 32) }
 
     /// MD5, only for Cloud Storage's `md5Hash` transfer check; never for security.
-    static func md5() -> SHA256Hasher { SHA256Hasher(algorithm: EVP_md5(), length: 16) }
+    static func md5() -> SHA256Hasher { SHA256Hasher(algorithm: FetchedAlgorithm.md5.pointer ?? EVP_md5(), length: 16) }
 
     private init(algorithm: OpaquePointer?, length: Int) {
         guard let context = EVP_MD_CTX_new() else { fatalError("EVP_MD_CTX_new: out of memory") }
