@@ -89,6 +89,10 @@ public struct IngestServer: Sendable {
         try await app.runService()
     }
 
+    var verifier: PackageVerifier {
+        PackageVerifier(trustedKeys: configuration.trustedKeys, threshold: configuration.threshold, limits: configuration.limits)
+    }
+
     private func respond(_ body: () async throws -> Response) async -> Response {
         do {
             return try await body()
@@ -152,6 +156,8 @@ public struct IngestServer: Sendable {
             declaredMD5: md5, declaredCRC32C: crc)
         do {
             try await sessions.add(session)
+            session.verification = try StreamingVerification(
+                spoolPath: session.spoolPath, verifier: verifier, name: name)
         } catch {
             session.discardSpool()
             throw error
@@ -255,9 +261,16 @@ public struct IngestServer: Sendable {
     private func finish(_ session: UploadSession) async throws -> Response {
         session.closeOutput()
         let checksums = session.checksums.finalize()
-        let verifier = PackageVerifier(trustedKeys: configuration.trustedKeys, threshold: configuration.threshold, limits: configuration.limits)
-        let path = session.spoolPath
-        let report = await Task.detached { try? verifier.verify(path: path) }.value
+        // The verifier has been reading the spool while it grew; tell it the end and take its verdict.
+        let report: VerificationReport?
+        if let verification = session.verification {
+            verification.follower.finish()
+            report = await verification.result()
+        } else {
+            let path = session.spoolPath
+            let verifier = self.verifier
+            report = await Task.detached { try? verifier.verify(path: path) }.value
+        }
         var metadata: Logger.Metadata = [
             "object": "\(session.objectName)", "bytes": "\(checksums.size)", "session": "\(session.id)",
             "package_id": "\(report?.packageID ?? "-")", "key_ids": "\(report?.verifiedKeyIDs.joined(separator: ",") ?? "-")",

@@ -18,6 +18,8 @@ final class UploadSession: @unchecked Sendable {
     var output: FileHandle?
     /// Set once the upload ended: the object (accepted) or the refusal.
     var outcome: Result<StoredObject, Problem>?
+    /// The verifier reading the spool as it grows.
+    var verification: StreamingVerification?
 
     init(id: String, objectName: String, spoolPath: String, total: UInt64?, declaredMD5: String?, declaredCRC32C: String?) throws {
         self.id = id
@@ -39,6 +41,7 @@ final class UploadSession: @unchecked Sendable {
         try output.write(contentsOf: Data(bytes))
         checksums.update(bytes)
         received += UInt64(bytes.count)
+        verification?.follower.advance(to: received)
     }
 
     func closeOutput() {
@@ -48,6 +51,7 @@ final class UploadSession: @unchecked Sendable {
     }
 
     func discardSpool() {
+        verification?.follower.abort()
         closeOutput()
         try? FileManager.default.removeItem(atPath: spoolPath)
     }
