@@ -126,7 +126,7 @@ public struct PackageWriter: Sendable {
         _ blobs: [BlobSource], into packageFile: FileDescriptor, directory: String, buffer: UnsafeMutableRawBufferPointer
     ) throws -> (result: PackResult, packagePath: String, finalPath: String) {
         // 1. The episode archive. Blobs are hashed as they are read; the archive bytes on a second thread.
-        let reserved = try reservedOverride ?? outerPrefixLength(forArchiveSize: estimatedArchiveSize(blobs), blobs: blobs)
+        let reserved = try reservedOverride ?? predictedPrefixLength(blobs)
         let pipeline = HashPipeline()
         defer { pipeline.close() }
         let archiveWriter = try ArchiveWriter(
@@ -158,22 +158,21 @@ public struct PackageWriter: Sendable {
         // 3. The outer tar around it: libarchive writes the headers, the envelope, the padding and the end marker;
         //    the archive bytes it is handed are not written where the file already holds them.
         let prefix = Self.outerPrefixLength(envelopeLength: envelopeBytes.count, archiveSize: archiveSize)
+        let inPlace = prefix == reserved
         var output = packageFile
         var outputPath = packageFile.path
-        var keep: Range<UInt64>? = reserved..<(reserved + archiveSize)
-        if prefix != reserved {
-            let path = FileDescriptor.uniqueTemporaryPath(in: directory, suffix: ".cpkg.partial")
-            output = try FileDescriptor.createExclusive(path, mode: 0o644)
-            outputPath = path
-            keep = nil
+        if !inPlace {
+            outputPath = FileDescriptor.uniqueTemporaryPath(in: directory, suffix: ".cpkg.partial")
+            output = try FileDescriptor.createExclusive(outputPath, mode: 0o644)
         }
         do {
-            let writer = try ArchiveWriter(compression: .none, output: output, keep: keep.map { _ in prefix..<(prefix + archiveSize) })
+            let writer = try ArchiveWriter(
+                compression: .none, output: output, keep: inPlace ? prefix..<(prefix + archiveSize) : nil)
             try writer.beginEntry(path: "manifest.dsse.json", size: UInt64(envelopeBytes.count))
             try envelopeBytes.withUnsafeBytes { try writer.writeData($0) }
             try writer.beginEntry(path: compression.archiveName, size: archiveSize)
             var offset: UInt64 = 0
-            if keep != nil {
+            if inPlace {
                 // In place: libarchive only needs the byte count; these zeros are never written.
                 buffer.initializeMemory(as: UInt8.self, repeating: 0)
                 while offset < archiveSize {
@@ -192,7 +191,7 @@ public struct PackageWriter: Sendable {
                 }
             }
             let packageSize = try writer.finish().size
-            if keep != nil { try Self.checkArchiveHeader(in: output, before: prefix, name: compression.archiveName) }
+            if inPlace { try Self.checkArchiveHeader(in: output, before: prefix, name: compression.archiveName) }
             try output.sync()
             if output !== packageFile { try output.close() }
             return (PackResult(packageID: packageID, path: finalPath, manifest: manifest, envelopeBytes: envelopeBytes,
@@ -227,13 +226,12 @@ public struct PackageWriter: Sendable {
         return Self.outerPrefixLength(envelopeLength: envelope.jsonBytes().count, archiveSize: size)
     }
 
-    private func outerPrefixLength(forArchiveSize size: UInt64, blobs: [BlobSource]) throws -> UInt64 {
-        try outerPrefixLength(forArchiveSize: size, blobs: blobs.map { ($0.path, try Self.size(of: $0)) })
-    }
-
-    /// The uncompressed tar's size without pax headers: exact for short ASCII names, a guess otherwise.
-    private func estimatedArchiveSize(_ blobs: [BlobSource]) throws -> UInt64 {
-        try blobs.reduce(UInt64(1024)) { total, blob in total + 512 + (try Self.size(of: blob) + 511) / 512 * 512 }
+    /// The prefix for the blobs' current sizes (each blob stat'ed once), guessing the archive size as the
+    /// uncompressed tar's without pax headers: exact for short ASCII names, a guess otherwise.
+    private func predictedPrefixLength(_ blobs: [BlobSource]) throws -> UInt64 {
+        let sized = try blobs.map { (path: $0.path, size: try Self.size(of: $0)) }
+        let estimate = sized.reduce(UInt64(1024)) { $0 + 512 + ($1.size + 511) / 512 * 512 }
+        return try outerPrefixLength(forArchiveSize: estimate, blobs: sized)
     }
 
     private static func size(of blob: BlobSource) throws -> UInt64 {
