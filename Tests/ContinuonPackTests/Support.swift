@@ -105,6 +105,17 @@ func cli(_ arguments: [String], environment: [String: String]? = nil, directory:
     try run(Repo.cli, arguments, environment: environment, directory: directory)
 }
 
+/// Starts the CLI in the background (output discarded); the caller waits for or kills it.
+func launchCLI(_ arguments: [String]) throws -> Process {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: Repo.cli)
+    process.arguments = arguments
+    process.standardOutput = FileHandle.nullDevice
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    return process
+}
+
 /// Runs one of the Python peers in Tests/peers.
 func peer(_ script: String, _ arguments: [String]) throws -> ProcessResult {
     try run("python3", [Repo.path("Tests/peers/" + script)] + arguments)

@@ -187,12 +187,7 @@ struct UploadTests {
         #expect(try cli(["outbox", "add", path, "--outbox", outboxPath]).status == 0)
         let id = try #require(try Outbox(directory: outboxPath).entries().first?.packageID)
         let arguments = ["outbox", "run", "--once", "--outbox", outboxPath, "--to", server.baseURL.absoluteString, "--chunk-size", "262144"]
-        let first = Process()
-        first.executableURL = URL(fileURLWithPath: Repo.cli)
-        first.arguments = arguments
-        first.standardOutput = FileHandle.nullDevice
-        first.standardError = FileHandle.nullDevice
-        try first.run()
+        let first = try launchCLI(arguments)
         var confirmed: UInt64 = 0
         for _ in 0..<200 where confirmed < 1024 * 1024 {
             try await Task.sleep(for: .milliseconds(50))
@@ -227,14 +222,7 @@ struct UploadTests {
         let id = String(repeating: "e", count: 64)
         try Outbox(directory: outboxPath).add(fileAt: file, packageID: id)
         let arguments = ["outbox", "run", "--once", "--outbox", outboxPath, "--to", server.baseURL.absoluteString, "--chunk-size", "262144"]
-        let processes = (0..<2).map { _ in Process() }
-        for process in processes {
-            process.executableURL = URL(fileURLWithPath: Repo.cli)
-            process.arguments = arguments
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-        }
+        let processes = try (0..<2).map { _ in try launchCLI(arguments) }
         for process in processes { process.waitUntilExit() }
         let statuses = processes.map(\.terminationStatus).sorted()
         // One uploads (0); the other found the entry locked and left it alone (2: still pending when it looked).
