@@ -121,7 +121,7 @@ public struct Outbox: Sendable {
     public func removeAcknowledged() throws -> [String] {
         var removed: [String] = []
         for entry in try entries() where entry.phase == .acknowledged {
-            guard let lock = try EntryLock(path: entryDirectory(entry.packageID) + "/lock") else { continue }
+            guard let lock = try self.lock(entry.packageID) else { continue }
             if unlink(packagePath(entry.packageID)) == 0 { removed.append(entry.packageID) }
             withExtendedLifetime(lock) {}
         }
