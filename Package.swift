@@ -26,9 +26,10 @@ let package = Package(
             pkgConfig: "libarchive",
             providers: [.apt(["libarchive-dev"])]
         ),
+        .target(name: "CContinuonSystem"),
         .target(
             name: "ContinuonPack",
-            dependencies: ["COpenSSL", "CArchive"],
+            dependencies: ["COpenSSL", "CArchive", "CContinuonSystem"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         .target(

@@ -271,7 +271,7 @@ public enum CanonicalJSON {
         return out
     }
 
-    private static func write(_ value: JSONValue, into out: inout [UInt8], indent: Int?, level: Int) {
+    static func write(_ value: JSONValue, into out: inout [UInt8], indent: Int?, level: Int) {
         func newline(_ level: Int) {
             guard let indent else { return }
             out.append(0x0a)
@@ -293,8 +293,8 @@ public enum CanonicalJSON {
             out.append(UInt8(ascii: "]"))
         case let .object(members):
             out.append(UInt8(ascii: "{"))
-            let inOrder = zip(members, members.dropFirst()).allSatisfy { $0.0.utf8.lexicographicallyPrecedes($1.0.utf8) }
-            let sorted = inOrder ? members : members.sorted { $0.0.utf8.lexicographicallyPrecedes($1.0.utf8) }
+            let inOrder = zip(members, members.dropFirst()).allSatisfy { $0.0.utf8Precedes($1.0) }
+            let sorted = inOrder ? members : members.sorted { $0.0.utf8Precedes($1.0) }
             for (index, (key, member)) in sorted.enumerated() {
                 if index > 0 { out.append(UInt8(ascii: ",")) }
                 newline(level + 1)
@@ -310,11 +310,16 @@ public enum CanonicalJSON {
 
     private static let hexDigits = Array("0123456789abcdef".utf8)
 
-    private static func writeString(_ text: String, into out: inout [UInt8]) {
+    static func writeString(_ text: String, into out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
-        // Most strings (paths, digests, versions) need no escape: copy them whole.
-        if text.utf8.allSatisfy({ $0 >= 0x20 && $0 != 0x22 && $0 != 0x5c }) {
-            out.append(contentsOf: text.utf8)
+        // Most strings (paths, digests, versions, base64) need no escape: copy them whole.
+        var text = text
+        let plain = text.withUTF8 { bytes in
+            for byte in bytes where byte < 0x20 || byte == 0x22 || byte == 0x5c { return false }
+            out.append(contentsOf: bytes)
+            return true
+        }
+        if plain {
             out.append(UInt8(ascii: "\""))
             return
         }

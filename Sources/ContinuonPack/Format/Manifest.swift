@@ -15,6 +15,15 @@ public struct Provenance: Sendable, Equatable {
 
     static let fixedKeys: Set<String> = ["brain_runtime_version", "ai_app_version", "environment_id"]
 
+    /// The `provenance` object of the manifest.
+    var jsonValue: JSONValue {
+        .object([
+            ("ai_app_version", .string(aiAppVersion)),
+            ("brain_runtime_version", .string(brainRuntimeVersion)),
+            ("environment_id", .string(environmentID)),
+        ] + extra.map { ($0.key, .string($0.value)) })
+    }
+
     /// The first problem with these values, if any (`manifest.identifier_invalid`).
     public func problem() -> ContinuonPackError? {
         for (name, value) in [
@@ -73,13 +82,7 @@ public struct Manifest: Sendable, Equatable {
 
     /// The manifest as a JSON value.
     public var jsonValue: JSONValue {
-        var provenanceMembers: [(String, JSONValue)] = [
-            ("ai_app_version", .string(provenance.aiAppVersion)),
-            ("brain_runtime_version", .string(provenance.brainRuntimeVersion)),
-            ("environment_id", .string(provenance.environmentID)),
-        ]
-        provenanceMembers += provenance.extra.map { ($0.key, .string($0.value)) }
-        return .object([
+        .object([
             ("archive", .object([
                 ("compression", .string(archive.compression.rawValue)),
                 ("name", .string(archive.name)),
@@ -94,13 +97,50 @@ public struct Manifest: Sendable, Equatable {
             })),
             ("created_at", .string(createdAt)),
             ("package_id", .string(packageID)),
-            ("provenance", .object(provenanceMembers)),
+            ("provenance", provenance.jsonValue),
             ("schema", .string(Self.schema)),
         ])
     }
 
-    /// The exact bytes the packer signs: canonical JSON (see `CanonicalJSON`).
-    public func canonicalBytes() -> [UInt8] { CanonicalJSON.encode(jsonValue) }
+    /// The exact bytes the packer signs: canonical JSON (see `CanonicalJSON`), equal to
+    /// `CanonicalJSON.encode(jsonValue)` but written directly, without building the tree (a manifest may list
+    /// tens of thousands of blobs).
+    public func canonicalBytes() -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(512 + blobs.count * (100 + (blobs.first?.path.utf8.count ?? 0)))
+        func literal(_ text: StaticString) {
+            out.append(contentsOf: UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+        }
+        func number(_ value: UInt64) { out.append(contentsOf: String(value).utf8) }
+        literal(#"{"archive":{"compression":"#)
+        CanonicalJSON.writeString(archive.compression.rawValue, into: &out)
+        literal(#","name":"#)
+        CanonicalJSON.writeString(archive.name, into: &out)
+        literal(#","sha256":"#)
+        CanonicalJSON.writeString(archive.sha256, into: &out)
+        literal(#","size":"#)
+        number(archive.size)
+        literal(#"},"blobs":["#)
+        for (index, blob) in blobs.enumerated() {
+            literal(index == 0 ? #"{"path":"# : #",{"path":"#)
+            CanonicalJSON.writeString(blob.path, into: &out)
+            literal(#","sha256":"#)
+            CanonicalJSON.writeString(blob.sha256, into: &out)
+            literal(#","size":"#)
+            number(blob.size)
+            literal("}")
+        }
+        literal(#"],"created_at":"#)
+        CanonicalJSON.writeString(createdAt, into: &out)
+        literal(#","package_id":"#)
+        CanonicalJSON.writeString(packageID, into: &out)
+        literal(#","provenance":"#)
+        CanonicalJSON.write(provenance.jsonValue, into: &out, indent: nil, level: 0)
+        literal(#","schema":"#)
+        CanonicalJSON.writeString(Self.schema, into: &out)
+        literal("}")
+        return out
+    }
 
     // MARK: - Decoding untrusted manifests
 

@@ -1,16 +1,25 @@
 import CArchive
+import CContinuonSystem
 
-/// Receives the archive bytes libarchive produces: counts them, writes them to a file and, when asked, hashes
-/// them on the hash pipeline's thread.
+/// Receives the archive bytes libarchive produces and counts them. With a hash pipeline, the bytes are gathered
+/// in the pipeline's buffers, written to the file a whole buffer at a time (libarchive hands out 10 KiB blocks)
+/// and hashed on the pipeline's thread; without one, each block is written as it comes.
 final class HashingFileSink {
     let file: FileDescriptor
     let pipeline: HashPipeline?
     let stream = HashPipeline.Stream()
+    private var lane: HashPipeline.Lane?
     /// Where in the file the archive starts.
     let origin: UInt64
     /// Archive bytes in this range (relative to the archive's start) are not written: the file already holds them.
     let keep: Range<UInt64>?
     private(set) var byteCount: UInt64 = 0
+    /// Archive bytes handed to the file so far.
+    private var writtenCount: UInt64 = 0
+    /// Archive bytes whose writeback was started (see `writeOut`).
+    private var kickedCount: UInt64 = 0
+    /// Writeback is started every this many bytes.
+    static let writebackInterval: UInt64 = 8 << 20
     var failure: (any Error)?
 
     init(file: FileDescriptor, pipeline: HashPipeline?, origin: UInt64, keep: Range<UInt64>?) {
@@ -18,14 +27,34 @@ final class HashingFileSink {
         self.pipeline = pipeline
         self.origin = origin
         self.keep = keep
+        lane = pipeline?.makeLane { [unowned self] bytes in self.writeOut(bytes) }
     }
 
     func write(_ buffer: UnsafeRawBufferPointer) -> Bool {
+        if let pipeline, let lane {
+            pipeline.update(stream, buffer, in: lane)
+        } else {
+            writeOut(buffer)
+        }
+        byteCount += UInt64(buffer.count)
+        return failure == nil
+    }
+
+    /// Writes what is still gathered and queues the end of the digest; the caller drains the pipeline.
+    func finish() {
+        guard let pipeline, let lane else { return }
+        pipeline.finish(stream, in: lane)
+        pipeline.flush(lane)
+    }
+
+    /// Writes the next archive bytes to the file, except the parts inside `keep`. The first failure sticks.
+    private func writeOut(_ buffer: UnsafeRawBufferPointer) {
+        guard failure == nil else { return }
+        let start = writtenCount
+        let end = start + UInt64(buffer.count)
+        writtenCount = end
         do {
-            let start = byteCount
-            let end = start + UInt64(buffer.count)
             if let keep, keep.overlaps(start..<end) {
-                // Write only the parts outside `keep`.
                 if start < keep.lowerBound {
                     try file.writeAll(UnsafeRawBufferPointer(rebasing: buffer[0..<Int(keep.lowerBound - start)]), at: origin + start)
                 }
@@ -36,12 +65,16 @@ final class HashingFileSink {
             } else {
                 try file.writeAll(buffer, at: origin + start)
             }
-            pipeline?.update(stream, buffer)
-            byteCount += UInt64(buffer.count)
-            return true
         } catch {
             failure = error
-            return false
+            return
+        }
+        // The package is fsynced at the end; starting the writeback of each written stretch now lets the disk work
+        // while we pack, instead of the whole archive waiting in the page cache for that fsync. Advisory: an
+        // error here is not a write error (fsync reports those).
+        if end - kickedCount >= Self.writebackInterval {
+            _ = csystem_start_writeback(file.raw, Int64(origin + kickedCount), Int64(end - kickedCount))
+            kickedCount = end
         }
     }
 }
@@ -127,8 +160,9 @@ final class ArchiveWriter {
         guard !finished else { preconditionFailure("ArchiveWriter.finish called twice") }
         finished = true
         try check(archive_write_close(archive), "close the archive")
+        sink.finish()
+        if let failure = sink.failure { throw failure }
         guard let pipeline = sink.pipeline else { return (sink.byteCount, nil) }
-        pipeline.finish(sink.stream)
         pipeline.drain()
         return (sink.byteCount, sink.stream.digest)
     }

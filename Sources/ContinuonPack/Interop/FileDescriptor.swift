@@ -17,8 +17,8 @@ final class FileDescriptor {
 
     deinit { if !closed { _ = Glibc.close(raw) } }
 
-    static func openForReading(_ path: String, followSymlinks: Bool = true) throws -> FileDescriptor {
-        let flags = O_RDONLY | O_CLOEXEC | (followSymlinks ? 0 : O_NOFOLLOW)
+    static func openForReading(_ path: String, followSymlinks: Bool = true, nonBlocking: Bool = false) throws -> FileDescriptor {
+        let flags = O_RDONLY | O_CLOEXEC | (followSymlinks ? 0 : O_NOFOLLOW) | (nonBlocking ? O_NONBLOCK : 0)
         let fd = retryOnInterrupt { Glibc.open(path, flags) }
         guard fd >= 0 else { throw ioError("Cannot open \(path) for reading", path: path) }
         return FileDescriptor(raw: fd, path: path)

@@ -1,4 +1,3 @@
-import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -46,7 +45,7 @@ extension BlobSource {
         guard !found.isEmpty else {
             throw ContinuonPackError(.sourceEmpty, "\(directory) holds no regular files to pack.")
         }
-        return found.sorted { $0.path.utf8.lexicographicallyPrecedes($1.path.utf8) }
+        return found.sortedByPath()
     }
 
     private static func walk(root: String, relative: [String], options: CollectOptions, into found: inout [BlobSource]) throws {
@@ -68,7 +67,8 @@ extension BlobSource {
             }
             let path = directory + "/" + name
             // Blob paths are stored in NFC (file systems may hand out decomposed names).
-            let normalized = nameBytes.allSatisfy({ $0 < 0x80 }) ? name : name.precomposedStringWithCanonicalMapping
+            // (`_nfcCodeUnits` is the standard library's NFC, the one Foundation's precomposed mapping uses.)
+            let normalized = nameBytes.allSatisfy({ $0 < 0x80 }) ? name : String(decoding: name._nfcCodeUnits, as: UTF8.self)
             let blobPath = (relative + [normalized]).joined(separator: "/")
             var info = stat()
             guard lstat(path, &info) == 0 else { throw FileDescriptor.ioError("Cannot stat \(path)", path: path) }

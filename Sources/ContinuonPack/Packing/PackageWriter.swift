@@ -84,13 +84,13 @@ public struct PackageWriter: Sendable {
             throw ContinuonPackError(.manifestCreatedAt, "created_at \(quoted(createdAt)) is not YYYY-MM-DDTHH:MM:SSZ.")
         }
         guard !blobs.isEmpty else { throw ContinuonPackError(.sourceEmpty, "There are no blobs to pack.") }
-        let sorted = blobs.sorted { $0.path.utf8.lexicographicallyPrecedes($1.path.utf8) }
+        let sorted = blobs.sortedByPath()
         var folded: [String: String] = [:]
         for (index, blob) in sorted.enumerated() {
             if let problem = Validation.pathProblem(Array(blob.path.utf8)) {
                 throw ContinuonPackError(.manifestPath, "Blob path \(quoted(blob.path)): \(problem).")
             }
-            if index > 0 && sorted[index - 1].path.utf8.elementsEqual(blob.path.utf8) {
+            if index > 0 && sorted[index - 1].path.utf8Equals(blob.path) {
                 throw ContinuonPackError(.manifestBlobDuplicate, "Blob path \(quoted(blob.path)) is given twice.")
             }
             if let other = folded.updateValue(blob.path, forKey: Validation.collisionKey(blob.path)) {
@@ -126,18 +126,23 @@ public struct PackageWriter: Sendable {
         _ blobs: [BlobSource], into packageFile: FileDescriptor, directory: String, buffer: UnsafeMutableRawBufferPointer
     ) throws -> (result: PackResult, packagePath: String, finalPath: String) {
         // 1. The episode archive. Blobs are hashed as they are read; the archive bytes on a second thread.
-        let reserved = try reservedOverride ?? predictedPrefixLength(blobs)
+        let sizes = try blobs.map(Self.size(of:))
+        let reserved = try reservedOverride ?? predictedPrefixLength(blobs, sizes: sizes)
         let pipeline = HashPipeline()
         defer { pipeline.close() }
         let archiveWriter = try ArchiveWriter(
             compression: compression, output: packageFile, pipeline: pipeline, zstdWorkers: compressionThreads,
             origin: reserved)
-        var descriptors: [BlobDescriptor] = []
-        descriptors.reserveCapacity(blobs.count)
-        for blob in blobs {
-            descriptors.append(try archive(blob, with: archiveWriter, buffer: buffer))
+        let blobLane = pipeline.makeLane()
+        var digests: [BlobDigest] = []
+        digests.reserveCapacity(blobs.count)
+        for (blob, size) in zip(blobs, sizes) {
+            digests.append(try archive(blob, size: size, with: archiveWriter, pipeline: pipeline, lane: blobLane))
         }
         let finished = try archiveWriter.finish()
+        let descriptors = zip(blobs, zip(sizes, digests)).map { blob, sized in
+            BlobDescriptor(path: blob.path, size: sized.0, sha256: sized.1.value.hex)
+        }
         guard let archiveDigest = finished.sha256 else { preconditionFailure("the archive writer had a pipeline") }
         let archiveSize = finished.size
 
@@ -226,20 +231,24 @@ public struct PackageWriter: Sendable {
         return Self.outerPrefixLength(envelopeLength: envelope.jsonBytes().count, archiveSize: size)
     }
 
-    /// The prefix for the blobs' current sizes (each blob stat'ed once), guessing the archive size as the
-    /// uncompressed tar's without pax headers: exact for short ASCII names, a guess otherwise.
-    private func predictedPrefixLength(_ blobs: [BlobSource]) throws -> UInt64 {
-        let sized = try blobs.map { (path: $0.path, size: try Self.size(of: $0)) }
+    /// The prefix for the blobs' sizes, guessing the archive size as the uncompressed tar's without pax
+    /// headers: exact for short ASCII names, a guess otherwise.
+    private func predictedPrefixLength(_ blobs: [BlobSource], sizes: [UInt64]) throws -> UInt64 {
+        let sized = zip(blobs, sizes).map { (path: $0.path, size: $1) }
         let estimate = sized.reduce(UInt64(1024)) { $0 + 512 + ($1.size + 511) / 512 * 512 }
         return try outerPrefixLength(forArchiveSize: estimate, blobs: sized)
     }
 
+    /// The size a blob is archived with (each file stat'ed once, following symbolic links as `open` does).
     private static func size(of blob: BlobSource) throws -> UInt64 {
         switch blob.content {
         case let .bytes(bytes): return UInt64(bytes.count)
         case let .file(path):
             var info = stat()
             guard stat(path, &info) == 0 else { throw FileDescriptor.ioError("Cannot stat \(path)", path: path) }
+            guard info.st_mode & S_IFMT == S_IFREG else {
+                throw ContinuonPackError(.sourceInvalid, "\(path) is not a regular file.")
+            }
             return UInt64(info.st_size)
         }
     }
@@ -255,41 +264,69 @@ public struct PackageWriter: Sendable {
         }
     }
 
-    /// Archives one blob, reading its bytes exactly once, and returns its descriptor.
-    private func archive(_ blob: BlobSource, with writer: ArchiveWriter, buffer: UnsafeMutableRawBufferPointer) throws -> BlobDescriptor {
-        let hasher = SHA256Hasher()
+    /// A blob's digest, computed on this thread or on the pipeline's.
+    private enum BlobDigest {
+        case computed(SHA256Digest)
+        case queued(HashPipeline.Stream)
+
+        /// The digest; for a queued one, after the pipeline drained.
+        var value: SHA256Digest {
+            switch self {
+            case let .computed(digest): return digest
+            case let .queued(stream): return stream.digest
+            }
+        }
+    }
+
+    /// Archives one blob of `size` bytes, reading its bytes exactly once, straight into the hash pipeline's
+    /// buffers (small blobs share a buffer). The blob is hashed on the pipeline's thread, or on this one when that
+    /// thread is behind (it also hashes the archive). A file whose size is no longer `size` is refused: reads stop
+    /// at EOF, which a short read of a regular file reports without a further call.
+    private func archive(
+        _ blob: BlobSource, size: UInt64, with writer: ArchiveWriter, pipeline: HashPipeline, lane: HashPipeline.Lane
+    ) throws -> BlobDigest {
+        let stream = HashPipeline.Stream()
+        let hasher: SHA256Hasher? = pipeline.isBehind ? SHA256Hasher() : nil
+        func hash(_ chunk: UnsafeRawBufferPointer) {
+            if let hasher {
+                hasher.update(chunk)
+            } else {
+                pipeline.commit(chunk.count, of: stream, in: lane)
+            }
+        }
+        try writer.beginEntry(path: blob.path, size: size)
         switch blob.content {
         case let .bytes(bytes):
-            try writer.beginEntry(path: blob.path, size: UInt64(bytes.count))
             try bytes.withUnsafeBytes { raw in
-                hasher.update(raw)
                 try writer.writeData(raw)
+                if let hasher { hasher.update(raw) } else { pipeline.update(stream, raw, in: lane) }
             }
-            return BlobDescriptor(path: blob.path, size: UInt64(bytes.count), sha256: hasher.finalize().hex)
         case let .file(path):
-            let file = try FileDescriptor.openForReading(path)
-            let info = try file.status()
-            guard info.st_mode & S_IFMT == S_IFREG else {
-                throw ContinuonPackError(.sourceInvalid, "\(path) is not a regular file.")
-            }
-            let size = UInt64(info.st_size)
-            try writer.beginEntry(path: blob.path, size: size)
+            // O_NONBLOCK: a file swapped for a FIFO since it was stat'ed fails to read instead of blocking.
+            let file = try FileDescriptor.openForReading(path, nonBlocking: true)
             var remaining = size
             while true {
-                let count = try file.read(into: buffer)
-                if count == 0 { break }
+                // Ask for one byte more than is left, so that a short read proves the end of the file.
+                let wanted = remaining >= UInt64(pipeline.bufferSize) ? pipeline.bufferSize : Int(remaining) + 1
+                let space = pipeline.space(in: lane, atLeast: wanted)
+                let target = UnsafeMutableRawBufferPointer(rebasing: space[0..<min(space.count, wanted)])
+                let count = try file.read(into: target)
                 guard UInt64(count) <= remaining else {
                     throw ContinuonPackError(.sourceChanged, "\(path) grew while it was being packed.")
                 }
-                let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
-                hasher.update(chunk)
+                if count == 0 { break }
+                let chunk = UnsafeRawBufferPointer(rebasing: target[0..<count])
                 try writer.writeData(chunk)
+                hash(chunk)
                 remaining -= UInt64(count)
+                if remaining == 0 && count < target.count { break }
             }
             guard remaining == 0 else {
                 throw ContinuonPackError(.sourceChanged, "\(path) shrank while it was being packed.")
             }
-            return BlobDescriptor(path: blob.path, size: size, sha256: hasher.finalize().hex)
         }
+        if let hasher { return .computed(hasher.finalize()) }
+        pipeline.finish(stream, in: lane)
+        return .queued(stream)
     }
 }
