@@ -154,12 +154,13 @@ final class HashPipeline: @unchecked Sendable {
         lane.items.removeAll(keepingCapacity: true)
     }
 
-    /// Whether the worker is behind: every buffer is waiting to be hashed. A caller with other hashing to do can
-    /// then do it on its own thread instead of queueing more (the two threads balance whatever the machine).
+    /// Whether the worker is behind: at most one buffer is free, the others wait to be hashed (or are being
+    /// filled). A caller with other hashing to do can then do it on its own thread instead of queueing more, so
+    /// that the two threads share the work whatever the machine's balance of I/O and hashing speed.
     var isBehind: Bool {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
-        return freeBuffers.isEmpty
+        return freeBuffers.count <= 1
     }
 
     /// Flushes every lane and waits until everything was hashed.
@@ -199,17 +200,14 @@ final class HashPipeline: @unchecked Sendable {
 
     private func work() {
         var batch: [Item] = []
-        var released: [Int] = []
         while true {
             pthread_mutex_lock(mutex)
-            freeBuffers.append(contentsOf: released)
             processed += batch.count
             pthread_cond_broadcast(progress)
             while queue.isEmpty { pthread_cond_wait(workAvailable, mutex) }
             swap(&batch, &queue)
             queue.removeAll(keepingCapacity: true)
             pthread_mutex_unlock(mutex)
-            released.removeAll(keepingCapacity: true)
             for item in batch {
                 switch item {
                 case let .segment(stream, start, count):
@@ -219,7 +217,11 @@ final class HashPipeline: @unchecked Sendable {
                     stream.result = (stream.hasher ?? SHA256Hasher()).finalize()
                     stream.hasher = nil
                 case let .release(index):
-                    released.append(index)
+                    // Each buffer goes back as soon as it is hashed, so the caller's view of the backlog is current.
+                    pthread_mutex_lock(mutex)
+                    freeBuffers.append(index)
+                    pthread_cond_broadcast(progress)
+                    pthread_mutex_unlock(mutex)
                 case .stop:
                     return
                 }

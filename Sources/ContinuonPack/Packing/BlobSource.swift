@@ -48,19 +48,25 @@ extension BlobSource {
         return found.sortedByPath()
     }
 
+    /// Walks `root/relative...` depth first. Siblings are visited in the order of their names' bytes, a directory's
+    /// name counted with a trailing `/`: every path below it starts so, which makes the output already sorted by
+    /// path bytes (for NFC names; `collect` checks and sorts otherwise). The entry type comes from `readdir` where
+    /// the file system gives it, so most entries cost no `lstat`.
     private static func walk(root: String, relative: [String], options: CollectOptions, into found: inout [BlobSource]) throws {
         let directory = ([root] + relative).joined(separator: "/")
         guard let handle = opendir(directory) else {
             throw FileDescriptor.ioError("Cannot open the directory \(directory)", path: directory)
         }
         defer { closedir(handle) }
-        var names: [[UInt8]] = []
+        var entries: [(key: [UInt8], name: [UInt8], type: UInt8)] = []
         while let entry = readdir(handle) {
             let name = withUnsafeBytes(of: &entry.pointee.d_name) { raw in Array(raw.prefix { $0 != 0 }) }
             if name == [46] || name == [46, 46] { continue }
-            names.append(name)
+            let type = entry.pointee.d_type
+            entries.append((type == UInt8(DT_DIR) ? name + [0x2f] : name, name, type))
         }
-        for nameBytes in names {
+        entries.sort { $0.key.lexicographicallyPrecedes($1.key) }
+        for (_, nameBytes, type) in entries {
             guard let name = String(validating: nameBytes, as: UTF8.self) else {
                 throw ContinuonPackError(
                     .sourceInvalid, "A file name in \(directory) is not valid UTF-8; blob paths must be UTF-8.")
@@ -70,9 +76,16 @@ extension BlobSource {
             // (`_nfcCodeUnits` is the standard library's NFC, the one Foundation's precomposed mapping uses.)
             let normalized = nameBytes.allSatisfy({ $0 < 0x80 }) ? name : String(decoding: name._nfcCodeUnits, as: UTF8.self)
             let blobPath = (relative + [normalized]).joined(separator: "/")
-            var info = stat()
-            guard lstat(path, &info) == 0 else { throw FileDescriptor.ioError("Cannot stat \(path)", path: path) }
-            switch info.st_mode & S_IFMT {
+            let mode: mode_t
+            switch Int32(type) {
+            case Int32(DT_REG): mode = S_IFREG
+            case Int32(DT_DIR): mode = S_IFDIR
+            default:
+                var info = stat()
+                guard lstat(path, &info) == 0 else { throw FileDescriptor.ioError("Cannot stat \(path)", path: path) }
+                mode = info.st_mode & S_IFMT
+            }
+            switch mode {
             case S_IFDIR:
                 try walk(root: root, relative: relative + [name], options: options, into: &found)
             case S_IFREG:

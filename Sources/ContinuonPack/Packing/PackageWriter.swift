@@ -34,7 +34,7 @@ public struct PackageWriter: Sendable {
     public var compression: Compression
     /// `YYYY-MM-DDTHH:MM:SSZ`; see `PackageWriter.createdAt(environment:)`.
     public var createdAt: String
-    /// Size of the read buffer (one per writer call).
+    /// Size of each read and hashing buffer (six per writer call; a final copy, rarely needed, uses one more).
     public var bufferSize = 1 << 20
     /// zstd worker threads (at least 1; the output bytes are the same for every count).
     public var compressionThreads = 2
@@ -125,26 +125,10 @@ public struct PackageWriter: Sendable {
     private func pack(
         _ blobs: [BlobSource], into packageFile: FileDescriptor, directory: String, buffer: UnsafeMutableRawBufferPointer
     ) throws -> (result: PackResult, packagePath: String, finalPath: String) {
-        // 1. The episode archive. Blobs are hashed as they are read; the archive bytes on a second thread.
+        // 1. The episode archive.
         let sizes = try blobs.map(Self.size(of:))
         let reserved = try reservedOverride ?? predictedPrefixLength(blobs, sizes: sizes)
-        let pipeline = HashPipeline()
-        defer { pipeline.close() }
-        let archiveWriter = try ArchiveWriter(
-            compression: compression, output: packageFile, pipeline: pipeline, zstdWorkers: compressionThreads,
-            origin: reserved)
-        let blobLane = pipeline.makeLane()
-        var digests: [BlobDigest] = []
-        digests.reserveCapacity(blobs.count)
-        for (blob, size) in zip(blobs, sizes) {
-            digests.append(try archive(blob, size: size, with: archiveWriter, pipeline: pipeline, lane: blobLane))
-        }
-        let finished = try archiveWriter.finish()
-        let descriptors = zip(blobs, zip(sizes, digests)).map { blob, sized in
-            BlobDescriptor(path: blob.path, size: sized.0, sha256: sized.1.value.hex)
-        }
-        guard let archiveDigest = finished.sha256 else { preconditionFailure("the archive writer had a pipeline") }
-        let archiveSize = finished.size
+        let (descriptors, archiveSize, archiveDigest) = try writeArchive(blobs, sizes: sizes, to: packageFile, at: reserved)
 
         // 2. The manifest and its signed envelope.
         let packageID = PackageID.compute(provenance: provenance, blobs: descriptors)
@@ -178,11 +162,13 @@ public struct PackageWriter: Sendable {
             try writer.beginEntry(path: compression.archiveName, size: archiveSize)
             var offset: UInt64 = 0
             if inPlace {
-                // In place: libarchive only needs the byte count; these zeros are never written.
-                buffer.initializeMemory(as: UInt8.self, repeating: 0)
+                // In place: libarchive only needs the byte count; these zeros are never written (and only a small
+                // part of the buffer is ever touched).
+                let zeros = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<min(buffer.count, 64 << 10)])
+                zeros.initializeMemory(as: UInt8.self, repeating: 0)
                 while offset < archiveSize {
-                    let count = Int(min(UInt64(buffer.count), archiveSize - offset))
-                    try writer.writeData(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+                    let count = Int(min(UInt64(zeros.count), archiveSize - offset))
+                    try writer.writeData(UnsafeRawBufferPointer(rebasing: zeros[0..<count]))
                     offset += UInt64(count)
                 }
             } else {
@@ -207,6 +193,31 @@ public struct PackageWriter: Sendable {
         }
     }
 
+    /// Writes the episode archive into `packageFile` from `offset` on and returns the blobs' descriptors and the
+    /// archive's size and digest. Blobs are hashed as they are read, the archive bytes on a second thread; the
+    /// pipeline's buffers are freed before the manifest is built.
+    private func writeArchive(
+        _ blobs: [BlobSource], sizes: [UInt64], to packageFile: FileDescriptor, at offset: UInt64
+    ) throws -> (blobs: [BlobDescriptor], size: UInt64, sha256: SHA256Digest) {
+        let pipeline = HashPipeline(bufferSize: bufferSize)
+        defer { pipeline.close() }
+        let archiveWriter = try ArchiveWriter(
+            compression: compression, output: packageFile, pipeline: pipeline, zstdWorkers: compressionThreads,
+            origin: offset)
+        let blobLane = pipeline.makeLane()
+        var digests: [BlobDigest] = []
+        digests.reserveCapacity(blobs.count)
+        for (blob, size) in zip(blobs, sizes) {
+            digests.append(try archive(blob, size: size, with: archiveWriter, pipeline: pipeline, lane: blobLane))
+        }
+        let finished = try archiveWriter.finish()
+        guard let digest = finished.sha256 else { preconditionFailure("the archive writer had a pipeline") }
+        let descriptors = zip(blobs, zip(sizes, digests)).map { blob, sized in
+            BlobDescriptor(path: blob.path, size: sized.0, sha256: sized.1.value.hex)
+        }
+        return (descriptors, finished.size, digest)
+    }
+
     // MARK: - Layout prediction
 
     /// Bytes before the archive data in the package: the envelope's header, the envelope padded to 512, a pax
@@ -225,10 +236,13 @@ public struct PackageWriter: Sendable {
             packageID: zeros, createdAt: createdAt, provenance: provenance,
             archive: ArchiveDescriptor(name: compression.archiveName, compression: compression, size: size, sha256: zeros),
             blobs: blobs.map { BlobDescriptor(path: $0.path, size: $0.size, sha256: zeros) })
-        let envelope = Envelope(payload: manifest.canonicalBytes(), signatures: signingKeys.map {
+        // The envelope around an empty payload, plus the payload's base64 (no character of which is escaped).
+        let payloadLength = manifest.canonicalBytes().count
+        let emptyEnvelope = Envelope(payload: [], signatures: signingKeys.map {
             Envelope.Signature(keyID: $0.publicKey.keyID, signature: [UInt8](repeating: 0, count: 64))
         })
-        return Self.outerPrefixLength(envelopeLength: envelope.jsonBytes().count, archiveSize: size)
+        let envelopeLength = emptyEnvelope.jsonBytes().count + (payloadLength + 2) / 3 * 4
+        return Self.outerPrefixLength(envelopeLength: envelopeLength, archiveSize: size)
     }
 
     /// The prefix for the blobs' sizes, guessing the archive size as the uncompressed tar's without pax
