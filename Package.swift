@@ -4,8 +4,9 @@ import PackageDescription
 let package = Package(
     name: "continuon-pack",
     products: [
-        .library(name: "ContinuonPack", targets: ["ContinuonPack"]),
+        .library(name: "ContinuonPack", targets: ["ContinuonPack", "ContinuonPackUpload"]),
         .executable(name: "continuon-pack", targets: ["continuon-pack"]),
+        .executable(name: "continuon-pack-net", targets: ["continuon-pack-net"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -32,10 +33,18 @@ let package = Package(
             dependencies: ["COpenSSL", "CArchive", "CContinuonSystem"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
+        // The uploader and its outbox: URLSession (FoundationNetworking). Kept out of ContinuonPack, which imports no
+        // Foundation module, so that packing and verifying do not pay for Foundation's memory.
+        .target(
+            name: "ContinuonPackUpload",
+            dependencies: ["ContinuonPack"],
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
         .target(
             name: "ContinuonPackServer",
             dependencies: [
                 "ContinuonPack",
+                "ContinuonPackUpload",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -44,11 +53,30 @@ let package = Package(
             ],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
+        // What both executables share: exit codes, output, key loading.
+        .target(
+            name: "ContinuonPackCLI",
+            dependencies: ["ContinuonPack", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
+        // keygen, pack, verify, inspect, sign-blob, verify-blob; hands upload, outbox and serve to continuon-pack-net.
         .executableTarget(
             name: "continuon-pack",
             dependencies: [
                 "ContinuonPack",
+                "ContinuonPackCLI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
+        // upload, outbox, serve: FoundationNetworking, Hummingbird and NIO.
+        .executableTarget(
+            name: "continuon-pack-net",
+            dependencies: [
+                "ContinuonPack",
+                "ContinuonPackUpload",
                 "ContinuonPackServer",
+                "ContinuonPackCLI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -61,7 +89,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ContinuonPackTests",
-            dependencies: ["ContinuonPack"],
+            dependencies: ["ContinuonPack", "ContinuonPackUpload"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
     ]

@@ -19,6 +19,9 @@ public struct ContinuonPackError: Error, Sendable, Equatable, CustomStringConver
         return "\(code): \(message)"
     }
 
+    /// Untrusted text quoted for a message (`quoted(_:limit:)`), for this package's other targets.
+    package static func quote(_ text: String) -> String { quoted(text) }
+
     /// A stable error code. New codes may be added; existing ones never change meaning.
     public struct Code: RawRepresentable, Hashable, Sendable, ExpressibleByStringLiteral, CustomStringConvertible {
         public let rawValue: String

@@ -1,4 +1,5 @@
 import ContinuonPack
+import ContinuonPackUpload
 import Foundation
 import HTTPTypes
 import Hummingbird

@@ -1,4 +1,5 @@
 import ContinuonPack
+import ContinuonPackUpload
 import Foundation
 
 /// What a stored object looks like to clients (the Cloud Storage object resource subset).

@@ -1,4 +1,5 @@
 import ContinuonPack
+import ContinuonPackUpload
 import Foundation
 
 /// One resumable upload in progress: the bytes received so far live in a spool file, hashed as they arrive.

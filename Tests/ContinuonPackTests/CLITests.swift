@@ -138,6 +138,72 @@ struct CLITests {
     }
 }
 
+@Suite("Two executables: continuon-pack hands upload, outbox and serve to continuon-pack-net")
+struct HandoverTests {
+    /// The SUBCOMMANDS entries of upload, outbox and serve in a help text.
+    func networkEntries(_ help: String) -> [Substring] {
+        let lines = help.split(separator: "\n", omittingEmptySubsequences: false)
+        guard let start = lines.firstIndex(where: { $0.hasPrefix("  upload ") }),
+              let serve = lines.firstIndex(where: { $0.hasPrefix("  serve ") }) else { return [] }
+        return Array(lines[start...serve]) + lines[(serve + 1)...].prefix { $0.hasPrefix("      ") }
+    }
+
+    @Test("continuon-pack --help lists the network commands with the abstracts continuon-pack-net shows")
+    func helpListsNetworkCommands() throws {
+        let light = try cli(["--help"])
+        let network = try run(Repo.networkCLI, ["--help"])
+        #expect(light.status == 0 && network.status == 0)
+        #expect(networkEntries(light.text).count >= 3)
+        #expect(networkEntries(light.text) == networkEntries(network.text), "\(light.text)")
+    }
+
+    @Test("upload --help, help serve and outbox run --help show continuon-pack-net's full help", arguments: [
+        (["upload", "--help"], "--chunk-size"), (["help", "serve"], "--store <store>"),
+        (["outbox", "run", "--help"], "--retention"),
+    ])
+    func networkHelp(_ arguments: [String], _ option: String) throws {
+        let result = try cli(arguments)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.text.contains("USAGE: continuon-pack-net " + arguments.filter { $0 != "help" && $0 != "--help" }.joined(separator: " ")))
+        #expect(result.text.contains(option), "\(result.text)")
+        #expect(result.text == (try run(Repo.networkCLI, arguments)).text)
+    }
+
+    @Test("Arguments and exit codes pass through unchanged")
+    func exitCodesPassThrough() throws {
+        let missing = try cli(["upload", "/nonexistent.cpkg", "--to", "http://127.0.0.1:9", "--outbox", try TemporaryDirectory().path])
+        #expect(missing.status == 2)
+        #expect(missing.stderr.contains("/nonexistent.cpkg"))
+        #expect(try cli(["serve", "--store", "/nonexistent"]).status == 2) // no --trusted-key
+        #expect(try cli(["outbox", "no-such-subcommand"]).status == 2)
+    }
+
+    @Test("Without continuon-pack-net beside it, a network command exits 2 and says what is missing; the rest works")
+    func missingNetworkExecutable() throws {
+        let dir = try TemporaryDirectory()
+        let lone = dir.file("continuon-pack")
+        try FileManager.default.copyItem(atPath: Repo.cli, toPath: lone)
+        chmod(lone, 0o755)
+        let result = try run(lone, ["upload", "x.cpkg", "--to", "http://127.0.0.1:9"])
+        #expect(result.status == 2)
+        let expected = dir.file("continuon-pack-net").replacingOccurrences(of: "//", with: "/")
+        #expect(result.stderr.contains(expected), "\(result.stderr)")
+        #expect(result.text.isEmpty)
+        #expect(try run(lone, ["verify", Repo.path("TestVectors/valid/package-none.cpkg"), "--trusted-key", Repo.testPublicKey]).status == 0)
+    }
+
+    // libFoundation.so joins this list once Interop/HashPipeline.swift and Packing/BlobSource.swift stop
+    // importing Foundation (the last two files of ContinuonPack that do).
+    @Test("continuon-pack links no FoundationNetworking (nor curl)")
+    func lightLinkage() throws {
+        let linked = try run("ldd", [Repo.cli])
+        #expect(linked.status == 0)
+        for library in ["libFoundationNetworking.so", "libcurl"] {
+            #expect(!linked.text.contains(library), "\(linked.text)")
+        }
+    }
+}
+
 @Suite("Bounded memory")
 struct MemoryTests {
     @Test("pack and verify of a 256 MiB blob stay under 48 MiB of resident memory", arguments: [Compression.none, .gzip])

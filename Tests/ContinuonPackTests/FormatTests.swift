@@ -150,6 +150,21 @@ struct ValidationTests {
         #expect(Base64.decodeCanonical("AA==\n") == nil)
         #expect(Base64.decodeCanonical("-_8=") == nil) // URL alphabet
         #expect(Base64.decodeCanonical("") == [])
+        #expect(Base64.decodeCanonical("A===") == nil) // too much padding
+        #expect(Base64.decodeCanonical("=AAA") == nil)
+        #expect(Base64.decodeCanonical("AA=A") == nil)
+        #expect(Base64.decodeCanonical("AAA ") == nil)
+    }
+
+    @Test("Base64 agrees with Foundation's on every length up to 200 bytes")
+    func base64MatchesFoundation() {
+        var generator = SystemRandomNumberGenerator()
+        for length in 0...200 {
+            let bytes = (0..<length).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+            let text = Data(bytes).base64EncodedString()
+            #expect(Base64.encode(bytes) == text)
+            #expect(Base64.decodeCanonical(text) == bytes)
+        }
     }
 
     @Test("DSSE PAE is byte-exact, including an empty body")

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import ContinuonPack
+@testable import ContinuonPackUpload
 
 /// `continuon-pack serve` as a real process on 127.0.0.1, with a local store.
 func startServe(_ dir: TemporaryDirectory, trusting keys: [String] = [Repo.testPublicKey], store: String? = nil,

@@ -23,6 +23,11 @@ enum Repo {
         return root + "/.build/debug/continuon-pack"
     }()
 
+    /// continuon-pack-net, which continuon-pack runs for upload, outbox and serve: beside continuon-pack.
+    static var networkCLI: String {
+        URL(fileURLWithPath: cli).deletingLastPathComponent().appendingPathComponent("continuon-pack-net").path
+    }
+
     static let testKey = path("TestVectors/keys/test-ed25519.pem")
     static let testPublicKey = path("TestVectors/keys/test-ed25519.pub")
     static let secondKey = path("TestVectors/keys/second-ed25519.pem")

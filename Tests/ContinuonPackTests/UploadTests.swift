@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import ContinuonPack
+@testable import ContinuonPackUpload
 
 /// A helper process (emulator, scripted fake, fault proxy) that prints "PORT <n>" when ready; ended on release.
 final class PeerServer {

@@ -1,6 +1,6 @@
 /// CRC-32 (ISO-HDLC, as in gzip's trailer: reflected polynomial 0xEDB88320), slicing by 8.
 /// `CRC32(castagnoli: true)` computes CRC-32C (polynomial 0x82F63B78), as Cloud Storage's `crc32c`.
-struct CRC32 {
+package struct CRC32 {
     private static let isoTables = makeTables(polynomial: 0xEDB8_8320)
     private static let castagnoliTables = makeTables(polynomial: 0x82F6_3B78)
 
@@ -25,13 +25,13 @@ struct CRC32 {
     /// Bytes seen, modulo 2^32 (gzip's ISIZE).
     private(set) var length: UInt32 = 0
 
-    var value: UInt32 { ~crc }
+    package var value: UInt32 { ~crc }
 
-    init(castagnoli: Bool = false) {
+    package init(castagnoli: Bool = false) {
         tables = castagnoli ? Self.castagnoliTables : Self.isoTables
     }
 
-    mutating func update(_ bytes: UnsafeRawBufferPointer) {
+    package mutating func update(_ bytes: UnsafeRawBufferPointer) {
         length &+= UInt32(truncatingIfNeeded: bytes.count)
         tables.withUnsafeBufferPointer { tables in
             let t0 = tables[0], t1 = tables[1], t2 = tables[2], t3 = tables[3]

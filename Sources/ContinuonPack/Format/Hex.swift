@@ -1,5 +1,5 @@
 /// Lowercase hexadecimal, the only form digests and key IDs take in the format.
-enum Hex {
+package enum Hex {
     private static let digits = Array("0123456789abcdef".utf8)
 
     static func encode<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
@@ -28,7 +28,7 @@ enum Hex {
     }
 
     /// True when `text` is exactly `byteCount` bytes in lowercase hex.
-    static func isLowercaseDigest(_ text: String, byteCount: Int = 32) -> Bool {
+    package static func isLowercaseDigest(_ text: String, byteCount: Int = 32) -> Bool {
         text.utf8.count == byteCount * 2 && text.utf8.allSatisfy { value($0) != nil }
     }
 

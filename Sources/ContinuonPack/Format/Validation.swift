@@ -1,5 +1,3 @@
-import Foundation
-
 /// The format's syntactic rules, shared by the packer and the verifier.
 public enum Validation {
     /// Largest blob path in UTF-8 bytes.
@@ -26,8 +24,8 @@ public enum Validation {
         for scalar in text.unicodeScalars where scalar.value < 0x20 || (0x7f...0x9f).contains(scalar.value) {
             return "the path contains the control character U+\(String(scalar.value, radix: 16, uppercase: true))"
         }
-        // ASCII is always NFC; only other text needs Foundation's (slow) normalization.
-        if !bytes.allSatisfy({ $0 < 0x80 }) && !text.precomposedStringWithCanonicalMapping.utf8.elementsEqual(bytes) {
+        // ASCII is always NFC; only other text needs normalizing.
+        if !bytes.allSatisfy({ $0 < 0x80 }) && !nfc(text).utf8.elementsEqual(bytes) {
             return "the path is not in Unicode Normalization Form C (NFC)"
         }
         for segment in bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false) {
@@ -36,6 +34,13 @@ public enum Validation {
             if segment.elementsEqual([UInt8(ascii: "."), UInt8(ascii: ".")]) { return "the path has a '..' segment" }
         }
         return nil
+    }
+
+    /// `text` in Unicode Normalization Form C: the standard library's `String._nfcCodeUnits` (public though
+    /// underscored), which is what swift-foundation's `precomposedStringWithCanonicalMapping` returns, without
+    /// linking Foundation.
+    static func nfc(_ text: String) -> String {
+        String(decoding: text._nfcCodeUnits, as: UTF8.self)
     }
 
     /// The key under which two blob paths collide: Unicode default lowercase mapping, compared (as Swift strings

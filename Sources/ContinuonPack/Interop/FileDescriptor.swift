@@ -5,7 +5,7 @@ import Darwin
 #endif
 
 /// The thin syscall layer: one owner per file descriptor, errors mapped to `io.error` with the errno text.
-final class FileDescriptor {
+package final class FileDescriptor {
     let raw: Int32
     let path: String
     private var closed = false
@@ -17,7 +17,7 @@ final class FileDescriptor {
 
     deinit { if !closed { _ = Glibc.close(raw) } }
 
-    static func openForReading(_ path: String, followSymlinks: Bool = true, nonBlocking: Bool = false) throws -> FileDescriptor {
+    package static func openForReading(_ path: String, followSymlinks: Bool = true, nonBlocking: Bool = false) throws -> FileDescriptor {
         let flags = O_RDONLY | O_CLOEXEC | (followSymlinks ? 0 : O_NOFOLLOW) | (nonBlocking ? O_NONBLOCK : 0)
         let fd = retryOnInterrupt { Glibc.open(path, flags) }
         guard fd >= 0 else { throw ioError("Cannot open \(path) for reading", path: path) }
@@ -49,7 +49,7 @@ final class FileDescriptor {
         return count
     }
 
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws -> Int {
+    package func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws -> Int {
         let count = Self.retryOnInterrupt { pread(raw, buffer.baseAddress, buffer.count, off_t(offset)) }
         guard count >= 0 else { throw Self.ioError("Cannot read \(path)", path: path) }
         return count
@@ -98,7 +98,7 @@ final class FileDescriptor {
         }
     }
 
-    static func ioError(_ message: String, path: String) -> ContinuonPackError {
+    package static func ioError(_ message: String, path: String) -> ContinuonPackError {
         let text = String(cString: strerror(errno))
         return ContinuonPackError(.ioError, message + ".", cause: text)
     }

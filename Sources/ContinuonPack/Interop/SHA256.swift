@@ -27,7 +27,7 @@ public final class SHA256Hasher {
     public convenience init() { self.init(algorithm: FetchedAlgorithm.sha256.pointer ?? EVP_sha256(), length: 32) }
 
     /// MD5, only for Cloud Storage's `md5Hash` transfer check; never for security.
-    static func md5() -> SHA256Hasher { SHA256Hasher(algorithm: FetchedAlgorithm.md5.pointer ?? EVP_md5(), length: 16) }
+    package static func md5() -> SHA256Hasher { SHA256Hasher(algorithm: FetchedAlgorithm.md5.pointer ?? EVP_md5(), length: 16) }
 
     private init(algorithm: OpaquePointer?, length: Int) {
         guard let context = EVP_MD_CTX_new() else { fatalError("EVP_MD_CTX_new: out of memory") }

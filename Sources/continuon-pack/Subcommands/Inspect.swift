@@ -1,5 +1,6 @@
 import ArgumentParser
 import ContinuonPack
+import ContinuonPackCLI
 
 extension ContinuonPackCommand {
     struct Inspect: ParsableCommand {

@@ -1,6 +1,6 @@
 import ArgumentParser
 import ContinuonPack
-import Foundation
+import ContinuonPackCLI
 
 extension Compression: ExpressibleByArgument {}
 
@@ -59,7 +59,7 @@ extension ContinuonPackCommand {
                 provenance: Provenance(
                     brainRuntimeVersion: runtimeVersion, aiAppVersion: appVersion, environmentID: environmentId),
                 signingKey: key, compression: compression,
-                createdAt: try PackageWriter.createdAt(environment: ProcessInfo.processInfo.environment))
+                createdAt: try PackageWriter.createdAt(environment: processEnvironment()))
             var configured = writer
             configured.compressionThreads = max(1, threads)
             let result = try configured.write(blobs: blobs, toDirectory: output)

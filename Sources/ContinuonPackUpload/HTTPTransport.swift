@@ -1,3 +1,4 @@
+import ContinuonPack
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking

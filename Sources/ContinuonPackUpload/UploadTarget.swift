@@ -1,3 +1,4 @@
+import ContinuonPack
 import Foundation
 
 /// Where packages go: a Cloud Storage JSON API endpoint (Google's, an emulator, or `continuon-pack serve`).

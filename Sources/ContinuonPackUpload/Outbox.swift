@@ -1,3 +1,4 @@
+import ContinuonPack
 import Foundation
 #if canImport(Glibc)
 import Glibc

@@ -1,5 +1,7 @@
 import ArgumentParser
 import ContinuonPack
+import ContinuonPackCLI
+import ContinuonPackUpload
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -90,10 +92,10 @@ func exitStatus(_ states: [OutboxState]) -> ExitCode {
     return ExitStatus.ok
 }
 
-extension ContinuonPackCommand {
+extension ContinuonPackNetCommand {
     struct Upload: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Upload packages with the resumable Cloud Storage protocol, retrying until acknowledged.",
+            abstract: NetworkCommand.upload.abstract,
             discussion: """
                 Each package is first added to the outbox (a hard link or copy with a durable state record), so an \
                 interrupted upload resumes from what the server holds on the next run. Exit 0 when every package \
@@ -126,8 +128,8 @@ extension ContinuonPackCommand {
 
     struct OutboxCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            commandName: "outbox",
-            abstract: "A durable queue of packages to upload.",
+            commandName: NetworkCommand.outbox.rawValue,
+            abstract: NetworkCommand.outbox.abstract,
             subcommands: [Add.self, Run.self, Status.self])
 
         struct Add: ParsableCommand {

@@ -1,3 +1,4 @@
+import ContinuonPack
 import Foundation
 
 /// What the uploader reports as it goes (for progress bars and logs).
@@ -187,7 +188,7 @@ public actor Uploader {
             var held: UInt64 = 0
             if let range = response.header("Range") {
                 guard let parsed = Self.parseRange(range), parsed <= session.state.size else {
-                    throw Retryable(message: "the server sent an unusable Range header \(quoted(range))")
+                    throw Retryable(message: "the server sent an unusable Range header \(ContinuonPackError.quote(range))")
                 }
                 held = parsed
             }

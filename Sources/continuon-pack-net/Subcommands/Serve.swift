@@ -1,13 +1,15 @@
 import ArgumentParser
 import ContinuonPack
+import ContinuonPackCLI
 import ContinuonPackServer
+import ContinuonPackUpload
 import Foundation
 import Logging
 
-extension ContinuonPackCommand {
+extension ContinuonPackNetCommand {
     struct Serve: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Run the ingestion endpoint: resumable uploads, verified before anything is stored.",
+            abstract: NetworkCommand.serve.abstract,
             discussion: """
                 Speaks the Cloud Storage resumable-upload subset of docs/signed-ingestion.md section 12 under \
                 /upload/storage/v1/b/BUCKET/o. Each package is verified completely (signature by a trusted key, \

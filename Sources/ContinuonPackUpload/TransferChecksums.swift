@@ -1,3 +1,5 @@
+import ContinuonPack
+
 /// The digests a transfer is checked with: SHA-256 (ours), MD5 and CRC-32C (what Cloud Storage reports, in
 /// standard base64 of the big-endian bytes), computed in one pass.
 public struct TransferChecksums {

@@ -1,3 +1,5 @@
+import ContinuonPack
+
 /// The durable record of one outbox entry (`state.json`), rewritten atomically at every transition.
 public struct OutboxState: Sendable, Equatable {
     public enum Phase: String, Sendable {

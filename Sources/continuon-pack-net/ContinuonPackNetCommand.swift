@@ -1,0 +1,18 @@
+import ArgumentParser
+import ContinuonPackCLI
+
+@main
+struct ContinuonPackNetCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: NetworkCommand.executableName,
+        abstract: "The network commands of continuon-pack: upload packages, queue them in an outbox, serve ingestion.",
+        discussion: """
+            continuon-pack runs this executable for `continuon-pack upload`, `outbox` and `serve`, with the same \
+            arguments. Exit codes: 0 success; 1 a package was rejected or is invalid; 2 usage or I/O error.
+            """,
+        version: continuonPackVersion,
+        subcommands: [Upload.self, OutboxCommand.self, Serve.self]
+    )
+
+    static func main() async { await runMappingExitCodes() }
+}
