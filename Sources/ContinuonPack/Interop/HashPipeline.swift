@@ -154,15 +154,6 @@ final class HashPipeline: @unchecked Sendable {
         lane.items.removeAll(keepingCapacity: true)
     }
 
-    /// Whether the worker is behind: at most one buffer is free, the others wait to be hashed (or are being
-    /// filled). A caller with other hashing to do can then do it on its own thread instead of queueing more, so
-    /// that the two threads share the work whatever the machine's balance of I/O and hashing speed.
-    var isBehind: Bool {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return freeBuffers.count <= 1
-    }
-
     /// Flushes every lane and waits until everything was hashed.
     func drain() {
         for lane in lanes { flush(lane) }

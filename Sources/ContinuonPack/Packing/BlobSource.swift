@@ -73,8 +73,7 @@ extension BlobSource {
             }
             let path = directory + "/" + name
             // Blob paths are stored in NFC (file systems may hand out decomposed names).
-            // (`_nfcCodeUnits` is the standard library's NFC, the one Foundation's precomposed mapping uses.)
-            let normalized = nameBytes.allSatisfy({ $0 < 0x80 }) ? name : String(decoding: name._nfcCodeUnits, as: UTF8.self)
+            let normalized = nameBytes.allSatisfy({ $0 < 0x80 }) ? name : Validation.nfc(name)
             let blobPath = (relative + [normalized]).joined(separator: "/")
             let mode: mode_t
             switch Int32(type) {

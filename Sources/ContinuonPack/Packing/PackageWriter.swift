@@ -194,26 +194,30 @@ public struct PackageWriter: Sendable {
     }
 
     /// Writes the episode archive into `packageFile` from `offset` on and returns the blobs' descriptors and the
-    /// archive's size and digest. Blobs are hashed as they are read, the archive bytes on a second thread; the
-    /// pipeline's buffers are freed before the manifest is built.
+    /// archive's size and digest. This thread reads and writes; the blobs' bytes are hashed on one thread and
+    /// the archive's on another (three busy threads, which the kernel spreads over the cores whatever the balance
+    /// of I/O and hashing speed). The pipelines' buffers are freed before the manifest is built.
     private func writeArchive(
         _ blobs: [BlobSource], sizes: [UInt64], to packageFile: FileDescriptor, at offset: UInt64
     ) throws -> (blobs: [BlobDescriptor], size: UInt64, sha256: SHA256Digest) {
-        let pipeline = HashPipeline(bufferSize: bufferSize)
-        defer { pipeline.close() }
+        let blobPipeline = HashPipeline(bufferSize: bufferSize, bufferCount: 3)
+        defer { blobPipeline.close() }
+        let archivePipeline = HashPipeline(bufferSize: bufferSize, bufferCount: 3)
+        defer { archivePipeline.close() }
         let archiveWriter = try ArchiveWriter(
-            compression: compression, output: packageFile, pipeline: pipeline, zstdWorkers: compressionThreads,
+            compression: compression, output: packageFile, pipeline: archivePipeline, zstdWorkers: compressionThreads,
             origin: offset)
-        let blobLane = pipeline.makeLane()
-        var digests: [BlobDigest] = []
-        digests.reserveCapacity(blobs.count)
+        let blobLane = blobPipeline.makeLane()
+        var streams: [HashPipeline.Stream] = []
+        streams.reserveCapacity(blobs.count)
         for (blob, size) in zip(blobs, sizes) {
-            digests.append(try archive(blob, size: size, with: archiveWriter, pipeline: pipeline, lane: blobLane))
+            streams.append(try archive(blob, size: size, with: archiveWriter, pipeline: blobPipeline, lane: blobLane))
         }
         let finished = try archiveWriter.finish()
         guard let digest = finished.sha256 else { preconditionFailure("the archive writer had a pipeline") }
-        let descriptors = zip(blobs, zip(sizes, digests)).map { blob, sized in
-            BlobDescriptor(path: blob.path, size: sized.0, sha256: sized.1.value.hex)
+        blobPipeline.drain()
+        let descriptors = zip(blobs, zip(sizes, streams)).map { blob, sized in
+            BlobDescriptor(path: blob.path, size: sized.0, sha256: sized.1.digest.hex)
         }
         return (descriptors, finished.size, digest)
     }
@@ -278,42 +282,20 @@ public struct PackageWriter: Sendable {
         }
     }
 
-    /// A blob's digest, computed on this thread or on the pipeline's.
-    private enum BlobDigest {
-        case computed(SHA256Digest)
-        case queued(HashPipeline.Stream)
-
-        /// The digest; for a queued one, after the pipeline drained.
-        var value: SHA256Digest {
-            switch self {
-            case let .computed(digest): return digest
-            case let .queued(stream): return stream.digest
-            }
-        }
-    }
-
     /// Archives one blob of `size` bytes, reading its bytes exactly once, straight into the hash pipeline's
-    /// buffers (small blobs share a buffer). The blob is hashed on the pipeline's thread, or on this one when that
-    /// thread is behind (it also hashes the archive). A file whose size is no longer `size` is refused: reads stop
-    /// at EOF, which a short read of a regular file reports without a further call.
+    /// buffers (small blobs share a buffer); returns the stream its digest will be in after the pipeline drained.
+    /// A file whose size is no longer `size` is refused: reads stop at EOF, which a short read of a regular file
+    /// reports without a further call.
     private func archive(
         _ blob: BlobSource, size: UInt64, with writer: ArchiveWriter, pipeline: HashPipeline, lane: HashPipeline.Lane
-    ) throws -> BlobDigest {
+    ) throws -> HashPipeline.Stream {
         let stream = HashPipeline.Stream()
-        let hasher: SHA256Hasher? = pipeline.isBehind ? SHA256Hasher() : nil
-        func hash(_ chunk: UnsafeRawBufferPointer) {
-            if let hasher {
-                hasher.update(chunk)
-            } else {
-                pipeline.commit(chunk.count, of: stream, in: lane)
-            }
-        }
         try writer.beginEntry(path: blob.path, size: size)
         switch blob.content {
         case let .bytes(bytes):
             try bytes.withUnsafeBytes { raw in
                 try writer.writeData(raw)
-                if let hasher { hasher.update(raw) } else { pipeline.update(stream, raw, in: lane) }
+                pipeline.update(stream, raw, in: lane)
             }
         case let .file(path):
             // O_NONBLOCK: a file swapped for a FIFO since it was stat'ed fails to read instead of blocking.
@@ -331,7 +313,7 @@ public struct PackageWriter: Sendable {
                 if count == 0 { break }
                 let chunk = UnsafeRawBufferPointer(rebasing: target[0..<count])
                 try writer.writeData(chunk)
-                hash(chunk)
+                pipeline.commit(count, of: stream, in: lane)
                 remaining -= UInt64(count)
                 if remaining == 0 && count < target.count { break }
             }
@@ -339,8 +321,7 @@ public struct PackageWriter: Sendable {
                 throw ContinuonPackError(.sourceChanged, "\(path) shrank while it was being packed.")
             }
         }
-        if let hasher { return .computed(hasher.finalize()) }
         pipeline.finish(stream, in: lane)
-        return .queued(stream)
+        return stream
     }
 }
