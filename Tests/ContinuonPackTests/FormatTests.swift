@@ -66,7 +66,7 @@ struct JSONTests {
         #expect(CanonicalJSON.encode(try StrictJSONParser.parse(ours)) == ours)
     }
 
-    @Test("The manifest's direct writer gives Python's canonical JSON of the same manifest")
+    @Test("The manifest's and envelope's direct writers give Python's canonical JSON of the same values")
     func manifestWriterMatchesPython() throws {
         let digest = String(repeating: "ab", count: 32)
         let manifest = Manifest(
@@ -83,6 +83,14 @@ struct JSONTests {
         let ours = manifest.canonicalBytes()
         #expect(ours == CanonicalJSON.encode(manifest.jsonValue))
         #expect(try pythonCanonical(ours) == ours)
+
+        // And the envelope's, around it, with two signatures and a type that needs escaping.
+        let envelope = Envelope(payloadType: "type/\"x\"", payload: ours, signatures: [
+            .init(keyID: String(repeating: "a", count: 64), signature: Array(0..<64)),
+            .init(keyID: "k2", signature: [255]),
+        ])
+        #expect(envelope.jsonBytes() == CanonicalJSON.encode(envelope.jsonValue))
+        #expect(try pythonCanonical(envelope.jsonBytes()) == envelope.jsonBytes())
     }
 }
 

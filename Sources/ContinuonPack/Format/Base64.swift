@@ -12,7 +12,13 @@ package enum Base64 {
 
     package static func encode(_ bytes: [UInt8]) -> String {
         var out: [UInt8] = []
-        out.reserveCapacity((bytes.count + 2) / 3 * 4)
+        encode(bytes, into: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Appends the base64 text of `bytes` to `out` (no intermediate string: a manifest's base64 is megabytes).
+    package static func encode(_ bytes: [UInt8], into out: inout [UInt8]) {
+        out.reserveCapacity(out.count + (bytes.count + 2) / 3 * 4)
         var index = 0
         while index < bytes.count {
             let count = min(3, bytes.count - index)
@@ -24,7 +30,6 @@ package enum Base64 {
             }
             index += 3
         }
-        return String(decoding: out, as: UTF8.self)
     }
 
     package static func decodeCanonical(_ text: String) -> [UInt8]? {

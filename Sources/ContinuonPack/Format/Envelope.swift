@@ -44,15 +44,36 @@ public struct Envelope: Sendable, Equatable {
         return Envelope(payload: payload, signatures: signatures)
     }
 
-    /// Canonical JSON bytes (sorted keys, no white space), as written into `manifest.dsse.json`.
+    /// Canonical JSON bytes (sorted keys, no white space), as written into `manifest.dsse.json`: the canonical
+    /// encoding of `jsonValue`, written directly (the payload's base64 goes straight into the output).
     public func jsonBytes() -> [UInt8] {
-        CanonicalJSON.encode(.object([
+        var out: [UInt8] = []
+        out.reserveCapacity((payload.count + 2) / 3 * 4 + payloadType.utf8.count + 64 + signatures.count * 192)
+        out.append(contentsOf: #"{"payload":""#.utf8)
+        Base64.encode(payload, into: &out)
+        out.append(contentsOf: #"","payloadType":"#.utf8)
+        CanonicalJSON.writeString(payloadType, into: &out)
+        out.append(contentsOf: #","signatures":["#.utf8)
+        for (index, signature) in signatures.enumerated() {
+            out.append(contentsOf: (index == 0 ? #"{"keyid":"# : #",{"keyid":"#).utf8)
+            CanonicalJSON.writeString(signature.keyID, into: &out)
+            out.append(contentsOf: #","sig":""#.utf8)
+            Base64.encode(signature.signature, into: &out)
+            out.append(contentsOf: #""}"#.utf8)
+        }
+        out.append(contentsOf: "]}".utf8)
+        return out
+    }
+
+    /// The envelope as a JSON value.
+    public var jsonValue: JSONValue {
+        .object([
             ("payload", .string(Base64.encode(payload))),
             ("payloadType", .string(payloadType)),
             ("signatures", .array(signatures.map { signature in
                 .object([("keyid", .string(signature.keyID)), ("sig", .string(Base64.encode(signature.signature)))])
             })),
-        ]))
+        ])
     }
 
     /// Parses an untrusted envelope. The payload type is returned as found; the verifier checks it.
