@@ -36,8 +36,10 @@ public struct PackageWriter: Sendable {
     public var createdAt: String
     /// Size of each read and hashing buffer (six per writer call; a final copy, rarely needed, uses one more).
     public var bufferSize = 1 << 20
-    /// zstd worker threads (at least 1; the output bytes are the same for every count).
-    public var compressionThreads = 2
+    /// zstd worker threads (at least 1; the output bytes are the same for every count). One by default: packing
+    /// already keeps two more threads busy (reading and writing; hashing), and each worker costs 15-40 MiB of
+    /// zstd buffers. More pay on machines with more cores and incompressible data.
+    public var compressionThreads = 1
     /// Tests only: reserve this many bytes before the archive instead of the predicted count (forces the copy path
     /// when wrong).
     var reservedOverride: UInt64?

@@ -39,8 +39,8 @@ extension ContinuonPackCommand {
         @Option(name: .long, help: "Compression of the episode archive: none, gzip or zstd.")
         var compression: Compression = .zstd
 
-        @Option(name: .long, help: "zstd worker threads (the output is the same for any count of 1 or more).")
-        var threads = 2
+        @Option(name: .long, help: "zstd worker threads (the output is the same for any count of 1 or more; more help on machines with more than two cores).")
+        var threads = 1
 
         @Flag(name: .long, help: "Follow symbolic links to regular files instead of refusing them.")
         var followSymlinks = false
