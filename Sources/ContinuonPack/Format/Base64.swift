@@ -7,10 +7,52 @@ enum Base64 {
         Data(bytes).base64EncodedString()
     }
 
+    /// The bytes whose encoding is exactly `text`, or nil when `text` is not such an encoding: groups of four
+    /// characters of the standard alphabet, the last one padded with one or two `=` whose dropped bits are zero.
     static func decodeCanonical(_ text: String) -> [UInt8]? {
-        guard let data = Data(base64Encoded: text) else { return nil }
-        let bytes = [UInt8](data)
-        guard encode(bytes) == text else { return nil }
-        return bytes
+        var text = text
+        return text.withUTF8 { chars -> [UInt8]? in
+            guard chars.count % 4 == 0 else { return nil }
+            let padding = chars.suffix(2).reversed().prefix { $0 == UInt8(ascii: "=") }.count
+            let count = chars.count / 4 * 3 - padding
+            var valid = true
+            let table = decoding
+            let bytes = [UInt8](unsafeUninitializedCapacity: count) { out, initialized in
+                var index = 0
+                while index < chars.count {
+                    let last = index + 4 == chars.count
+                    var group: UInt32 = 0
+                    for offset in 0..<4 {
+                        let char = chars[index + offset]
+                        let value = table[Int(char)]
+                        if value == invalid && !(last && char == UInt8(ascii: "=") && offset >= 4 - padding) {
+                            valid = false
+                            return
+                        }
+                        group = group << 6 | UInt32(value == invalid ? 0 : value)
+                    }
+                    let written = index / 4 * 3
+                    out[written] = UInt8(truncatingIfNeeded: group >> 16)
+                    if !last || padding < 2 { out[written + 1] = UInt8(truncatingIfNeeded: group >> 8) }
+                    if !last || padding < 1 { out[written + 2] = UInt8(truncatingIfNeeded: group) }
+                    // The bits a padded group drops must be zero, or the text is not what `encode` writes.
+                    if last && padding > 0 && group & (padding == 2 ? 0xffff : 0xff) != 0 { valid = false }
+                    index += 4
+                }
+                initialized = count
+            }
+            return valid ? bytes : nil
+        }
     }
+
+    private static let invalid: UInt8 = 0xff
+
+    /// Each character's 6-bit value; `invalid` outside the standard alphabet.
+    private static let decoding: [UInt8] = {
+        var table = [UInt8](repeating: invalid, count: 256)
+        for (value, char) in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8.enumerated() {
+            table[Int(char)] = UInt8(value)
+        }
+        return table
+    }()
 }

@@ -2,6 +2,9 @@
 enum Hex {
     private static let digits = Array("0123456789abcdef".utf8)
 
+    /// The lowercase hex digit for `nibble` (0 to 15).
+    static func digit(_ nibble: UInt8) -> UInt8 { digits[Int(nibble)] }
+
     static func encode<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
         var out: [UInt8] = []
         out.reserveCapacity(bytes.underestimatedCount * 2)
@@ -29,7 +32,8 @@ enum Hex {
 
     /// True when `text` is exactly `byteCount` bytes in lowercase hex.
     static func isLowercaseDigest(_ text: String, byteCount: Int = 32) -> Bool {
-        text.utf8.count == byteCount * 2 && text.utf8.allSatisfy { value($0) != nil }
+        var text = text
+        return text.withUTF8 { $0.count == byteCount * 2 && $0.allSatisfy { value($0) != nil } }
     }
 
     private static func value(_ char: UInt8) -> UInt8? {

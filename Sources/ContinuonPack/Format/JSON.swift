@@ -59,19 +59,41 @@ public struct StrictJSONParser {
     private let bytes: [UInt8]
     private let maxDepth: Int
     private var position = 0
+    /// The top-level member whose array elements go to `element` instead of the tree.
+    private let streamedKey: String?
+    private let element: ((JSONValue) -> Void)?
 
     public static func parse(_ bytes: [UInt8], maxDepth: Int = 16) throws(JSONParseError) -> JSONValue {
-        var parser = StrictJSONParser(bytes: bytes, maxDepth: maxDepth)
-        parser.skipWhitespace()
-        let value = try parser.parseValue(depth: 0)
-        parser.skipWhitespace()
-        guard parser.position == bytes.count else { throw parser.error(.syntax, "data after the JSON value") }
-        return value
+        var parser = StrictJSONParser(bytes: bytes, maxDepth: maxDepth, streamedKey: nil, element: nil)
+        return try parser.parseDocument()
     }
 
-    private init(bytes: [UInt8], maxDepth: Int) {
+    /// Parses like `parse(_:maxDepth:)`, except for the array that is the member `key` of the top-level object: its
+    /// elements go to `element` one by one as they are parsed, and the tree holds that array empty. (A manifest lists
+    /// tens of thousands of blobs; this way none is held as JSON longer than it takes to decode it.) `element` sees
+    /// a document that may still turn out invalid: only a normal return from `parse` makes it valid JSON.
+    static func parse(
+        _ bytes: [UInt8], maxDepth: Int = 16, streaming key: String, to element: (JSONValue) -> Void
+    ) throws(JSONParseError) -> JSONValue {
+        try withoutActuallyEscaping(element) { (element) throws(JSONParseError) -> JSONValue in
+            var parser = StrictJSONParser(bytes: bytes, maxDepth: maxDepth, streamedKey: key, element: element)
+            return try parser.parseDocument()
+        }
+    }
+
+    private init(bytes: [UInt8], maxDepth: Int, streamedKey: String?, element: ((JSONValue) -> Void)?) {
         self.bytes = bytes
         self.maxDepth = maxDepth
+        self.streamedKey = streamedKey
+        self.element = element
+    }
+
+    private mutating func parseDocument() throws(JSONParseError) -> JSONValue {
+        skipWhitespace()
+        let value = try parseValue(depth: 0)
+        skipWhitespace()
+        guard position == bytes.count else { throw error(.syntax, "data after the JSON value") }
+        return value
     }
 
     private func error(_ kind: JSONParseError.Kind, _ reason: String) -> JSONParseError {
@@ -109,7 +131,8 @@ public struct StrictJSONParser {
         guard depth <= maxDepth else { throw error(.tooDeep, "nesting deeper than \(maxDepth)") }
         position += 1
         var members: [(String, JSONValue)] = []
-        var seen = Set<String>()
+        /// The keys once the object outgrows a linear search (small objects, such as a manifest's blobs, never do).
+        var seen: Set<String>?
         skipWhitespace()
         if current == UInt8(ascii: "}") {
             position += 1
@@ -120,13 +143,20 @@ public struct StrictJSONParser {
             guard current == UInt8(ascii: "\"") else { throw error(.syntax, "expected a member name") }
             let keyOffset = position
             let key = try parseString()
-            guard seen.insert(key).inserted else {
+            // Keys compare as Swift strings (by canonical equivalence), in the set and in the linear search alike.
+            if seen == nil && members.count >= 16 { seen = Set(members.map(\.0)) }
+            let isNew = seen == nil ? !members.contains { $0.0 == key } : seen!.insert(key).inserted
+            guard isNew else {
                 throw JSONParseError(kind: .duplicateKey, offset: keyOffset, reason: "duplicate key \"\(key)\"")
             }
             skipWhitespace()
             try expect(":")
             skipWhitespace()
-            members.append((key, try parseValue(depth: depth)))
+            if depth == 1, key == streamedKey, current == UInt8(ascii: "[") {
+                members.append((key, try parseArray(depth: depth + 1, streaming: true)))
+            } else {
+                members.append((key, try parseValue(depth: depth)))
+            }
             skipWhitespace()
             if current == UInt8(ascii: ",") {
                 position += 1
@@ -137,7 +167,8 @@ public struct StrictJSONParser {
         }
     }
 
-    private mutating func parseArray(depth: Int) throws(JSONParseError) -> JSONValue {
+    /// An array; with `streaming`, its elements go to `element` and the array returned is empty.
+    private mutating func parseArray(depth: Int, streaming: Bool = false) throws(JSONParseError) -> JSONValue {
         guard depth <= maxDepth else { throw error(.tooDeep, "nesting deeper than \(maxDepth)") }
         position += 1
         var elements: [JSONValue] = []
@@ -148,7 +179,8 @@ public struct StrictJSONParser {
         }
         while true {
             skipWhitespace()
-            elements.append(try parseValue(depth: depth))
+            let value = try parseValue(depth: depth)
+            if streaming { element?(value) } else { elements.append(value) }
             skipWhitespace()
             if current == UInt8(ascii: ",") {
                 position += 1
@@ -181,7 +213,27 @@ public struct StrictJSONParser {
 
     private mutating func parseString() throws(JSONParseError) -> String {
         position += 1 // opening quote
-        var out: [UInt8] = []
+        // Most strings hold no escape: validate them in place, without copying byte by byte.
+        let start = position
+        var isASCII = true
+        position = bytes.withUnsafeBufferPointer { buffer in
+            var end = start
+            while end < buffer.count, buffer[end] != 0x22, buffer[end] != 0x5c, buffer[end] >= 0x20 {
+                if buffer[end] >= 0x80 { isASCII = false }
+                end += 1
+            }
+            return end
+        }
+        if current == UInt8(ascii: "\"") {
+            position += 1
+            let text = bytes.withUnsafeBufferPointer { buffer in
+                let content = UnsafeBufferPointer(rebasing: buffer[start..<(position - 1)])
+                return isASCII ? String(decoding: content, as: UTF8.self) : String(validating: content, as: UTF8.self)
+            }
+            guard let text else { throw error(.invalidUTF8, "string is not valid UTF-8") }
+            return text
+        }
+        var out = Array(bytes[start..<position])
         while true {
             guard let byte = current else { throw error(.syntax, "unterminated string") }
             switch byte {
