@@ -261,6 +261,26 @@ struct ValidationTests {
         #expect(first == .manifestField && message.contains("blobs[1].size"), "\(message)")
     }
 
+    @Test("Archive members match the first unmatched manifest listing of their path")
+    func blobMatcher() {
+        func blobs(_ paths: [String]) -> [BlobDescriptor] {
+            paths.map { BlobDescriptor(path: $0, size: 0, sha256: "") }
+        }
+        var sorted = BlobMatcher(blobs(["a", "b", "c"]))
+        #expect(sorted.match(Array("b".utf8), expected: 0) == .listing(1))
+        #expect(sorted.match(Array("b".utf8), expected: 2) == .allMatched)
+        #expect(sorted.match(Array("a".utf8), expected: 2) == .listing(0))
+        #expect(sorted.match(Array("bb".utf8), expected: 2) == .unlisted)
+        #expect(sorted.isMatched(0) && sorted.isMatched(1) && !sorted.isMatched(2))
+        var unsorted = BlobMatcher(blobs(["b", "a", "a", "c"]))
+        #expect(unsorted.match(Array("a".utf8), expected: 0) == .listing(1))
+        #expect(unsorted.match(Array("a".utf8), expected: 2) == .listing(2))
+        #expect(unsorted.match(Array("a".utf8), expected: 3) == .allMatched)
+        #expect(unsorted.match(Array("b".utf8), expected: 3) == .listing(0))
+        #expect(unsorted.match(Array("zz".utf8), expected: 3) == .unlisted)
+        #expect(unsorted.match(Array("".utf8), expected: 3) == .unlisted)
+    }
+
     @Test("Extra provenance fields are kept but do not enter the package ID")
     func extraProvenance() {
         var provenance = sampleProvenance

@@ -78,13 +78,23 @@ struct TarAuditor {
         while index < bytes.count && violation == nil {
             switch state {
             case .header, .secondEndBlock:
+                if block.isEmpty && bytes.count - index >= Self.blockSize {
+                    // A whole block in the input: read it in place.
+                    index += Self.blockSize
+                    offset += UInt64(Self.blockSize)
+                    processBlock(UnsafeRawBufferPointer(rebasing: bytes[(index - Self.blockSize)..<index]))
+                    continue
+                }
                 let take = min(Self.blockSize - block.count, bytes.count - index)
                 block.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[index..<(index + take)]))
                 index += take
                 offset += UInt64(take)
                 if block.count == Self.blockSize {
-                    processBlock()
-                    block.removeAll(keepingCapacity: true)
+                    var header: [UInt8] = []
+                    swap(&header, &block)
+                    header.withUnsafeBytes { processBlock($0) }
+                    header.removeAll(keepingCapacity: true)
+                    swap(&header, &block)
                 }
             case let .paxData(remaining, padding):
                 let take = Int(min(remaining, UInt64(bytes.count - index)))
@@ -144,7 +154,8 @@ struct TarAuditor {
 
     // MARK: - Headers
 
-    private mutating func processBlock() {
+    /// Checks one 512-byte block read in the `header` or `secondEndBlock` state.
+    private mutating func processBlock(_ block: UnsafeRawBufferPointer) {
         let isZero = !block.contains { $0 != 0 }
         if case .secondEndBlock = state {
             guard isZero else {
@@ -162,7 +173,7 @@ struct TarAuditor {
             state = .secondEndBlock
             return
         }
-        guard let stored = octal(148, 8), stored == checksum() else {
+        guard let stored = Self.octal(block, 148, 8), stored == Self.checksum(block) else {
             violation = .corrupt("a header checksum does not match")
             return
         }
@@ -170,7 +181,7 @@ struct TarAuditor {
             violation = .corrupt("a header is not POSIX ustar (magic \"ustar\\0\", version \"00\")")
             return
         }
-        guard let headerSize = octal(124, 12) else {
+        guard let headerSize = Self.octal(block, 124, 12) else {
             violation = .corrupt("a header size field is not octal")
             return
         }
@@ -199,7 +210,7 @@ struct TarAuditor {
             violation = .memberType(Self.describe(typeflag: typeflag))
             return
         }
-        let ustarName = ustarPath()
+        let ustarName = Self.ustarPath(block)
         var path = ustarName
         var size = headerSize
         if let pax = pendingPax {
@@ -213,7 +224,7 @@ struct TarAuditor {
             if let paxSize = pax.size { size = paxSize }
             pendingPax = nil
         }
-        if let problem = metadataProblem() {
+        if let problem = Self.metadataProblem(block) {
             violation = .metadata(problem)
             return
         }
@@ -226,10 +237,10 @@ struct TarAuditor {
         }
     }
 
-    private func metadataProblem() -> String? {
-        guard let mode = octal(100, 8), mode & 0o7777 == 0o644 else { return "mode is not 0644" }
-        guard octal(108, 8) == 0, octal(116, 8) == 0 else { return "uid or gid is not 0" }
-        guard octal(136, 12) == 0 else { return "mtime is not 0" }
+    private static func metadataProblem(_ block: UnsafeRawBufferPointer) -> String? {
+        guard let mode = octal(block, 100, 8), mode & 0o7777 == 0o644 else { return "mode is not 0644" }
+        guard octal(block, 108, 8) == 0, octal(block, 116, 8) == 0 else { return "uid or gid is not 0" }
+        guard octal(block, 136, 12) == 0 else { return "mtime is not 0" }
         guard !block[265..<297].contains(where: { $0 != 0 }), !block[297..<329].contains(where: { $0 != 0 }) else {
             return "uname or gname is not empty"
         }
@@ -281,17 +292,17 @@ struct TarAuditor {
 
     // MARK: - Fields
 
-    private func checksum() -> UInt64 {
-        var sum: UInt64 = 0
-        for (index, byte) in block.enumerated() {
-            sum += (148..<156).contains(index) ? 0x20 : UInt64(byte)
-        }
+    /// The unsigned byte sum of the header with the checksum field read as eight spaces.
+    private static func checksum(_ block: UnsafeRawBufferPointer) -> UInt64 {
+        var sum: UInt64 = 8 * 0x20
+        for index in 0..<148 { sum += UInt64(block[index]) }
+        for index in 156..<blockSize { sum += UInt64(block[index]) }
         return sum
     }
 
     /// An octal numeric field: optional leading spaces, octal digits, then NUL or space padding. Base-256 and
     /// anything else are refused.
-    private func octal(_ start: Int, _ length: Int) -> UInt64? {
+    private static func octal(_ block: UnsafeRawBufferPointer, _ start: Int, _ length: Int) -> UInt64? {
         var value: UInt64 = 0
         var index = start
         let end = start + length
@@ -311,7 +322,7 @@ struct TarAuditor {
         return value
     }
 
-    private func ustarPath() -> [UInt8] {
+    private static func ustarPath(_ block: UnsafeRawBufferPointer) -> [UInt8] {
         let name = block[0..<100].prefix { $0 != 0 }
         let prefix = block[345..<500].prefix { $0 != 0 }
         return prefix.isEmpty ? Array(name) : Array(prefix) + [UInt8(ascii: "/")] + Array(name)
