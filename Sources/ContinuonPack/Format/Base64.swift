@@ -19,13 +19,28 @@ enum Base64 {
             let table = decoding
             let bytes = [UInt8](unsafeUninitializedCapacity: count) { out, initialized in
                 var index = 0
-                while index < chars.count {
-                    let last = index + 4 == chars.count
+                // Every group but the last: four characters of the alphabet (an invalid one has the high bit).
+                while index + 4 < chars.count {
+                    let (a, b) = (UInt32(table[Int(chars[index])]), UInt32(table[Int(chars[index + 1])]))
+                    let (c, d) = (UInt32(table[Int(chars[index + 2])]), UInt32(table[Int(chars[index + 3])]))
+                    guard (a | b | c | d) & 0x80 == 0 else {
+                        valid = false
+                        return
+                    }
+                    let group = a << 18 | b << 12 | c << 6 | d
+                    let written = index / 4 * 3
+                    out[written] = UInt8(truncatingIfNeeded: group >> 16)
+                    out[written + 1] = UInt8(truncatingIfNeeded: group >> 8)
+                    out[written + 2] = UInt8(truncatingIfNeeded: group)
+                    index += 4
+                }
+                // The last group, which may be padded.
+                if index < chars.count {
                     var group: UInt32 = 0
                     for offset in 0..<4 {
                         let char = chars[index + offset]
                         let value = table[Int(char)]
-                        if value == invalid && !(last && char == UInt8(ascii: "=") && offset >= 4 - padding) {
+                        if value == invalid && !(char == UInt8(ascii: "=") && offset >= 4 - padding) {
                             valid = false
                             return
                         }
@@ -33,11 +48,11 @@ enum Base64 {
                     }
                     let written = index / 4 * 3
                     out[written] = UInt8(truncatingIfNeeded: group >> 16)
-                    if !last || padding < 2 { out[written + 1] = UInt8(truncatingIfNeeded: group >> 8) }
-                    if !last || padding < 1 { out[written + 2] = UInt8(truncatingIfNeeded: group) }
+                    if padding < 2 { out[written + 1] = UInt8(truncatingIfNeeded: group >> 8) }
+                    if padding < 1 { out[written + 2] = UInt8(truncatingIfNeeded: group) }
                     // The bits a padded group drops must be zero, or the text is not what `encode` writes.
-                    if last && padding > 0 && group & (padding == 2 ? 0xffff : 0xff) != 0 { valid = false }
-                    index += 4
+                    let dropped: UInt32 = padding == 2 ? 0xffff : padding == 1 ? 0xff : 0
+                    if group & dropped != 0 { valid = false }
                 }
                 initialized = count
             }

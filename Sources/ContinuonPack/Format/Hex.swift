@@ -33,7 +33,9 @@ enum Hex {
     /// True when `text` is exactly `byteCount` bytes in lowercase hex.
     static func isLowercaseDigest(_ text: String, byteCount: Int = 32) -> Bool {
         var text = text
-        return text.withUTF8 { $0.count == byteCount * 2 && $0.allSatisfy { value($0) != nil } }
+        return text.withUTF8 { chars in
+            chars.count == byteCount * 2 && chars.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+        }
     }
 
     private static func value(_ char: UInt8) -> UInt8? {

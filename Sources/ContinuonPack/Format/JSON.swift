@@ -30,12 +30,14 @@ public indirect enum JSONValue: Sendable, Equatable {
     /// An unsigned integer written as plain digits (no sign, fraction, exponent or leading zero), at most 2^53 - 1
     /// so that every JSON implementation reads it exactly.
     public var safeUnsignedInteger: UInt64? {
-        guard case let .number(text) = self else { return nil }
-        let digits = Array(text.utf8)
-        guard !digits.isEmpty, digits.count <= 16, digits.allSatisfy({ (48...57).contains($0) }) else { return nil }
-        if digits.count > 1 && digits[0] == 48 { return nil }
-        guard let value = UInt64(text), value <= (1 << 53) - 1 else { return nil }
-        return value
+        guard case var .number(text) = self else { return nil }
+        return text.withUTF8 { digits -> UInt64? in
+            guard !digits.isEmpty, digits.count <= 16, digits.allSatisfy({ (48...57).contains($0) }) else { return nil }
+            if digits.count > 1 && digits[0] == 48 { return nil }
+            // At most 16 digits: no overflow.
+            let value = digits.reduce(UInt64(0)) { $0 * 10 + UInt64($1 - 48) }
+            return value <= (1 << 53) - 1 ? value : nil
+        }
     }
 }
 
@@ -138,6 +140,7 @@ public struct StrictJSONParser {
             position += 1
             return .object(members)
         }
+        members.reserveCapacity(4)
         while true {
             skipWhitespace()
             guard current == UInt8(ascii: "\"") else { throw error(.syntax, "expected a member name") }
@@ -215,15 +218,8 @@ public struct StrictJSONParser {
         position += 1 // opening quote
         // Most strings hold no escape: validate them in place, without copying byte by byte.
         let start = position
-        var isASCII = true
-        position = bytes.withUnsafeBufferPointer { buffer in
-            var end = start
-            while end < buffer.count, buffer[end] != 0x22, buffer[end] != 0x5c, buffer[end] >= 0x20 {
-                if buffer[end] >= 0x80 { isASCII = false }
-                end += 1
-            }
-            return end
-        }
+        let isASCII: Bool
+        (position, isASCII) = bytes.withUnsafeBufferPointer { Self.plainRun($0, from: start) }
         if current == UInt8(ascii: "\"") {
             position += 1
             let text = bytes.withUnsafeBufferPointer { buffer in
@@ -253,6 +249,33 @@ public struct StrictJSONParser {
                 position += 1
             }
         }
+    }
+
+    /// Where the run of string bytes from `start` that need no attention (not `"`, `\` or a control character)
+    /// ends, and whether they are all ASCII. Tests eight bytes at a time (SWAR): a payload is megabytes of base64.
+    private static func plainRun(_ buffer: UnsafeBufferPointer<UInt8>, from start: Int) -> (end: Int, isASCII: Bool) {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let highBits = ones &* 0x80
+        /// Whether some byte of `word` is below `limit` (at most 0x80); exact, bytes from 0x80 up never count.
+        func hasByte(below limit: UInt64, _ word: UInt64) -> Bool { (word &- ones &* limit) & ~word & highBits != 0 }
+        var end = start
+        var seen: UInt64 = 0
+        if let base = buffer.baseAddress {
+            while end + 8 <= buffer.count {
+                let word = UnsafeRawPointer(base + end).loadUnaligned(as: UInt64.self)
+                if hasByte(below: 0x20, word) || hasByte(below: 1, word ^ (ones &* 0x22))
+                    || hasByte(below: 1, word ^ (ones &* 0x5c)) {
+                    break
+                }
+                seen |= word
+                end += 8
+            }
+        }
+        while end < buffer.count, buffer[end] != 0x22, buffer[end] != 0x5c, buffer[end] >= 0x20 {
+            seen |= UInt64(buffer[end])
+            end += 1
+        }
+        return (end, seen & highBits == 0)
     }
 
     private mutating func parseEscape(into out: inout [UInt8]) throws(JSONParseError) {

@@ -26,12 +26,16 @@ public enum PackageID {
         text += "ai_app_version=\(provenance.aiAppVersion)\n"
         var piece = Array(text.utf8)
         piece.reserveCapacity(1 << 16)
+        func append(_ text: String) {
+            var text = text
+            text.withUTF8 { piece.append(contentsOf: $0) }
+        }
         for blob in blobs {
-            piece.append(contentsOf: blob.sha256.utf8)
+            append(blob.sha256)
             piece.append(UInt8(ascii: " "))
-            piece.append(contentsOf: String(blob.size).utf8)
+            append(String(blob.size))
             piece.append(UInt8(ascii: " "))
-            piece.append(contentsOf: blob.path.utf8)
+            append(blob.path)
             piece.append(0x0a)
             if piece.count >= 1 << 15 {
                 piece.withUnsafeBufferPointer(sink)
