@@ -8,6 +8,10 @@ struct JSONTests {
         #"{"a":1,"a":1}"#,
         #"{"a":{"b":[{"c":1,"c":2}]}}"#,
         #"{"a":1,"\u0061":2}"#,
+        "{\"caf\u{E9}\":1,\"cafe\u{301}\":2}", // canonically equivalent keys
+        // Past 16 members the keys go to a set: the same rules there.
+        "{" + (0..<20).map { "\"k\($0)\":0," }.joined() + "\"k3\":1}",
+        "{" + (0..<20).map { "\"k\($0)\":0," }.joined() + "\"caf\u{E9}\":1,\"cafe\u{301}\":2}",
     ])
     func duplicateKeys(_ text: String) {
         #expect(throws: JSONParseError.self) { try StrictJSONParser.parse(Array(text.utf8)) }
@@ -30,6 +34,29 @@ struct JSONTests {
     func invalidUTF8() {
         #expect(throws: JSONParseError.self) { try StrictJSONParser.parse([0x22, 0xff, 0x22]) }
         #expect(throws: JSONParseError.self) { try StrictJSONParser.parse([0x22, 0xc0, 0xaf, 0x22]) }
+    }
+
+    @Test("Strings without escapes and with them read the same")
+    func strings() throws {
+        let text = #"["plain","ünï 🤖","esc\"aped\\","\u00e9\ud83e\udd16",""]"#
+        #expect(try StrictJSONParser.parse(Array(text.utf8)) == .array([
+            .string("plain"), .string("ünï 🤖"), .string("esc\"aped\\"), .string("é🤖"), .string(""),
+        ]))
+        // Invalid UTF-8 before an escape is still refused.
+        #expect(throws: JSONParseError.self) { try StrictJSONParser.parse([0x22, 0xc3, 0x5c, 0x6e, 0x22]) }
+    }
+
+    @Test("Streaming one top-level array gives its elements in order and the same tree otherwise")
+    func streaming() throws {
+        let text = Array(#"{"blobs":[1,{"a":[2]},"x"],"other":{"blobs":[3]}}"#.utf8)
+        var elements: [JSONValue] = []
+        let tree = try StrictJSONParser.parse(text, streaming: "blobs") { elements.append($0) }
+        #expect(elements == [.number("1"), .object([("a", .array([.number("2")]))]), .string("x")])
+        #expect(tree == .object([("blobs", .array([])), ("other", .object([("blobs", .array([.number("3")]))]))]))
+        // A syntax error after the streamed array still fails the whole text.
+        #expect(throws: JSONParseError.self) {
+            try StrictJSONParser.parse(Array(#"{"blobs":[1],}"#.utf8), streaming: "blobs") { _ in }
+        }
     }
 
     @Test("Nesting is capped")
@@ -122,6 +149,8 @@ struct ValidationTests {
         ("", false), ("/abs", false), ("../up", false), ("a/../b", false), ("a/./b", false), ("a//b", false),
         ("a/", false), ("back\\slash", false), ("nl\nx", false), ("del\u{7f}", false), ("c1\u{85}", false),
         ("nul\u{0}", false), ("cafe\u{301}", false), (String(repeating: "d/", count: 511) + "abc", false),
+        ("...", true), ("a/.../b", true), ("..a/b.", true), (".", false), ("..", false), ("./a", false), ("a/.", false),
+        ("a/..", false), ("/", false),
     ])
     func paths(_ path: String, _ valid: Bool) {
         #expect((Validation.pathProblem(Array(path.utf8)) == nil) == valid, "\(path.debugDescription)")
@@ -162,16 +191,33 @@ struct ValidationTests {
         #expect(Base64.decodeCanonical("=AAA") == nil)
         #expect(Base64.decodeCanonical("AA=A") == nil)
         #expect(Base64.decodeCanonical("AAA ") == nil)
+        #expect(Base64.decodeCanonical("AAA=AAAA") == nil) // padding before the last group
     }
 
     @Test("Base64 agrees with Foundation's on every length up to 200 bytes")
-    func base64MatchesFoundation() {
+    func base64EncodingMatchesFoundation() {
         var generator = SystemRandomNumberGenerator()
         for length in 0...200 {
             let bytes = (0..<length).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
             let text = Data(bytes).base64EncodedString()
             #expect(Base64.encode(bytes) == text)
             #expect(Base64.decodeCanonical(text) == bytes)
+        }
+    }
+
+    @Test("Base64 decoding accepts exactly what Foundation decodes and re-encodes to the same text")
+    func base64DecodingMatchesFoundation() {
+        func reference(_ text: String) -> [UInt8]? {
+            guard let data = Data(base64Encoded: text), data.base64EncodedString() == text else { return nil }
+            return [UInt8](data)
+        }
+        var random = SystemRandomNumberGenerator()
+        let alphabet = Array("AQgw+/=Zz09a =\n-_".utf8)
+        for _ in 0..<20_000 {
+            let text = String(decoding: (0..<Int.random(in: 0...12, using: &random)).map { _ in
+                alphabet.randomElement(using: &random)!
+            }, as: UTF8.self)
+            #expect(Base64.decodeCanonical(text) == reference(text), "\(text.debugDescription)")
         }
     }
 
@@ -192,6 +238,64 @@ struct ValidationTests {
         // sha256sum, an implementation we did not write, agrees on the preimage's digest.
         let coreutils = try run("sha256sum", [Repo.path("TestVectors/valid/package-id-preimage.txt")])
         #expect(coreutils.text.hasPrefix(manifest.packageID + " "))
+    }
+
+    @Test("Package ID: the digest of the preimage, also when it is written in several pieces")
+    func packageIDManyBlobs() {
+        let blobs = (0..<2000).map { BlobDescriptor(path: "episode/blob-\($0).bin", size: UInt64($0) * 977, sha256: String(repeating: "ab", count: 32)) }
+        let preimage = PackageID.preimage(provenance: sampleProvenance, blobs: blobs)
+        #expect(preimage.count > 100_000)
+        #expect(PackageID.compute(provenance: sampleProvenance, blobs: blobs) == SHA256Hasher.hash(preimage).hex)
+    }
+
+    @Test("Manifest shape errors: JSON first, then the top-level fields, the blob count, and the first bad blob")
+    func manifestErrorOrder() {
+        func manifest(blobs: String, extra: String = "", schema: String = Manifest.schema, end: String = "}") -> [UInt8] {
+            let digest = String(repeating: "ab", count: 32)
+            return Array(("{\"archive\":{\"compression\":\"none\",\"name\":\"episodes.tar\",\"sha256\":\"\(digest)\",\"size\":1},"
+                + "\"blobs\":[\(blobs)],\"created_at\":\"2026-01-01T00:00:00Z\",\"package_id\":\"\(digest)\",\(extra)"
+                + "\"provenance\":{\"ai_app_version\":\"1\",\"brain_runtime_version\":\"1\",\"environment_id\":\"e\"},"
+                + "\"schema\":\"\(schema)\"" + end).utf8)
+        }
+        func code(_ bytes: [UInt8], limits: Limits = .default) -> (ContinuonPackError.Code?, String) {
+            do {
+                _ = try Manifest.decode(bytes, limits: limits)
+                return (nil, "")
+            } catch {
+                return (error.code, error.message)
+            }
+        }
+        let good = #"{"path":"a","sha256":"00","size":1}"#
+        let bad = #"{"path":"b","sha256":"00","size":"1"}"#
+        #expect(code(manifest(blobs: good)).0 == nil)
+        #expect(code(manifest(blobs: bad, end: "}}")).0 == .manifestJSON)
+        #expect(code(manifest(blobs: bad, extra: #""zzz":1,"#)).0 == .manifestUnknownField)
+        #expect(code(manifest(blobs: bad, schema: "other")).0 == .manifestSchema)
+        var limits = Limits()
+        limits.maxBlobCount = 1
+        #expect(code(manifest(blobs: [bad, good].joined(separator: ",")), limits: limits).0 == .manifestLimit)
+        let (first, message) = code(manifest(blobs: [good, bad, #"{"x":1}"#].joined(separator: ",")))
+        #expect(first == .manifestField && message.contains("blobs[1].size"), "\(message)")
+    }
+
+    @Test("Archive members match the first unmatched manifest listing of their path")
+    func blobMatcher() {
+        func blobs(_ paths: [String]) -> [BlobDescriptor] {
+            paths.map { BlobDescriptor(path: $0, size: 0, sha256: "") }
+        }
+        var sorted = BlobMatcher(blobs(["a", "b", "c"]))
+        #expect(sorted.match(Array("b".utf8), expected: 0) == .listing(1))
+        #expect(sorted.match(Array("b".utf8), expected: 2) == .allMatched)
+        #expect(sorted.match(Array("a".utf8), expected: 2) == .listing(0))
+        #expect(sorted.match(Array("bb".utf8), expected: 2) == .unlisted)
+        #expect(sorted.isMatched(0) && sorted.isMatched(1) && !sorted.isMatched(2))
+        var unsorted = BlobMatcher(blobs(["b", "a", "a", "c"]))
+        #expect(unsorted.match(Array("a".utf8), expected: 0) == .listing(1))
+        #expect(unsorted.match(Array("a".utf8), expected: 2) == .listing(2))
+        #expect(unsorted.match(Array("a".utf8), expected: 3) == .allMatched)
+        #expect(unsorted.match(Array("b".utf8), expected: 3) == .listing(0))
+        #expect(unsorted.match(Array("zz".utf8), expected: 3) == .unlisted)
+        #expect(unsorted.match(Array("".utf8), expected: 3) == .unlisted)
     }
 
     @Test("Extra provenance fields are kept but do not enter the package ID")

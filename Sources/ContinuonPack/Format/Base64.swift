@@ -32,33 +32,56 @@ package enum Base64 {
         }
     }
 
+    /// The bytes whose encoding is exactly `text`, or nil when `text` is not such an encoding: groups of four
+    /// characters of the standard alphabet, the last one padded with one or two `=` whose dropped bits are zero.
     package static func decodeCanonical(_ text: String) -> [UInt8]? {
-        let input = Array(text.utf8)
-        guard input.count % 4 == 0 else { return nil }
-        let padding = input.reversed().prefix(while: { $0 == UInt8(ascii: "=") }).count
-        guard padding <= 2 else { return nil }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(input.count / 4 * 3)
-        var group: UInt32 = 0
-        for (index, byte) in input.dropLast(padding).enumerated() {
-            let value = values[Int(byte)]
-            guard value != 0xff else { return nil }
-            group = group << 6 | UInt32(value)
-            if index % 4 == 3 {
-                bytes.append(UInt8(group >> 16))
-                bytes.append(UInt8(group >> 8 & 0xff))
-                bytes.append(UInt8(group & 0xff))
-                group = 0
+        var text = text
+        return text.withUTF8 { chars -> [UInt8]? in
+            guard chars.count % 4 == 0 else { return nil }
+            let padding = chars.suffix(2).reversed().prefix { $0 == UInt8(ascii: "=") }.count
+            let count = chars.count / 4 * 3 - padding
+            var valid = true
+            let table = values
+            let bytes = [UInt8](unsafeUninitializedCapacity: count) { out, initialized in
+                var index = 0
+                // Every group but the last: four characters of the alphabet (an invalid one has the high bit).
+                while index + 4 < chars.count {
+                    let (a, b) = (UInt32(table[Int(chars[index])]), UInt32(table[Int(chars[index + 1])]))
+                    let (c, d) = (UInt32(table[Int(chars[index + 2])]), UInt32(table[Int(chars[index + 3])]))
+                    guard (a | b | c | d) & 0x80 == 0 else {
+                        valid = false
+                        return
+                    }
+                    let group = a << 18 | b << 12 | c << 6 | d
+                    let written = index / 4 * 3
+                    out[written] = UInt8(truncatingIfNeeded: group >> 16)
+                    out[written + 1] = UInt8(truncatingIfNeeded: group >> 8)
+                    out[written + 2] = UInt8(truncatingIfNeeded: group)
+                    index += 4
+                }
+                // The last group, which may be padded.
+                if index < chars.count {
+                    var group: UInt32 = 0
+                    for offset in 0..<4 {
+                        let char = chars[index + offset]
+                        let value = table[Int(char)]
+                        if value == 0xff && !(char == UInt8(ascii: "=") && offset >= 4 - padding) {
+                            valid = false
+                            return
+                        }
+                        group = group << 6 | UInt32(value == 0xff ? 0 : value)
+                    }
+                    let written = index / 4 * 3
+                    out[written] = UInt8(truncatingIfNeeded: group >> 16)
+                    if padding < 2 { out[written + 1] = UInt8(truncatingIfNeeded: group >> 8) }
+                    if padding < 1 { out[written + 2] = UInt8(truncatingIfNeeded: group) }
+                    // The bits a padded group drops must be zero, or the text is not what `encode` writes.
+                    let dropped: UInt32 = padding == 2 ? 0xffff : padding == 1 ? 0xff : 0
+                    if group & dropped != 0 { valid = false }
+                }
+                initialized = count
             }
+            return valid ? bytes : nil
         }
-        // The last, padded group: 2 characters carry 1 byte, 3 carry 2.
-        if padding == 2 {
-            bytes.append(UInt8(group >> 4 & 0xff))
-        } else if padding == 1 {
-            bytes.append(UInt8(group >> 10 & 0xff))
-            bytes.append(UInt8(group >> 2 & 0xff))
-        }
-        guard encode(bytes) == text else { return nil }
-        return bytes
     }
 }

@@ -2,6 +2,9 @@
 package enum Hex {
     private static let digits = Array("0123456789abcdef".utf8)
 
+    /// The lowercase hex digit for `nibble` (0 to 15).
+    static func digit(_ nibble: UInt8) -> UInt8 { digits[Int(nibble)] }
+
     static func encode<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
         var out: [UInt8] = []
         out.reserveCapacity(bytes.underestimatedCount * 2)
@@ -29,7 +32,10 @@ package enum Hex {
 
     /// True when `text` is exactly `byteCount` bytes in lowercase hex.
     package static func isLowercaseDigest(_ text: String, byteCount: Int = 32) -> Bool {
-        text.utf8.count == byteCount * 2 && text.utf8.allSatisfy { value($0) != nil }
+        var text = text
+        return text.withUTF8 { chars in
+            chars.count == byteCount * 2 && chars.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+        }
     }
 
     private static func value(_ char: UInt8) -> UInt8? {

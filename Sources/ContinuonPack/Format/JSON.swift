@@ -30,12 +30,14 @@ public indirect enum JSONValue: Sendable, Equatable {
     /// An unsigned integer written as plain digits (no sign, fraction, exponent or leading zero), at most 2^53 - 1
     /// so that every JSON implementation reads it exactly.
     public var safeUnsignedInteger: UInt64? {
-        guard case let .number(text) = self else { return nil }
-        let digits = Array(text.utf8)
-        guard !digits.isEmpty, digits.count <= 16, digits.allSatisfy({ (48...57).contains($0) }) else { return nil }
-        if digits.count > 1 && digits[0] == 48 { return nil }
-        guard let value = UInt64(text), value <= (1 << 53) - 1 else { return nil }
-        return value
+        guard case var .number(text) = self else { return nil }
+        return text.withUTF8 { digits -> UInt64? in
+            guard !digits.isEmpty, digits.count <= 16, digits.allSatisfy({ (48...57).contains($0) }) else { return nil }
+            if digits.count > 1 && digits[0] == 48 { return nil }
+            // At most 16 digits: no overflow.
+            let value = digits.reduce(UInt64(0)) { $0 * 10 + UInt64($1 - 48) }
+            return value <= (1 << 53) - 1 ? value : nil
+        }
     }
 }
 
@@ -59,19 +61,41 @@ public struct StrictJSONParser {
     private let bytes: [UInt8]
     private let maxDepth: Int
     private var position = 0
+    /// The top-level member whose array elements go to `element` instead of the tree.
+    private let streamedKey: String?
+    private let element: ((JSONValue) -> Void)?
 
     public static func parse(_ bytes: [UInt8], maxDepth: Int = 16) throws(JSONParseError) -> JSONValue {
-        var parser = StrictJSONParser(bytes: bytes, maxDepth: maxDepth)
-        parser.skipWhitespace()
-        let value = try parser.parseValue(depth: 0)
-        parser.skipWhitespace()
-        guard parser.position == bytes.count else { throw parser.error(.syntax, "data after the JSON value") }
-        return value
+        var parser = StrictJSONParser(bytes: bytes, maxDepth: maxDepth, streamedKey: nil, element: nil)
+        return try parser.parseDocument()
     }
 
-    private init(bytes: [UInt8], maxDepth: Int) {
+    /// Parses like `parse(_:maxDepth:)`, except for the array that is the member `key` of the top-level object: its
+    /// elements go to `element` one by one as they are parsed, and the tree holds that array empty. (A manifest lists
+    /// tens of thousands of blobs; this way none is held as JSON longer than it takes to decode it.) `element` sees
+    /// a document that may still turn out invalid: only a normal return from `parse` makes it valid JSON.
+    static func parse(
+        _ bytes: [UInt8], maxDepth: Int = 16, streaming key: String, to element: (JSONValue) -> Void
+    ) throws(JSONParseError) -> JSONValue {
+        try withoutActuallyEscaping(element) { (element) throws(JSONParseError) -> JSONValue in
+            var parser = StrictJSONParser(bytes: bytes, maxDepth: maxDepth, streamedKey: key, element: element)
+            return try parser.parseDocument()
+        }
+    }
+
+    private init(bytes: [UInt8], maxDepth: Int, streamedKey: String?, element: ((JSONValue) -> Void)?) {
         self.bytes = bytes
         self.maxDepth = maxDepth
+        self.streamedKey = streamedKey
+        self.element = element
+    }
+
+    private mutating func parseDocument() throws(JSONParseError) -> JSONValue {
+        skipWhitespace()
+        let value = try parseValue(depth: 0)
+        skipWhitespace()
+        guard position == bytes.count else { throw error(.syntax, "data after the JSON value") }
+        return value
     }
 
     private func error(_ kind: JSONParseError.Kind, _ reason: String) -> JSONParseError {
@@ -109,24 +133,33 @@ public struct StrictJSONParser {
         guard depth <= maxDepth else { throw error(.tooDeep, "nesting deeper than \(maxDepth)") }
         position += 1
         var members: [(String, JSONValue)] = []
-        var seen = Set<String>()
+        /// The keys once the object outgrows a linear search (small objects, such as a manifest's blobs, never do).
+        var seen: Set<String>?
         skipWhitespace()
         if current == UInt8(ascii: "}") {
             position += 1
             return .object(members)
         }
+        members.reserveCapacity(4)
         while true {
             skipWhitespace()
             guard current == UInt8(ascii: "\"") else { throw error(.syntax, "expected a member name") }
             let keyOffset = position
             let key = try parseString()
-            guard seen.insert(key).inserted else {
+            // Keys compare as Swift strings (by canonical equivalence), in the set and in the linear search alike.
+            if seen == nil && members.count >= 16 { seen = Set(members.map(\.0)) }
+            let isNew = seen == nil ? !members.contains { $0.0 == key } : seen!.insert(key).inserted
+            guard isNew else {
                 throw JSONParseError(kind: .duplicateKey, offset: keyOffset, reason: "duplicate key \"\(key)\"")
             }
             skipWhitespace()
             try expect(":")
             skipWhitespace()
-            members.append((key, try parseValue(depth: depth)))
+            if depth == 1, key == streamedKey, current == UInt8(ascii: "[") {
+                members.append((key, try parseArray(depth: depth + 1, streaming: true)))
+            } else {
+                members.append((key, try parseValue(depth: depth)))
+            }
             skipWhitespace()
             if current == UInt8(ascii: ",") {
                 position += 1
@@ -137,7 +170,8 @@ public struct StrictJSONParser {
         }
     }
 
-    private mutating func parseArray(depth: Int) throws(JSONParseError) -> JSONValue {
+    /// An array; with `streaming`, its elements go to `element` and the array returned is empty.
+    private mutating func parseArray(depth: Int, streaming: Bool = false) throws(JSONParseError) -> JSONValue {
         guard depth <= maxDepth else { throw error(.tooDeep, "nesting deeper than \(maxDepth)") }
         position += 1
         var elements: [JSONValue] = []
@@ -148,7 +182,8 @@ public struct StrictJSONParser {
         }
         while true {
             skipWhitespace()
-            elements.append(try parseValue(depth: depth))
+            let value = try parseValue(depth: depth)
+            if streaming { element?(value) } else { elements.append(value) }
             skipWhitespace()
             if current == UInt8(ascii: ",") {
                 position += 1
@@ -181,7 +216,20 @@ public struct StrictJSONParser {
 
     private mutating func parseString() throws(JSONParseError) -> String {
         position += 1 // opening quote
-        var out: [UInt8] = []
+        // Most strings hold no escape: validate them in place, without copying byte by byte.
+        let start = position
+        let isASCII: Bool
+        (position, isASCII) = bytes.withUnsafeBufferPointer { Self.plainRun($0, from: start) }
+        if current == UInt8(ascii: "\"") {
+            position += 1
+            let text = bytes.withUnsafeBufferPointer { buffer in
+                let content = UnsafeBufferPointer(rebasing: buffer[start..<(position - 1)])
+                return isASCII ? String(decoding: content, as: UTF8.self) : String(validating: content, as: UTF8.self)
+            }
+            guard let text else { throw error(.invalidUTF8, "string is not valid UTF-8") }
+            return text
+        }
+        var out = Array(bytes[start..<position])
         while true {
             guard let byte = current else { throw error(.syntax, "unterminated string") }
             switch byte {
@@ -201,6 +249,33 @@ public struct StrictJSONParser {
                 position += 1
             }
         }
+    }
+
+    /// Where the run of string bytes from `start` that need no attention (not `"`, `\` or a control character)
+    /// ends, and whether they are all ASCII. Tests eight bytes at a time (SWAR): a payload is megabytes of base64.
+    private static func plainRun(_ buffer: UnsafeBufferPointer<UInt8>, from start: Int) -> (end: Int, isASCII: Bool) {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let highBits = ones &* 0x80
+        /// Whether some byte of `word` is below `limit` (at most 0x80); exact, bytes from 0x80 up never count.
+        func hasByte(below limit: UInt64, _ word: UInt64) -> Bool { (word &- ones &* limit) & ~word & highBits != 0 }
+        var end = start
+        var seen: UInt64 = 0
+        if let base = buffer.baseAddress {
+            while end + 8 <= buffer.count {
+                let word = UnsafeRawPointer(base + end).loadUnaligned(as: UInt64.self)
+                if hasByte(below: 0x20, word) || hasByte(below: 1, word ^ (ones &* 0x22))
+                    || hasByte(below: 1, word ^ (ones &* 0x5c)) {
+                    break
+                }
+                seen |= word
+                end += 8
+            }
+        }
+        while end < buffer.count, buffer[end] != 0x22, buffer[end] != 0x5c, buffer[end] >= 0x20 {
+            seen |= UInt64(buffer[end])
+            end += 1
+        }
+        return (end, seen & highBits == 0)
     }
 
     private mutating func parseEscape(into out: inout [UInt8]) throws(JSONParseError) {

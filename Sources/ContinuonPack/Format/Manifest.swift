@@ -149,9 +149,22 @@ public struct Manifest: Sendable, Equatable {
     /// - Throws: `manifest.json_invalid`, `manifest.duplicate_key`, `manifest.schema`, `manifest.field_invalid`,
     ///   `manifest.unknown_field`, `manifest.limit_exceeded`.
     public static func decode(_ bytes: [UInt8], limits: Limits = .default) throws(ContinuonPackError) -> Manifest {
+        // The blobs are decoded as the parser reads them (never held as JSON); their first shape error waits until
+        // the whole text parsed, as JSON errors come first and the blobs' errors last.
+        var blobs: [BlobDescriptor] = []
+        var blobCount = 0
+        var blobError: ContinuonPackError?
         let root: JSONValue
         do {
-            root = try StrictJSONParser.parse(bytes, maxDepth: limits.maxJSONDepth)
+            root = try StrictJSONParser.parse(bytes, maxDepth: limits.maxJSONDepth, streaming: "blobs") { value in
+                defer { blobCount += 1 }
+                guard blobError == nil, blobCount < limits.maxBlobCount else { return }
+                do throws(ContinuonPackError) {
+                    blobs.append(try decodeBlob(value, index: blobCount))
+                } catch {
+                    blobError = error
+                }
+            }
         } catch {
             switch error.kind {
             case .duplicateKey:
@@ -178,16 +191,12 @@ public struct Manifest: Sendable, Equatable {
         guard case let .string(createdAt)? = root["created_at"] else { throw missing("created_at", "a string") }
         let provenance = try decodeProvenance(root["provenance"])
         let archive = try decodeArchive(root["archive"])
-        guard case let .array(blobValues)? = root["blobs"] else { throw missing("blobs", "an array") }
-        guard blobValues.count <= limits.maxBlobCount else {
+        guard case .array? = root["blobs"] else { throw missing("blobs", "an array") }
+        guard blobCount <= limits.maxBlobCount else {
             throw ContinuonPackError(
-                .manifestLimit, "The manifest lists \(blobValues.count) blobs; the limit is \(limits.maxBlobCount).")
+                .manifestLimit, "The manifest lists \(blobCount) blobs; the limit is \(limits.maxBlobCount).")
         }
-        var blobs: [BlobDescriptor] = []
-        blobs.reserveCapacity(blobValues.count)
-        for (index, value) in blobValues.enumerated() {
-            blobs.append(try decodeBlob(value, index: index))
-        }
+        if let blobError { throw blobError }
         return Manifest(packageID: packageID, createdAt: createdAt, provenance: provenance, archive: archive, blobs: blobs)
     }
 
@@ -232,7 +241,7 @@ public struct Manifest: Sendable, Equatable {
 
     private static func decodeBlob(_ value: JSONValue, index: Int) throws(ContinuonPackError) -> BlobDescriptor {
         guard case let .object(members) = value else { throw missing("blobs[\(index)]", "an object") }
-        if let unknown = members.first(where: { !["path", "size", "sha256"].contains($0.0) }) {
+        if let unknown = members.first(where: { $0.0 != "path" && $0.0 != "size" && $0.0 != "sha256" }) {
             throw ContinuonPackError(.manifestUnknownField, "blobs[\(index)] has an unknown field \(quoted(unknown.0)).")
         }
         guard case let .string(path)? = value["path"] else { throw missing("blobs[\(index)].path", "a string") }
@@ -269,13 +278,13 @@ public struct Manifest: Sendable, Equatable {
                     + "compression \(archive.compression.rawValue)."))
         }
         var total: UInt64 = 0
-        var previous: [UInt8]?
+        var previous: String?
         // Swift string equality and hashing are canonical-equivalence aware, so a lowercased key finds paths that
         // are equal after lowercase mapping and NFC normalization.
         var folded: [String: Int] = [:]
+        folded.reserveCapacity(blobs.count)
         for (index, blob) in blobs.enumerated() {
-            let pathBytes = Array(blob.path.utf8)
-            if let problem = Validation.pathProblem(pathBytes) {
+            if let problem = Validation.pathProblem(blob.path) {
                 found.append(ContinuonPackError(.manifestPath, "blobs[\(index)].path \(quoted(blob.path)): \(problem)."))
             }
             if !Hex.isLowercaseDigest(blob.sha256) {
@@ -287,22 +296,24 @@ public struct Manifest: Sendable, Equatable {
             }
             total = total &+ blob.size
             let key = Validation.collisionKey(blob.path)
-            if let other = folded[key], blobs[other].path.utf8.elementsEqual(pathBytes) == false {
-                found.append(ContinuonPackError(
-                    .manifestPathCollision,
-                    "blobs[\(index)].path \(quoted(blob.path)) collides with \(quoted(blobs[other].path)) after lowercase mapping and NFC normalization."))
-            } else if folded[key] == nil {
+            if let other = folded[key] {
+                if !blobs[other].path.utf8Equals(blob.path) {
+                    found.append(ContinuonPackError(
+                        .manifestPathCollision,
+                        "blobs[\(index)].path \(quoted(blob.path)) collides with \(quoted(blobs[other].path)) after lowercase mapping and NFC normalization."))
+                }
+            } else {
                 folded[key] = index
             }
             if let previous {
-                if previous == pathBytes {
+                if previous.utf8Equals(blob.path) {
                     found.append(ContinuonPackError(.manifestBlobDuplicate, "The blob path \(quoted(blob.path)) appears twice."))
-                } else if !previous.lexicographicallyPrecedes(pathBytes) {
+                } else if !previous.utf8Precedes(blob.path) {
                     found.append(ContinuonPackError(
                         .manifestBlobOrder, "blobs[\(index)] \(quoted(blob.path)) is out of order (paths sort by UTF-8 bytes)."))
                 }
             }
-            previous = pathBytes
+            previous = blob.path
         }
         if total > limits.maxTotalBlobBytes {
             found.append(ContinuonPackError(

@@ -16,6 +16,7 @@ public enum Validation {
     /// 1 to 1024 bytes, no empty, `.` or `..` segment, no backslash, no control character (U+0000-U+001F, U+007F,
     /// U+0080-U+009F), in Unicode Normalization Form C.
     public static func pathProblem(_ bytes: [UInt8]) -> String? {
+        if bytes.withUnsafeBufferPointer(isPlainASCIIPath) { return nil }
         guard !bytes.isEmpty else { return "the path is empty" }
         guard bytes.count <= maxPathBytes else { return "the path is longer than \(maxPathBytes) bytes" }
         guard let text = String(validating: bytes, as: UTF8.self) else { return "the path is not valid UTF-8" }
@@ -41,6 +42,34 @@ public enum Validation {
     /// linking Foundation.
     static func nfc(_ text: String) -> String {
         String(decoding: text._nfcCodeUnits, as: UTF8.self)
+    }
+
+    /// `pathProblem(_:)` of a string's UTF-8 bytes, copied only when the path is not plain ASCII.
+    static func pathProblem(_ path: String) -> String? {
+        var path = path
+        if path.withUTF8(isPlainASCIIPath) { return nil }
+        return pathProblem(Array(path.utf8))
+    }
+
+    /// The common case in one pass: 1 to 1024 bytes of printable ASCII without a backslash, and no empty, `.` or
+    /// `..` segment (so not absolute either). Such a path is valid; anything else takes the full check, which
+    /// names the problem.
+    private static func isPlainASCIIPath(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard (1...maxPathBytes).contains(bytes.count) else { return false }
+        var segmentLength = 0
+        var segmentDots = 0
+        for byte in bytes {
+            if byte == UInt8(ascii: "/") {
+                guard segmentLength > 2 || segmentLength > segmentDots else { return false }
+                segmentLength = 0
+                segmentDots = 0
+                continue
+            }
+            guard byte >= 0x20 && byte < 0x7f && byte != UInt8(ascii: "\\") else { return false }
+            segmentLength += 1
+            if byte == UInt8(ascii: ".") { segmentDots += 1 }
+        }
+        return segmentLength > 2 || segmentLength > segmentDots
     }
 
     /// The key under which two blob paths collide: Unicode default lowercase mapping, compared (as Swift strings

@@ -5,15 +5,25 @@ import CArchive
 
 /// Where an `ArchiveReader` pulls its bytes from.
 protocol ArchiveByteSource: AnyObject {
-    /// Fills `buffer` with the next bytes; returns 0 at the end.
-    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
+    /// The next bytes, either read into `scratch` or lent from a buffer the source holds (valid until the next
+    /// call); empty at the end. Lending spares a copy when the bytes are another reader's member data.
+    func readChunk(scratch: UnsafeMutableRawBufferPointer) throws -> UnsafeRawBufferPointer
+}
+
+extension UnsafeMutableRawBufferPointer {
+    /// The first `count` bytes, read-only (what a source filled of its scratch buffer).
+    func prefix(filled count: Int) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: self[0..<count])
+    }
 }
 
 /// Reads a file from its current offset.
 final class FileByteSource: ArchiveByteSource {
     let file: FileDescriptor
     init(file: FileDescriptor) { self.file = file }
-    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int { try file.read(into: buffer) }
+    func readChunk(scratch: UnsafeMutableRawBufferPointer) throws -> UnsafeRawBufferPointer {
+        scratch.prefix(filled: try file.read(into: scratch))
+    }
 }
 
 /// Reads from bytes held in memory.
@@ -21,14 +31,14 @@ final class MemoryByteSource: ArchiveByteSource {
     private let bytes: [UInt8]
     private var offset = 0
     init(_ bytes: [UInt8]) { self.bytes = bytes }
-    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        let count = min(buffer.count, bytes.count - offset)
-        guard count > 0 else { return 0 }
+    func readChunk(scratch: UnsafeMutableRawBufferPointer) throws -> UnsafeRawBufferPointer {
+        let count = min(scratch.count, bytes.count - offset)
+        guard count > 0 else { return UnsafeRawBufferPointer(start: nil, count: 0) }
         bytes.withUnsafeBytes { raw in
-            buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + count)]))
+            scratch.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + count)]))
         }
         offset += count
-        return count
+        return scratch.prefix(filled: count)
     }
 }
 
@@ -53,16 +63,16 @@ private func contextReadCallback(
     guard let context, let out else { return -1 }
     let reader = Unmanaged<ReadContext>.fromOpaque(context).takeUnretainedValue()
     do {
-        let count = try reader.source.read(into: reader.buffer)
-        out.pointee = UnsafeRawPointer(reader.buffer.baseAddress)
-        return la_ssize_t(count)
+        let chunk = try reader.source.readChunk(scratch: reader.buffer)
+        out.pointee = chunk.baseAddress
+        return la_ssize_t(chunk.count)
     } catch {
         reader.failure = error
         return -1
     }
 }
 
-/// What the reader saw in one member header.
+/// What the reader saw in one member header (the rest of the metadata is `TarAuditor`'s to check).
 struct ArchiveEntryInfo {
     /// The path as stored (after pax records were applied), in raw bytes: validated by the caller.
     var pathBytes: [UInt8]
@@ -72,12 +82,6 @@ struct ArchiveEntryInfo {
     var isSymlink: Bool
     var isSparse: Bool
     var hasExtendedAttributes: Bool
-    var mode: UInt32
-    var mtime: Int
-    var uid: Int64
-    var gid: Int64
-    var uname: String?
-    var gname: String?
 
     var isRegularFile: Bool { fileType == CP_AE_IFREG && !isHardlink && !isSymlink }
 }
@@ -92,6 +96,8 @@ final class ArchiveReader {
 
     private let archive: OpaquePointer
     private let context: ReadContext
+    /// Bytes of the current member's data handed out so far.
+    private var dataOffset: Int64 = 0
 
     /// What the reader parses after the filter.
     enum Format {
@@ -128,21 +134,16 @@ final class ArchiveReader {
         let status = archive_read_next_header(archive, &entry)
         if status == ARCHIVE_EOF { return .end }
         guard status == ARCHIVE_OK, let entry else { throw failure("read a member header") }
-        let path = archive_entry_pathname(entry).map { Array(UnsafeBufferPointer(start: $0, count: strlen($0))) }
+        dataOffset = 0
+        let path = archive_entry_pathname(entry).map { Array(UnsafeRawBufferPointer(start: $0, count: strlen($0))) }
         return .entry(ArchiveEntryInfo(
-            pathBytes: (path ?? []).map { UInt8(bitPattern: $0) },
+            pathBytes: path ?? [],
             fileType: UInt32(archive_entry_filetype(entry)),
             size: archive_entry_size_is_set(entry) != 0 ? Int64(archive_entry_size(entry)) : nil,
             isHardlink: archive_entry_hardlink(entry) != nil,
             isSymlink: archive_entry_symlink(entry) != nil,
             isSparse: archive_entry_sparse_count(entry) > 0,
-            hasExtendedAttributes: archive_entry_xattr_count(entry) > 0,
-            mode: UInt32(archive_entry_perm(entry)),
-            mtime: Int(archive_entry_mtime(entry)),
-            uid: Int64(archive_entry_uid(entry)),
-            gid: Int64(archive_entry_gid(entry)),
-            uname: archive_entry_uname(entry).map { String(cString: $0) },
-            gname: archive_entry_gname(entry).map { String(cString: $0) }
+            hasExtendedAttributes: archive_entry_xattr_count(entry) > 0
         ))
     }
 
@@ -150,7 +151,25 @@ final class ArchiveReader {
     func readData(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         let count = archive_read_data(archive, buffer.baseAddress, buffer.count)
         guard count >= 0 else { throw failure("read member data") }
+        dataOffset += Int64(count)
         return count
+    }
+
+    /// The current member's next data, lent from libarchive's buffers (valid until the next call on this reader),
+    /// without a copy; empty at its end. Only for members without holes: a block that does not continue the data
+    /// handed out so far (a sparse member) is an error, where `readData` would fill the hole with zeros.
+    func readBlock() throws -> UnsafeRawBufferPointer {
+        var block: UnsafeRawPointer?
+        var size = 0
+        var offset: la_int64_t = 0
+        let status = archive_read_data_block(archive, &block, &size, &offset)
+        if status == ARCHIVE_EOF { return UnsafeRawBufferPointer(start: nil, count: 0) }
+        guard status == ARCHIVE_OK else { throw failure("read member data") }
+        guard Int64(offset) == dataOffset else {
+            throw ContinuonPackError(.archiveCorrupt, "libarchive skipped part of a member's data (a sparse member).")
+        }
+        dataOffset += Int64(size)
+        return UnsafeRawBufferPointer(start: block, count: size)
     }
 
     /// True when libarchive really decoded the declared filter (it passes unrecognized data through as "none").

@@ -6,6 +6,16 @@ public struct SHA256Digest: Hashable, Sendable, CustomStringConvertible {
     /// Lowercase hex, as the format writes digests.
     public var hex: String { Hex.encode(bytes) }
     public var description: String { hex }
+
+    /// True when `text` is exactly this digest's lowercase hex (compared as written, without building a string).
+    func matches(hex text: String) -> Bool {
+        var text = text
+        return text.withUTF8 { chars in
+            chars.count == 2 * bytes.count && bytes.indices.allSatisfy { index in
+                chars[2 * index] == Hex.digit(bytes[index] >> 4) && chars[2 * index + 1] == Hex.digit(bytes[index] & 0x0f)
+            }
+        }
+    }
 }
 
 /// A digest algorithm fetched from OpenSSL's default provider once per process: OpenSSL 3 otherwise fetches it
@@ -22,6 +32,7 @@ private final class FetchedAlgorithm: @unchecked Sendable {
 /// Streaming SHA-256 from OpenSSL's EVP interface. One owner of one `EVP_MD_CTX`.
 public final class SHA256Hasher {
     private let context: OpaquePointer
+    private let algorithm: OpaquePointer?
     private let length: Int
 
     public convenience init() { self.init(algorithm: FetchedAlgorithm.sha256.pointer ?? EVP_sha256(), length: 32) }
@@ -32,7 +43,12 @@ public final class SHA256Hasher {
     private init(algorithm: OpaquePointer?, length: Int) {
         guard let context = EVP_MD_CTX_new() else { fatalError("EVP_MD_CTX_new: out of memory") }
         self.context = context
+        self.algorithm = algorithm
         self.length = length
+        start()
+    }
+
+    private func start() {
         guard EVP_DigestInit_ex(context, algorithm, nil) == 1 else {
             fatalError("EVP_DigestInit_ex failed: \(openSSLErrorText() ?? "unknown")")
         }
@@ -60,6 +76,13 @@ public final class SHA256Hasher {
             fatalError("EVP_DigestFinal_ex failed: \(openSSLErrorText() ?? "unknown")")
         }
         return SHA256Digest(bytes: Array(out.prefix(self.length)))
+    }
+
+    /// Returns the digest and starts a new one with the same context (cheaper than a new hasher per message).
+    public func finalizeAndReset() -> SHA256Digest {
+        let digest = finalize()
+        start()
+        return digest
     }
 
     /// The digest of `bytes` in one call.

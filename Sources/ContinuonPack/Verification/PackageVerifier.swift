@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Verifies `.cpkg` packages against a set of trusted Ed25519 keys, streaming, without extracting anything.
 ///
 /// Every check of `docs/signed-ingestion.md` runs: package structure, envelope shape and payload type, signatures
@@ -58,7 +62,9 @@ public protocol PackageStream: AnyObject {
 private final class StreamByteSource: ArchiveByteSource {
     let stream: any PackageStream
     init(stream: any PackageStream) { self.stream = stream }
-    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int { try stream.read(into: buffer) }
+    func readChunk(scratch: UnsafeMutableRawBufferPointer) throws -> UnsafeRawBufferPointer {
+        scratch.prefix(filled: try stream.read(into: scratch))
+    }
 }
 
 /// Hands bytes from `upstream` to a libarchive reader while a `TarAuditor` checks the same bytes, optionally
@@ -74,6 +80,8 @@ final class AuditedSource: ArchiveByteSource {
     let limitError: ContinuonPackError?
     private(set) var byteCount: UInt64 = 0
     private(set) var ended = false
+    /// Bytes the upstream gave beyond the cap, not delivered (they only decide whether the cap was exceeded).
+    private var beyondCap = UnsafeRawBufferPointer(start: nil, count: 0)
 
     init(upstream: any ArchiveByteSource, hashing: Bool = false, cap: UInt64 = .max, limitError: ContinuonPackError? = nil) {
         self.upstream = upstream
@@ -83,28 +91,27 @@ final class AuditedSource: ArchiveByteSource {
     }
 
     /// Delivers at most `cap` bytes in all, exactly: the auditor sees every byte up to the cap, whatever the chunk
-    /// sizes, and the read after the cap fails with `limitError`.
-    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+    /// sizes, and the read after the cap fails with `limitError` unless the upstream ended there.
+    func readChunk(scratch: UnsafeMutableRawBufferPointer) throws -> UnsafeRawBufferPointer {
+        var chunk = beyondCap.isEmpty ? try upstream.readChunk(scratch: scratch) : beyondCap
+        beyondCap = UnsafeRawBufferPointer(start: nil, count: 0)
         let room = cap - byteCount
-        if room == 0 && limitError != nil {
+        if UInt64(chunk.count) > room {
             // Past the cap only the end of the stream is acceptable.
-            var probe: UInt8 = 0
-            let extra = try withUnsafeMutableBytes(of: &probe) { try upstream.read(into: $0) }
-            if extra > 0, let limitError { throw limitError }
+            if room == 0, let limitError { throw limitError }
+            beyondCap = UnsafeRawBufferPointer(rebasing: chunk[Int(room)...])
+            chunk = UnsafeRawBufferPointer(rebasing: chunk[0..<Int(room)])
         }
-        let window = room < UInt64(buffer.count) ? UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(room)]) : buffer
-        let count = window.isEmpty ? 0 : try upstream.read(into: window)
-        if count == 0 {
+        if chunk.isEmpty {
             if !ended { auditor.finish() }
             ended = true
-            return 0
+            return chunk
         }
-        let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
-        byteCount += UInt64(count)
+        byteCount += UInt64(chunk.count)
         hasher?.update(chunk)
         crc32?.update(chunk)
         auditor.feed(chunk)
-        return count
+        return chunk
     }
 
     /// Reads whatever the archive reader left, so the auditor (and hasher) see the whole stream. Stops early once
@@ -112,7 +119,7 @@ final class AuditedSource: ArchiveByteSource {
     func drain(using buffer: UnsafeMutableRawBufferPointer) throws {
         while !ended {
             if auditor.violation != nil && hasher == nil { return }
-            _ = try read(into: buffer)
+            _ = try readChunk(scratch: buffer)
         }
     }
 }
@@ -144,25 +151,25 @@ private final class MemberByteSource: ArchiveByteSource {
         return stream.digest
     }
 
-    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+    /// Lends the member's next bytes from the outer reader's buffers (no copy; `scratch` is not used).
+    func readChunk(scratch: UnsafeMutableRawBufferPointer) throws -> UnsafeRawBufferPointer {
         if let outerFailure { throw outerFailure }
-        let count: Int
+        let chunk: UnsafeRawBufferPointer
         do {
-            count = try outer.readData(into: buffer)
+            chunk = try outer.readBlock()
         } catch {
             outerFailure = error
             throw error
         }
-        if count == 0 { ended = true }
-        let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
+        if chunk.isEmpty { ended = true }
         if let pipeline { pipeline.update(stream, chunk) } else { inlineHasher.update(chunk) }
-        byteCount += UInt64(count)
-        if count >= 8 { tail = Array(chunk.suffix(8)) } else { tail = Array((tail + chunk).suffix(8)) }
-        return count
+        byteCount += UInt64(chunk.count)
+        if chunk.count >= 8 { tail = Array(chunk.suffix(8)) } else { tail = Array((tail + chunk).suffix(8)) }
+        return chunk
     }
 
     func drain(using buffer: UnsafeMutableRawBufferPointer) throws {
-        while !ended { _ = try read(into: buffer) }
+        while !ended { _ = try readChunk(scratch: buffer) }
     }
 }
 
@@ -177,16 +184,17 @@ private final class DecompressedSource: ArchiveByteSource {
         reader = try ArchiveReader(source: compressed, format: .raw, compression: compression)
     }
 
-    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+    /// Lends the next decompressed bytes from libarchive's buffer (`scratch` is not used).
+    func readChunk(scratch: UnsafeMutableRawBufferPointer) throws -> UnsafeRawBufferPointer {
         if !started {
             started = true
-            guard case .entry = try reader.next() else { return 0 }
+            guard case .entry = try reader.next() else { return UnsafeRawBufferPointer(start: nil, count: 0) }
             // libarchive passes data it does not recognize through unchanged: insist on the declared filter.
             guard reader.filterMatches(compression) else {
                 throw ContinuonPackError(.archiveCorrupt, "The episode archive is not a \(compression.rawValue) stream.")
             }
         }
-        return try reader.readData(into: buffer)
+        return try reader.readBlock()
     }
 }
 
@@ -543,70 +551,172 @@ private struct VerificationRun {
         _ inner: ArchiveReader, source: AuditedSource, manifest: Manifest, buffer: UnsafeMutableRawBufferPointer
     ) throws {
         let blobs = manifest.blobs
-        var indicesByPath: [[UInt8]: [Int]] = [:]
-        for (index, blob) in blobs.enumerated() { indicesByPath[Array(blob.path.utf8), default: []].append(index) }
-        var seen = [Bool](repeating: false, count: blobs.count)
+        var matcher = BlobMatcher(blobs)
         var next = 0
         var listed = 0
         func note(_ error: ContinuonPackError) {
             if listed < maxListed { report.fail(.blobs, error) } else { report.outcomes[.blobs] = .failed }
             listed += 1
         }
+        // One hashing context for every blob.
+        let hasher = SHA256Hasher()
         while case let .entry(info) = try inner.next() {
             guard let member = bind(info, auditor: &source.auditor, layer: .archive) else { return }
-            let path = String(decoding: member.path, as: UTF8.self)
-            let indices = indicesByPath[member.path] ?? []
             if let problem = Validation.pathProblem(member.path) {
                 // Not trusted further (libarchive may read such a name differently): matched, never read.
+                let path = String(decoding: member.path, as: UTF8.self)
                 note(ContinuonPackError(.blobPath, "The archive member \(quoted(path)) has an invalid path: \(problem)."))
-                if let index = indices.first(where: { !seen[$0] }) { seen[index] = true }
+                _ = matcher.match(member.path, expected: next)
                 continue
             }
             guard info.isRegularFile, !info.isSparse, !info.hasExtendedAttributes else {
+                let path = String(decoding: member.path, as: UTF8.self)
                 note(ContinuonPackError(.blobType, "The archive member \(quoted(path)) is not a plain regular file."))
                 continue
             }
-            guard !indices.isEmpty else {
+            let index: Int
+            switch matcher.match(member.path, expected: next) {
+            case .unlisted:
+                let path = String(decoding: member.path, as: UTF8.self)
                 note(ContinuonPackError(.blobUnexpected, "The archive member \(quoted(path)) is not in the manifest."))
                 continue
-            }
-            guard let index = indices.first(where: { !seen[$0] }) else {
+            case .allMatched:
+                let path = String(decoding: member.path, as: UTF8.self)
                 note(ContinuonPackError(.blobDuplicate, "The archive holds \(quoted(path)) more than once."))
                 continue
+            case let .listing(found):
+                index = found
             }
-            seen[index] = true
+            let blob = blobs[index]
             // Out of order: a member that belongs before one already read. (A skipped blob is reported missing.)
             if index < next {
-                note(ContinuonPackError(.blobOrder, "The archive member \(quoted(path)) comes after a blob the manifest lists later."))
+                note(ContinuonPackError(.blobOrder, "The archive member \(quoted(blob.path)) comes after a blob the manifest lists later."))
             }
             next = max(next, index + 1)
-            let blob = blobs[index]
             let size = info.size ?? -1
             if size != Int64(blob.size) {
-                note(ContinuonPackError(.blobSize, "\(quoted(path)) is \(size) bytes; the manifest says \(blob.size)."))
+                note(ContinuonPackError(.blobSize, "\(quoted(blob.path)) is \(size) bytes; the manifest says \(blob.size)."))
                 continue
             }
-            let hasher = SHA256Hasher()
             var total: Int64 = 0
             while true {
-                let count = try inner.readData(into: buffer)
-                if count == 0 { break }
-                hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
-                total += Int64(count)
+                let block = try inner.readBlock()
+                if block.isEmpty { break }
+                hasher.update(block)
+                total += Int64(block.count)
             }
             guard total == size else {
-                report.fail(.archive, ContinuonPackError(.archiveCorrupt, "\(quoted(path)) is truncated in the archive."))
+                report.fail(.archive, ContinuonPackError(.archiveCorrupt, "\(quoted(blob.path)) is truncated in the archive."))
                 return
             }
-            let digest = hasher.finalize().hex
-            if digest != blob.sha256 {
-                note(ContinuonPackError(.blobDigest, "The SHA-256 of \(quoted(path)) is \(digest); the manifest says \(blob.sha256)."))
+            let digest = hasher.finalizeAndReset()
+            if !digest.matches(hex: blob.sha256) {
+                note(ContinuonPackError(.blobDigest, "The SHA-256 of \(quoted(blob.path)) is \(digest.hex); the manifest says \(blob.sha256)."))
             }
         }
-        for (index, blob) in blobs.enumerated() where !seen[index] {
+        for (index, blob) in blobs.enumerated() where !matcher.isMatched(index) {
             note(ContinuonPackError(.blobMissing, "The manifest lists \(quoted(blob.path)) but the archive does not hold it."))
         }
         report.omittedFailures += max(0, listed - maxListed)
         report.hold(.blobs)
+    }
+}
+
+/// Pairs each archive member with the manifest listing it stands for: the first listing of its path (by bytes) not
+/// yet matched. Manifests are sorted with no path twice, so the listing is almost always the one after the last
+/// match; otherwise a binary search over the listings ordered by path finds it. No dictionary, no per-blob key.
+struct BlobMatcher {
+    enum Match: Equatable {
+        /// The listing the member takes.
+        case listing(Int)
+        /// The path is not in the manifest.
+        case unlisted
+        /// Every listing of the path was matched already.
+        case allMatched
+    }
+
+    /// Every path's UTF-8 bytes, one after the other: listing `i` is `bytes[starts[i]..<starts[i + 1]]`.
+    private let bytes: [UInt8]
+    private let starts: [Int]
+    /// Listing indices sorted by path, then index; nil when that is the manifest's own order, each path once.
+    private let sorted: [Int]?
+    private var matched: [Bool]
+
+    init(_ blobs: [BlobDescriptor]) {
+        var bytes: [UInt8] = []
+        var starts = [0]
+        starts.reserveCapacity(blobs.count + 1)
+        for blob in blobs {
+            bytes.append(contentsOf: blob.path.utf8)
+            starts.append(bytes.count)
+        }
+        func compare(_ a: Int, _ b: Int) -> Int {
+            bytes.withUnsafeBufferPointer { all in
+                Self.compare(UnsafeBufferPointer(rebasing: all[starts[a]..<starts[a + 1]]),
+                             UnsafeBufferPointer(rebasing: all[starts[b]..<starts[b + 1]]))
+            }
+        }
+        let strictlyAscending = blobs.indices.dropFirst().allSatisfy { compare($0 - 1, $0) < 0 }
+        // Stable: equal paths keep their manifest order, so the first unmatched listing comes first.
+        sorted = strictlyAscending ? nil : blobs.indices.sorted { a, b in
+            let order = compare(a, b)
+            return order < 0 || (order == 0 && a < b)
+        }
+        self.bytes = bytes
+        self.starts = starts
+        matched = [Bool](repeating: false, count: blobs.count)
+    }
+
+    func isMatched(_ index: Int) -> Bool { matched[index] }
+
+    /// Matches `path` (raw bytes) to its listing and marks it; `expected` is the listing the member should be in
+    /// manifest order (tried first).
+    mutating func match(_ path: [UInt8], expected: Int) -> Match {
+        if sorted == nil, expected < matched.count, compare(path, expected) == 0 {
+            return take(expected)
+        }
+        // The first position in `order` whose path is not below `path`.
+        let count = matched.count
+        var low = 0
+        var high = count
+        while low < high {
+            let middle = (low + high) / 2
+            if compare(path, listing(at: middle)) > 0 { low = middle + 1 } else { high = middle }
+        }
+        var position = low
+        var found = false
+        while position < count, compare(path, listing(at: position)) == 0 {
+            found = true
+            if !matched[listing(at: position)] { return take(listing(at: position)) }
+            position += 1
+        }
+        return found ? .allMatched : .unlisted
+    }
+
+    private mutating func take(_ index: Int) -> Match {
+        if matched[index] { return .allMatched }
+        matched[index] = true
+        return .listing(index)
+    }
+
+    private func listing(at position: Int) -> Int { sorted?[position] ?? position }
+
+    /// Byte order of `path` and listing `index`'s path.
+    private func compare(_ path: [UInt8], _ index: Int) -> Int {
+        path.withUnsafeBufferPointer { path in
+            bytes.withUnsafeBufferPointer { all in
+                Self.compare(path, UnsafeBufferPointer(rebasing: all[starts[index]..<starts[index + 1]]))
+            }
+        }
+    }
+
+    /// Byte order, a shorter prefix first: negative, zero or positive.
+    private static func compare(_ a: UnsafeBufferPointer<UInt8>, _ b: UnsafeBufferPointer<UInt8>) -> Int {
+        let common = min(a.count, b.count)
+        if common > 0, let x = a.baseAddress, let y = b.baseAddress {
+            let order = memcmp(x, y, common)
+            if order != 0 { return Int(order) }
+        }
+        return a.count - b.count
     }
 }

@@ -78,13 +78,23 @@ struct TarAuditor {
         while index < bytes.count && violation == nil {
             switch state {
             case .header, .secondEndBlock:
+                if block.isEmpty && bytes.count - index >= Self.blockSize {
+                    // A whole block in the input: read it in place.
+                    index += Self.blockSize
+                    offset += UInt64(Self.blockSize)
+                    processBlock(UnsafeRawBufferPointer(rebasing: bytes[(index - Self.blockSize)..<index]))
+                    continue
+                }
                 let take = min(Self.blockSize - block.count, bytes.count - index)
                 block.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[index..<(index + take)]))
                 index += take
                 offset += UInt64(take)
                 if block.count == Self.blockSize {
-                    processBlock()
-                    block.removeAll(keepingCapacity: true)
+                    var header: [UInt8] = []
+                    swap(&header, &block)
+                    header.withUnsafeBytes { processBlock($0) }
+                    header.removeAll(keepingCapacity: true)
+                    swap(&header, &block)
                 }
             case let .paxData(remaining, padding):
                 let take = Int(min(remaining, UInt64(bytes.count - index)))
@@ -108,7 +118,7 @@ struct TarAuditor {
                 }
             case let .padding(remaining):
                 let take = min(remaining, bytes.count - index)
-                if bytes[index..<(index + take)].contains(where: { $0 != 0 }) {
+                if !Self.isZero(UnsafeRawBufferPointer(rebasing: bytes[index..<(index + take)])) {
                     violation = .corrupt("non-zero bytes in the padding after a member's data")
                     return
                 }
@@ -117,7 +127,7 @@ struct TarAuditor {
                 state = remaining == take ? .header : .padding(remaining: remaining - take)
             case .trailer:
                 let take = bytes.count - index
-                if bytes[index...].contains(where: { $0 != 0 }) {
+                if !Self.isZero(UnsafeRawBufferPointer(rebasing: bytes[index...])) {
                     violation = .trailingData("non-zero bytes after the end-of-archive marker")
                     return
                 }
@@ -144,8 +154,9 @@ struct TarAuditor {
 
     // MARK: - Headers
 
-    private mutating func processBlock() {
-        let isZero = !block.contains { $0 != 0 }
+    /// Checks one 512-byte block read in the `header` or `secondEndBlock` state.
+    private mutating func processBlock(_ block: UnsafeRawBufferPointer) {
+        let isZero = Self.isZero(block)
         if case .secondEndBlock = state {
             guard isZero else {
                 violation = .trailingData("a single zero block is followed by more data")
@@ -162,15 +173,15 @@ struct TarAuditor {
             state = .secondEndBlock
             return
         }
-        guard let stored = octal(148, 8), stored == checksum() else {
+        guard let stored = Self.octal(block, 148, 8), stored == Self.checksum(block) else {
             violation = .corrupt("a header checksum does not match")
             return
         }
-        guard block[257..<263].elementsEqual("ustar\0".utf8), block[263..<265].elementsEqual("00".utf8) else {
+        guard Self.field(block, 257, 8).elementsEqual(Self.ustarMagicAndVersion) else {
             violation = .corrupt("a header is not POSIX ustar (magic \"ustar\\0\", version \"00\")")
             return
         }
-        guard let headerSize = octal(124, 12) else {
+        guard let headerSize = Self.octal(block, 124, 12) else {
             violation = .corrupt("a header size field is not octal")
             return
         }
@@ -199,7 +210,7 @@ struct TarAuditor {
             violation = .memberType(Self.describe(typeflag: typeflag))
             return
         }
-        let ustarName = ustarPath()
+        let ustarName = Self.ustarPath(block)
         var path = ustarName
         var size = headerSize
         if let pax = pendingPax {
@@ -213,7 +224,7 @@ struct TarAuditor {
             if let paxSize = pax.size { size = paxSize }
             pendingPax = nil
         }
-        if let problem = metadataProblem() {
+        if let problem = Self.metadataProblem(block) {
             violation = .metadata(problem)
             return
         }
@@ -226,14 +237,14 @@ struct TarAuditor {
         }
     }
 
-    private func metadataProblem() -> String? {
-        guard let mode = octal(100, 8), mode & 0o7777 == 0o644 else { return "mode is not 0644" }
-        guard octal(108, 8) == 0, octal(116, 8) == 0 else { return "uid or gid is not 0" }
-        guard octal(136, 12) == 0 else { return "mtime is not 0" }
-        guard !block[265..<297].contains(where: { $0 != 0 }), !block[297..<329].contains(where: { $0 != 0 }) else {
+    private static func metadataProblem(_ block: UnsafeRawBufferPointer) -> String? {
+        guard let mode = octal(block, 100, 8), mode & 0o7777 == 0o644 else { return "mode is not 0644" }
+        guard octal(block, 108, 8) == 0, octal(block, 116, 8) == 0 else { return "uid or gid is not 0" }
+        guard octal(block, 136, 12) == 0 else { return "mtime is not 0" }
+        guard isZero(field(block, 265, 32)), isZero(field(block, 297, 32)) else {
             return "uname or gname is not empty"
         }
-        guard !block[157..<257].contains(where: { $0 != 0 }) else { return "a link name is set" }
+        guard isZero(field(block, 157, 100)) else { return "a link name is set" }
         return nil
     }
 
@@ -281,17 +292,44 @@ struct TarAuditor {
 
     // MARK: - Fields
 
-    private func checksum() -> UInt64 {
-        var sum: UInt64 = 0
-        for (index, byte) in block.enumerated() {
-            sum += (148..<156).contains(index) ? 0x20 : UInt64(byte)
+    /// The unsigned byte sum of the header with the checksum field read as eight spaces.
+    private static func checksum(_ block: UnsafeRawBufferPointer) -> UInt64 {
+        // Eight bytes at a time into four 16-bit lanes: 64 words add at most 64 * 2 * 255 to a lane, no overflow.
+        let evenBytes: UInt64 = 0x00ff_00ff_00ff_00ff
+        var lanes: UInt64 = 0
+        for offset in stride(from: 0, to: blockSize, by: 8) {
+            let word = block.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+            lanes += (word & evenBytes) + (word >> 8 & evenBytes)
         }
-        return sum
+        var sum = (lanes & 0xffff) + (lanes >> 16 & 0xffff) + (lanes >> 32 & 0xffff) + (lanes >> 48)
+        for index in 148..<156 { sum -= UInt64(block[index]) }
+        return sum + 8 * 0x20
+    }
+
+    /// `"ustar\0"` then `"00"`: the POSIX magic and version (offsets 257 to 264).
+    private static let ustarMagicAndVersion = Array("ustar\u{0}00".utf8)
+
+    private static func field(_ block: UnsafeRawBufferPointer, _ start: Int, _ length: Int) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: block[start..<(start + length)])
+    }
+
+    /// Whether every byte is zero, read eight at a time.
+    static func isZero(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        var offset = 0
+        while offset + 8 <= bytes.count {
+            if bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self) != 0 { return false }
+            offset += 8
+        }
+        while offset < bytes.count {
+            if bytes[offset] != 0 { return false }
+            offset += 1
+        }
+        return true
     }
 
     /// An octal numeric field: optional leading spaces, octal digits, then NUL or space padding. Base-256 and
     /// anything else are refused.
-    private func octal(_ start: Int, _ length: Int) -> UInt64? {
+    private static func octal(_ block: UnsafeRawBufferPointer, _ start: Int, _ length: Int) -> UInt64? {
         var value: UInt64 = 0
         var index = start
         let end = start + length
@@ -311,7 +349,7 @@ struct TarAuditor {
         return value
     }
 
-    private func ustarPath() -> [UInt8] {
+    private static func ustarPath(_ block: UnsafeRawBufferPointer) -> [UInt8] {
         let name = block[0..<100].prefix { $0 != 0 }
         let prefix = block[345..<500].prefix { $0 != 0 }
         return prefix.isEmpty ? Array(name) : Array(prefix) + [UInt8(ascii: "/")] + Array(name)
