@@ -156,6 +156,14 @@ struct ValidationTests {
         #expect((Validation.pathProblem(Array(path.utf8)) == nil) == valid, "\(path.debugDescription)")
     }
 
+    @Test("The collision key is the lowercase mapping, kept as is when nothing changes")
+    func collisionKeys() {
+        for path in ["a/b.bin", "A/B.BIN", "readme", "Readme", "\u{212A}elvin", "caf\u{E9}", "CAF\u{C9}", "\u{130}", "x_1-2.~"] {
+            #expect(Validation.collisionKey(path) == path.lowercased(), "\(path.debugDescription)")
+            #expect(Array(Validation.collisionKey(path).utf8) == Array(path.lowercased().utf8))
+        }
+    }
+
     @Test("Non-UTF-8 paths are refused")
     func nonUTF8Path() {
         #expect(Validation.pathProblem([0x63, 0x61, 0x66, 0xe9]) == "the path is not valid UTF-8")

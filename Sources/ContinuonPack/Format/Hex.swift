@@ -3,7 +3,7 @@ package enum Hex {
     private static let digits = Array("0123456789abcdef".utf8)
 
     /// The lowercase hex digit for `nibble` (0 to 15).
-    static func digit(_ nibble: UInt8) -> UInt8 { digits[Int(nibble)] }
+    static func digit(_ nibble: UInt8) -> UInt8 { nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") - 10 + nibble }
 
     static func encode<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
         var out: [UInt8] = []

@@ -74,7 +74,14 @@ public enum Validation {
 
     /// The key under which two blob paths collide: Unicode default lowercase mapping, compared (as Swift strings
     /// are) by canonical equivalence, i.e. equal after NFC normalization.
-    public static func collisionKey(_ path: String) -> String { path.lowercased() }
+    public static func collisionKey(_ path: String) -> String {
+        // ASCII without capitals is its own lowercase: the same key, without a new string.
+        var path = path
+        let isOwnKey = path.withUTF8 { bytes in
+            bytes.allSatisfy { $0 < 0x80 && !(UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0) }
+        }
+        return isOwnKey ? path : path.lowercased()
+    }
 
     /// `YYYY-MM-DDTHH:MM:SSZ` with a real calendar date and time.
     public static func isValidTimestamp(_ text: String) -> Bool {

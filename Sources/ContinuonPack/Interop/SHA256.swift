@@ -11,9 +11,12 @@ public struct SHA256Digest: Hashable, Sendable, CustomStringConvertible {
     func matches(hex text: String) -> Bool {
         var text = text
         return text.withUTF8 { chars in
-            chars.count == 2 * bytes.count && bytes.indices.allSatisfy { index in
-                chars[2 * index] == Hex.digit(bytes[index] >> 4) && chars[2 * index + 1] == Hex.digit(bytes[index] & 0x0f)
+            guard chars.count == 2 * bytes.count else { return false }
+            for (index, byte) in bytes.enumerated()
+            where chars[2 * index] != Hex.digit(byte >> 4) || chars[2 * index + 1] != Hex.digit(byte & 0x0f) {
+                return false
             }
+            return true
         }
     }
 }

@@ -294,9 +294,9 @@ private struct VerificationRun {
                 return false
             }
             guard bind(first, auditor: &source.auditor, layer: .package) != nil,
-                  let envelopeBytes = readEnvelopeMember(first, outer, buffer: buffer)
+                  let envelopeBytes = readEnvelopeMember(first, outer)
             else { return false }
-            let manifest = checkEnvelopeAndManifest(envelopeBytes)
+            let manifest = checkEnvelopeAndManifest(consume envelopeBytes)
 
             // Member 2: the episode archive.
             guard case let .entry(second) = try outer.next() else {
@@ -329,7 +329,7 @@ private struct VerificationRun {
 
     // MARK: - Envelope and manifest
 
-    private mutating func readEnvelopeMember(_ first: ArchiveEntryInfo, _ outer: ArchiveReader, buffer: UnsafeMutableRawBufferPointer) -> [UInt8]? {
+    private mutating func readEnvelopeMember(_ first: ArchiveEntryInfo, _ outer: ArchiveReader) -> [UInt8]? {
         let name = String(decoding: first.pathBytes, as: UTF8.self)
         guard first.pathBytes.elementsEqual(Self.envelopeName.utf8) else {
             let detail = Compression(archiveName: name) != nil ? " (the members are swapped)" : ""
@@ -350,9 +350,9 @@ private struct VerificationRun {
         bytes.reserveCapacity(Int(size))
         do {
             while true {
-                let count = try outer.readData(into: buffer)
-                if count == 0 { break }
-                bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+                let block = try outer.readBlock()
+                if block.isEmpty { break }
+                bytes.append(contentsOf: block)
             }
         } catch {
             report.fail(.structure, ContinuonPackError(.packageCorrupt, "\(Self.envelopeName) is truncated.", cause: "\(error)"))
@@ -364,24 +364,14 @@ private struct VerificationRun {
         }
         return bytes
     }
-    private mutating func checkEnvelopeAndManifest(_ bytes: [UInt8]) -> Manifest? {
-        let envelope: Envelope
-        do {
-            envelope = try Envelope.decode(bytes, limits: verifier.limits)
-        } catch {
-            report.fail(.envelope, error)
-            return nil
-        }
-        if envelope.payloadType != Envelope.payloadType {
-            report.fail(.envelope, ContinuonPackError(
-                .envelopePayloadType, "The payload type is \(quoted(envelope.payloadType)), not \(Envelope.payloadType)."))
-        }
-        report.hold(.envelope)
-        checkSignatures(envelope)
 
+    /// Checks the envelope and the manifest it carries. Each large buffer (the envelope's bytes, then its payload)
+    /// is let go as soon as the next form is decoded, so that they are never all held at once.
+    private mutating func checkEnvelopeAndManifest(_ bytes: consuming [UInt8]) -> Manifest? {
+        guard let payload = checkEnvelope(consume bytes) else { return nil }
         let manifest: Manifest
         do {
-            manifest = try Manifest.decode(envelope.payload, limits: verifier.limits)
+            manifest = try Manifest.decode(consume payload, limits: verifier.limits)
         } catch {
             report.fail(.manifest, error)
             return nil
@@ -394,6 +384,25 @@ private struct VerificationRun {
         report.hold(.manifest)
         report.hold(.packageID)
         return manifest
+    }
+
+    /// Decodes the envelope and checks its payload type and signatures; returns the payload, or nil when the
+    /// envelope cannot be decoded.
+    private mutating func checkEnvelope(_ bytes: consuming [UInt8]) -> [UInt8]? {
+        let envelope: Envelope
+        do {
+            envelope = try Envelope.decode(consume bytes, limits: verifier.limits)
+        } catch {
+            report.fail(.envelope, error)
+            return nil
+        }
+        if envelope.payloadType != Envelope.payloadType {
+            report.fail(.envelope, ContinuonPackError(
+                .envelopePayloadType, "The payload type is \(quoted(envelope.payloadType)), not \(Envelope.payloadType)."))
+        }
+        report.hold(.envelope)
+        checkSignatures(envelope)
+        return envelope.payload
     }
 
     private mutating func checkSignatures(_ envelope: Envelope) {
@@ -507,7 +516,7 @@ private struct VerificationRun {
         if compression == .gzip { tarBytes.crc32 = CRC32() }
         do {
             let inner = try ArchiveReader(source: tarBytes, compression: .none)
-            try checkBlobs(inner, source: tarBytes, manifest: manifest, buffer: buffer)
+            try checkBlobs(inner, source: tarBytes, manifest: manifest)
             try tarBytes.drain(using: buffer)
             if compression != .none, tarBytes.ended, tarBytes.auditor.violation == nil,
                let raw = (decompressed as? DecompressedSource)?.reader {
@@ -548,7 +557,7 @@ private struct VerificationRun {
     }
 
     private mutating func checkBlobs(
-        _ inner: ArchiveReader, source: AuditedSource, manifest: Manifest, buffer: UnsafeMutableRawBufferPointer
+        _ inner: ArchiveReader, source: AuditedSource, manifest: Manifest
     ) throws {
         let blobs = manifest.blobs
         var matcher = BlobMatcher(blobs)
@@ -644,6 +653,7 @@ struct BlobMatcher {
 
     init(_ blobs: [BlobDescriptor]) {
         var bytes: [UInt8] = []
+        bytes.reserveCapacity(blobs.reduce(0) { $0 + $1.path.utf8.count })
         var starts = [0]
         starts.reserveCapacity(blobs.count + 1)
         for blob in blobs {
