@@ -35,7 +35,8 @@ public struct PackageWriter: Sendable {
     /// `YYYY-MM-DDTHH:MM:SSZ`; see `PackageWriter.createdAt(environment:)`.
     public var createdAt: String
     /// Size of each read and hashing buffer (six per writer call; a final copy, rarely needed, uses one more).
-    public var bufferSize = 1 << 20
+    /// 256 KiB: as fast as 1 MiB here (measured), 4.5 MiB less resident memory.
+    public var bufferSize = 256 << 10
     /// zstd worker threads (at least 1; the output bytes are the same for every count). One by default: packing
     /// already keeps two more threads busy (reading and writing; hashing), and each worker costs 15-40 MiB of
     /// zstd buffers. More pay on machines with more cores and incompressible data.
