@@ -456,6 +456,15 @@ def make_invalid(base_path):
                       *(member(p, d) for p, d in good_blobs[1:]))
         add("member-" + name, signed_package(base.manifest_for(archive, good_blobs), archive), ["blob.member_type"],
             "The archive holds %s." % what)
+    # A tampered blob and, right after it (in the same read), a forbidden member: the blob's check still counts.
+    tampered = next(i for i, (_, d) in enumerate(good_blobs) if d)
+    path, data = good_blobs[tampered]
+    archive = tar(*(member(p, d) for p, d in good_blobs[:tampered]), member(path, bytes(b ^ 0xFF for b in data)),
+                  member("special", b"", typeflag=b"1", linkname=path.encode()),
+                  *(member(p, d) for p, d in good_blobs[tampered + 1:]))
+    add("digest-then-hardlink", signed_package(base.manifest_for(archive, good_blobs), archive),
+        ["blob.digest_mismatch", "blob.member_type"],
+        "A tampered blob directly followed by a hard link: both are reported, whatever one read returns.")
     for name, path, what in (("dotdot", "../evil.bin", "a '..' segment"),
                              ("absolute", "/etc/evil.bin", "an absolute path"),
                              ("dot-segment", "a/./evil.bin", "a '.' segment"),

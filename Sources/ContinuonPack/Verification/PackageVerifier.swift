@@ -203,6 +203,8 @@ private struct VerificationRun {
     var report: VerificationReport
     /// At most this many blob failures are listed one by one.
     let maxListed = 20
+    /// The layers whose auditor violation was reported (each is reported once, wherever it is noticed).
+    var reportedViolations: Set<Layer> = []
 
     static let envelopeName = "manifest.dsse.json"
 
@@ -231,6 +233,7 @@ private struct VerificationRun {
     /// Records the auditor's violation, if any; returns true when there was one.
     mutating func reportViolation(_ auditor: TarAuditor, layer: Layer) -> Bool {
         guard let violation = auditor.violation else { return false }
+        guard reportedViolations.insert(layer).inserted else { return true }
         let (code, text) = layer.code(for: violation)
         let check: VerificationReport.Check = code == .archiveCorrupt || code == .archiveTrailingData ? .archive : layer.check
         report.fail(check, ContinuonPackError(code, "\(layer.what) breaks the format: \(text)."))
@@ -239,10 +242,14 @@ private struct VerificationRun {
 
     /// libarchive and the auditor must have read the same member: the same size, and the same path bytes (or, as
     /// libarchive normalizes pax paths to NFC, canonically equivalent UTF-8). Returns the auditor's member, whose
-    /// raw path bytes are the ones checked against the manifest.
+    /// raw path bytes are the ones checked against the manifest. Members the auditor read before a violation are
+    /// bound first: a violation further on in the same read must not hide the checks of the members before it
+    /// (the verdict would then depend on how many bytes one read returned). The violation is reported when the
+    /// member it stopped at is reached.
     mutating func bind(_ info: ArchiveEntryInfo, auditor: inout TarAuditor, layer: Layer) -> TarAuditor.Member? {
-        if reportViolation(auditor, layer: layer) { return nil }
-        guard let member = auditor.takeMember(),
+        let taken = auditor.takeMember()
+        if taken == nil && reportViolation(auditor, layer: layer) { return nil }
+        guard let member = taken,
               Validation.pathProblem(member.path) != nil
                 || (Int64(member.size) == info.size ?? -1 && Self.samePath(member.path, info.pathBytes))
         else {
