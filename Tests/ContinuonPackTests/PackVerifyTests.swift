@@ -134,6 +134,17 @@ struct PackVerifyTests {
         blobs.append(BlobSource(path: "zz-missing.bin", content: .file(failing.file("does-not-exist"))))
         #expect(throws: ContinuonPackError.self) { try writer(.zstd).write(blobs: blobs, toDirectory: failing.path) }
         #expect(try failing.entries().isEmpty)
+        // A file that changes size while it is archived (stat says 0 bytes, reading gives more), after other bytes
+        // are under way: refused, no package, no temporary file.
+        for compression in [Compression.none, .zstd] {
+            var changing = sampleBlobs()
+            changing.append(BlobSource(path: "zz-big.bin", content: .bytes(Array(repeating: 7, count: 600_000))))
+            changing.append(BlobSource(path: "zz-status", content: .file("/proc/self/status")))
+            #expect { try writer(compression).write(blobs: changing, toDirectory: failing.path) } throws: { error in
+                (error as? ContinuonPackError)?.code == .sourceChanged
+            }
+            #expect(try failing.entries().isEmpty)
+        }
     }
 
     @Test("Bad input is refused before anything is written")

@@ -27,6 +27,7 @@ final class HashingFileSink {
         self.pipeline = pipeline
         self.origin = origin
         self.keep = keep
+        // The lane lives exactly as long as this sink (the pipeline holds it weakly), so `unowned` is safe.
         lane = pipeline?.makeLane { [unowned self] bytes in self.writeOut(bytes) }
     }
 

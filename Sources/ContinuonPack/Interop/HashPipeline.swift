@@ -29,6 +29,8 @@ final class HashPipeline: @unchecked Sendable {
 
     /// A sequence of buffers filled by the caller. Each lane keeps its own buffer, so the bytes of one lane are
     /// contiguous in it (a lane's `onFlush` sees them in order, e.g. to write them out in large blocks).
+    /// The caller owns its lanes; the pipeline only remembers them weakly, so a lane its owner let go (say, after
+    /// an error) is abandoned: `drain()` neither flushes it nor calls its `onFlush` on an owner that is gone.
     final class Lane {
         fileprivate var buffer: Int?
         fileprivate var used = 0
@@ -36,6 +38,10 @@ final class HashPipeline: @unchecked Sendable {
         /// Called with a buffer's filled bytes just before the buffer goes to the worker.
         fileprivate let onFlush: ((UnsafeRawBufferPointer) -> Void)?
         fileprivate init(onFlush: ((UnsafeRawBufferPointer) -> Void)?) { self.onFlush = onFlush }
+    }
+
+    private struct WeakLane {
+        weak var lane: Lane?
     }
 
     fileprivate enum Item {
@@ -47,7 +53,8 @@ final class HashPipeline: @unchecked Sendable {
 
     let bufferSize: Int
     private let buffers: [UnsafeMutableRawBufferPointer]
-    private var lanes: [Lane] = []
+    /// Every lane, held weakly (see `Lane`); the default lane is also held by `defaultLane`.
+    private var lanes: [WeakLane] = []
     private let defaultLane: Lane
 
     // Shared with the worker, under `mutex`.
@@ -66,7 +73,7 @@ final class HashPipeline: @unchecked Sendable {
         buffers = (0..<bufferCount).map { _ in .allocate(byteCount: bufferSize, alignment: 4096) }
         freeBuffers = Array(0..<bufferCount)
         defaultLane = Lane(onFlush: nil)
-        lanes = [defaultLane]
+        lanes = [WeakLane(lane: defaultLane)]
         pthread_mutex_init(mutex, nil)
         pthread_cond_init(workAvailable, nil)
         pthread_cond_init(progress, nil)
@@ -94,7 +101,8 @@ final class HashPipeline: @unchecked Sendable {
     /// A new lane; `onFlush` sees each of its buffers' bytes before they are hashed.
     func makeLane(onFlush: ((UnsafeRawBufferPointer) -> Void)? = nil) -> Lane {
         let lane = Lane(onFlush: onFlush)
-        lanes.append(lane)
+        lanes.removeAll { $0.lane == nil }
+        lanes.append(WeakLane(lane: lane))
         return lane
     }
 
@@ -156,7 +164,7 @@ final class HashPipeline: @unchecked Sendable {
 
     /// Flushes every lane and waits until everything was hashed.
     func drain() {
-        for lane in lanes { flush(lane) }
+        for case let lane? in lanes.map(\.lane) { flush(lane) }
         pthread_mutex_lock(mutex)
         while processed < published { pthread_cond_wait(progress, mutex) }
         pthread_mutex_unlock(mutex)
