@@ -105,7 +105,7 @@ final class ArchiveWriter {
     /// - Parameters:
     ///   - origin: the file offset the archive starts at (written with pwrite).
     ///   - keep: archive bytes (offsets within the archive) the file already holds; they are not written.
-    init(compression: Compression, output: FileDescriptor, pipeline: HashPipeline? = nil, zstdWorkers: Int = 2,
+    init(compression: Compression, output: FileDescriptor, pipeline: HashPipeline? = nil, zstdWorkers: Int = 1,
          origin: UInt64 = 0, keep: Range<UInt64>? = nil) throws {
         guard let archive = archive_write_new() else {
             throw ContinuonPackError(.archiveWriteFailed, "archive_write_new failed")

@@ -36,12 +36,6 @@ package final class FileDescriptor {
         return FileDescriptor(raw: fd, path: path)
     }
 
-    func status() throws -> stat {
-        var info = stat()
-        guard fstat(raw, &info) == 0 else { throw Self.ioError("Cannot stat \(path)", path: path) }
-        return info
-    }
-
     /// Reads up to `buffer.count` bytes; 0 at end of file.
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         let count = Self.retryOnInterrupt { Glibc.read(raw, buffer.baseAddress, buffer.count) }

@@ -23,7 +23,7 @@ public struct PackResult: Sendable {
 }
 
 /// Packs blobs into a signed `.cpkg` in one pass over each blob: read once, hashed and archived together, with
-/// memory bounded by one buffer whatever the blob sizes.
+/// memory bounded by the hashing buffers whatever the blob sizes.
 ///
 /// The package appears atomically: it is written under a temporary name in the output directory, fsynced, linked
 /// to `<package_id>.cpkg` (never replacing an existing file) and the directory is fsynced. On any failure nothing
@@ -90,7 +90,7 @@ public struct PackageWriter: Sendable {
         let sorted = blobs.sortedByPath()
         var folded: [String: String] = [:]
         for (index, blob) in sorted.enumerated() {
-            if let problem = Validation.pathProblem(Array(blob.path.utf8)) {
+            if let problem = Validation.pathProblem(blob.path) {
                 throw ContinuonPackError(.manifestPath, "Blob path \(quoted(blob.path)): \(problem).")
             }
             if index > 0 && sorted[index - 1].path.utf8Equals(blob.path) {
