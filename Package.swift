@@ -5,6 +5,8 @@ let package = Package(
     name: "continuon-pack",
     products: [
         .library(name: "ContinuonPack", targets: ["ContinuonPack", "ContinuonPackUpload"]),
+        // The ingestion protocol's request parsing and arithmetic, without I/O (the service and its fuzz target).
+        .library(name: "ContinuonPackIngest", targets: ["ContinuonPackIngest"]),
         .executable(name: "continuon-pack", targets: ["continuon-pack"]),
         .executable(name: "continuon-pack-net", targets: ["continuon-pack-net"]),
     ],
@@ -15,6 +17,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
     ],
     targets: [
         .systemLibrary(
@@ -40,16 +43,27 @@ let package = Package(
             dependencies: ["ContinuonPack"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
+        // Client text and client numbers of the ingestion protocol: names, Content-Range, queries, metadata, chunk
+        // arithmetic. Pure functions, no Foundation, no NIO: what the fuzz target drives with in-memory requests.
+        .target(
+            name: "ContinuonPackIngest",
+            dependencies: ["ContinuonPack"],
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
         .target(
             name: "ContinuonPackServer",
             dependencies: [
                 "ContinuonPack",
+                "ContinuonPackIngest",
                 "ContinuonPackUpload",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
             ],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
@@ -89,7 +103,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ContinuonPackTests",
-            dependencies: ["ContinuonPack", "ContinuonPackUpload"],
+            dependencies: ["ContinuonPack", "ContinuonPackUpload", "ContinuonPackIngest"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
     ]

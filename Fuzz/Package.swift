@@ -13,5 +13,6 @@ let package = Package(
     targets: [
         .executableTarget(name: "FuzzVerifier", dependencies: [.product(name: "ContinuonPack", package: root)]),
         .executableTarget(name: "FuzzJSON", dependencies: [.product(name: "ContinuonPack", package: root)]),
+        .executableTarget(name: "FuzzIngest", dependencies: [.product(name: "ContinuonPackIngest", package: root)]),
     ]
 )

@@ -1,10 +1,11 @@
 import ContinuonPack
+import ContinuonPackIngest
 import ContinuonPackUpload
 import Foundation
 import HTTPTypes
 import Hummingbird
-import NIOCore
 import Logging
+import NIOCore
 import ServiceLifecycle
 
 /// How `continuon-pack serve` runs.
@@ -17,16 +18,20 @@ public struct IngestConfiguration: Sendable {
     public var bucket: String
     /// Partial uploads (a directory on the same file system as a local store, so commits are renames/links).
     public var spoolDirectory: String
+    /// The largest package accepted: declared, named in a Content-Range, or held.
     public var maxPackageBytes: UInt64
-    public var maxSessions: Int
-    public var sessionExpiry: Duration
-    /// A connection idle this long (mid-request too) is closed; the client resumes with a status query.
+    public var sessions: SessionLimits
+    public var connections: ConnectionLimits
+    /// A connection with no request bytes this long is closed (between requests, or a request head that stalls).
     public var idleTimeout: Duration
+    /// The service's public base URL (`https://ingest.example.com`), used in `Location` instead of the `Host`
+    /// header.
+    public var publicURL: String?
     public var limits: Limits
 
     public init(host: String, port: Int, trustedKeys: [Ed25519PublicKey], threshold: Int = 1, bucket: String = "staging",
-                spoolDirectory: String, maxPackageBytes: UInt64 = 64 << 30, maxSessions: Int = 64,
-                sessionExpiry: Duration = .seconds(24 * 3600), idleTimeout: Duration = .seconds(120),
+                spoolDirectory: String, maxPackageBytes: UInt64 = 64 << 30, sessions: SessionLimits = .init(),
+                connections: ConnectionLimits = .init(), idleTimeout: Duration = .seconds(120), publicURL: String? = nil,
                 limits: Limits = .default) {
         self.host = host
         self.port = port
@@ -35,16 +40,17 @@ public struct IngestConfiguration: Sendable {
         self.bucket = bucket
         self.spoolDirectory = spoolDirectory
         self.maxPackageBytes = maxPackageBytes
-        self.maxSessions = maxSessions
-        self.sessionExpiry = sessionExpiry
+        self.sessions = sessions
+        self.connections = connections
         self.idleTimeout = idleTimeout
+        self.publicURL = publicURL
         self.limits = limits
     }
 }
 
 /// The ingestion endpoint: the Cloud Storage resumable-upload subset of docs/signed-ingestion.md section 12,
 /// strictly, and a complete verification of every package before it is committed to the store. A refused upload
-/// gets a 4xx with problem details and leaves nothing in the store.
+/// gets a 4xx with problem details and leaves nothing in the store. Section 13 of the spec is its threat model.
 public struct IngestServer: Sendable {
     public let configuration: IngestConfiguration
     public let store: any IngestStore
@@ -56,7 +62,7 @@ public struct IngestServer: Sendable {
         self.configuration = configuration
         self.store = store
         self.logger = logger
-        self.sessions = UploadSessions(maxSessions: configuration.maxSessions, expiry: configuration.sessionExpiry)
+        self.sessions = UploadSessions(limits: configuration.sessions)
         try FileManager.default.createDirectory(atPath: configuration.spoolDirectory, withIntermediateDirectories: true)
     }
 
@@ -71,320 +77,368 @@ public struct IngestServer: Sendable {
             await self.respond { try await self.receive(request, context) }
         }
         router.get("/storage/v1/b/:bucket/o/:object") { request, context in
-            await self.respond { try await self.objectMetadata(request, context) }
+            await self.respond { try await self.object(request, context) }
         }
-        let expirer = Expirer(sessions: sessions)
-        let idle = TimeAmount.seconds(configuration.idleTimeout.components.seconds)
+        let registry = ConnectionRegistry(limit: configuration.connections.maxConnections)
+        let connectionLimits = configuration.connections
         let app = Application(
             router: router,
-            server: .http1(configuration: .init(idleTimeout: idle)),
+            server: .http1(configuration: .init(
+                additionalChannelHandlers: [ConnectionGuard(registry: registry, limits: connectionLimits)],
+                idleTimeout: TimeAmount.seconds(configuration.idleTimeout.components.seconds))),
             configuration: ApplicationConfiguration(
                 address: .hostname(configuration.host, port: configuration.port), serverName: "continuon-pack"),
-            services: [expirer],
-            onServerRunning: { [boundPort] channel in
+            services: [Expirer(sessions: sessions)],
+            onServerRunning: { [boundPort, configuration] channel in
                 let port = channel.localAddress?.port ?? configuration.port
                 boundPort.set(port)
                 onListening(port)
             },
             logger: logger)
         try await app.runService()
+        await sessions.discardAll()
     }
 
     var verifier: PackageVerifier {
         PackageVerifier(trustedKeys: configuration.trustedKeys, threshold: configuration.threshold, limits: configuration.limits)
     }
 
+    /// Problems become their 4xx answers; anything else is our fault: logged, answered 500 with no internal text.
     private func respond(_ body: () async throws -> Response) async -> Response {
         do {
             return try await body()
-        } catch let problem as Problem {
+        } catch let problem as IngestProblem {
             return problem.response
         } catch {
             logger.error("internal error", metadata: ["error": "\(error)"])
-            return Problem(500, "server.internal", "The service failed.", detail: "\(error)").response
+            return IngestProblem(500, "server.internal", "The service failed; the failure is logged.").closingConnection().response
         }
     }
 
     // MARK: - Initiate
 
     private func initiate(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
-        var request = request
         try checkBucket(context)
-        let query = request.uri.queryParameters
-        guard query.get("uploadType") == "resumable" else {
-            throw Problem(400, "upload.unsupported", "Only resumable uploads (uploadType=resumable) are accepted.")
+        let query = try UploadQuery(rawQuery: request.uri.query)
+        guard query.uploadType == "resumable" else {
+            throw IngestProblem(400, "upload.unsupported", "Only resumable uploads (uploadType=resumable) are accepted.")
+                .closingConnection()
         }
-        guard query.get("ifGenerationMatch") == "0" else {
-            throw Problem(400, "upload.precondition_required", "Uploads must be create-only (ifGenerationMatch=0).")
+        guard query.ifGenerationMatch == "0" else {
+            throw IngestProblem(400, "upload.precondition_required", "Uploads must be create-only (ifGenerationMatch=0).")
+                .closingConnection()
         }
-        let body = try await request.collectBody(upTo: 64 * 1024)
-        var metadata: JSONValue = .object([])
-        if body.readableBytes > 0 {
-            guard let parsed = try? StrictJSONParser.parse(Array(body.readableBytesView)) else {
-                throw Problem(400, "upload.metadata_invalid", "The object metadata is not valid JSON.")
-            }
-            metadata = parsed
+        if let length = request.headers[.contentLength], StrictDecimal.parse(length).map({ $0 > UploadMetadata.maxBytes }) ?? true {
+            throw UploadMetadata.tooLarge
         }
-        var bodyName: String?
-        if case let .string(name)? = metadata["name"] { bodyName = name }
-        let queryName: String? = query.get("name").map { String($0) }
-        guard let name = queryName ?? bodyName else {
-            throw Problem(400, "upload.name_missing", "The object name is missing.")
-        }
-        guard Self.isPackageObjectName(name) else {
-            throw Problem(422, "upload.object_name_invalid", "The object name must be <package_id>.cpkg.",
-                          detail: "\(name) is not 64 lowercase hex digits followed by .cpkg.")
-        }
+        let metadata = try UploadMetadata(json: try await Self.metadataBytes(request))
+        let name = try uploadObjectName(query: query, metadata: metadata)
         var total: UInt64?
-        if let text = request.headers[HTTPField.Name("X-Upload-Content-Length")!] {
-            guard let value = UInt64(text) else { throw Problem(400, "upload.length_invalid", "X-Upload-Content-Length is not a number.") }
+        if let text = request.headers[Self.uploadContentLength] {
+            guard let value = StrictDecimal.parse(text) else {
+                throw IngestProblem(400, "upload.length_invalid", "X-Upload-Content-Length is not a decimal number of bytes.")
+            }
+            guard value <= configuration.maxPackageBytes else {
+                throw IngestProblem(413, "upload.too_large", "The package is larger than this service accepts.",
+                                    detail: "\(value) bytes; the limit is \(configuration.maxPackageBytes).")
+            }
             total = value
-        }
-        if let total, total > configuration.maxPackageBytes {
-            throw Problem(413, "upload.too_large", "The package is larger than this service accepts.",
-                          detail: "\(total) bytes; the limit is \(configuration.maxPackageBytes).")
         }
         if try await store.lookup(name) != nil {
             logger.info("upload refused: object exists", metadata: ["object": "\(name)"])
-            throw Problem(412, "upload.object_exists", "The object already exists (ifGenerationMatch=0).")
+            throw IngestProblem(412, "upload.object_exists", "The object already exists (ifGenerationMatch=0).")
         }
-        var md5: String?, crc: String?
-        if case let .string(value)? = metadata["md5Hash"] { md5 = value }
-        if case let .string(value)? = metadata["crc32c"] { crc = value }
-        let id = UUID().uuidString.lowercased()
-        let session = try UploadSession(
-            id: id, objectName: name, spoolPath: configuration.spoolDirectory + "/" + id + ".part", total: total,
-            declaredMD5: md5, declaredCRC32C: crc)
-        do {
-            try await sessions.add(session)
-            session.verification = try StreamingVerification(
-                spoolPath: session.spoolPath, verifier: verifier, name: name)
-        } catch {
-            session.discardSpool()
-            throw error
-        }
-        // The Host header is client input: use it only if it is a plain host[:port].
-        let fallback = "\(configuration.host):\(boundPort.get())"
-        let authority = request.head.authority.flatMap { Self.isPlainAuthority($0) ? $0 : nil } ?? fallback
-        let location = "http://" + authority + "/upload/storage/v1/b/" + UploadTarget.escapeComponent(configuration.bucket)
-            + "/o?uploadType=resumable&name=" + UploadTarget.escapeComponent(name) + "&upload_id=" + id
+        let id = Self.newSessionID()
+        await sessions.add(UploadSession(id: id, objectName: name, total: total, metadata: metadata))
         var headers = HTTPFields()
-        headers[.location] = location
+        headers[.location] = baseURL(request) + "/upload/storage/v1/b/" + UploadTarget.escapeComponent(configuration.bucket)
+            + "/o?uploadType=resumable&name=" + name.text + "&upload_id=" + id
         logger.info("upload started", metadata: ["object": "\(name)", "session": "\(id)", "size": "\(total.map(String.init) ?? "?")"])
         return Response(status: .ok, headers: headers)
+    }
+
+    static let uploadContentLength = HTTPField.Name("X-Upload-Content-Length")!
+
+    /// The initiation body, at most 64 KiB.
+    private static func metadataBytes(_ request: Request) async throws -> [UInt8] {
+        var request = request
+        do {
+            return Array(try await request.collectBody(upTo: UploadMetadata.maxBytes).readableBytesView)
+        } catch is NIOTooManyBytesError {
+            throw UploadMetadata.tooLarge
+        }
+    }
+
+    /// The configured public URL; else the `Host` header if it is a plain host[:port]; else the listening address.
+    private func baseURL(_ request: Request) -> String {
+        if let publicURL = configuration.publicURL { return publicURL }
+        if let authority = request.head.authority, HostAuthority.isValid(authority) { return "http://" + authority }
+        return "http://\(configuration.host):\(boundPort.get())"
+    }
+
+    /// 128 random bits from the kernel (getrandom: no file descriptor needed, so it works when they run out),
+    /// as 32 hex digits. Session IDs are capabilities: whoever knows one can append to the upload.
+    static func newSessionID() -> String {
+        var generator = SystemRandomNumberGenerator()
+        let words = [generator.next() as UInt64, generator.next() as UInt64]
+        return words.map { word in
+            let hex = String(word, radix: 16)
+            return String(repeating: "0", count: 16 - hex.count) + hex
+        }.joined()
+    }
+
+    static func isSessionID(_ text: String) -> Bool {
+        text.utf8.count == 32 && text.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
     }
 
     // MARK: - Chunks and status
 
     private func receive(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         try checkBucket(context)
-        guard let rawID = request.uri.queryParameters.get("upload_id") else {
-            throw Problem(400, "upload.session_missing", "PUT needs an upload_id.")
+        let query = try UploadQuery(rawQuery: request.uri.query)
+        guard let id = query.uploadID else {
+            throw IngestProblem(400, "upload.session_missing", "PUT needs an upload_id.").closingConnection()
         }
-        let id = String(rawID)
-        let session = try await sessions.acquire(id)
-        defer { Task { await sessions.release(id) } }
-        if let outcome = session.outcome {
-            switch outcome {
-            case let .success(object): return jsonResponse(200, object.jsonValue)
-            case let .failure(problem): throw problem
+        let hasBody = request.headers[.transferEncoding] != nil || (request.headers[.contentLength].map { $0 != "0" } ?? false)
+        guard Self.isSessionID(id) else {
+            throw IngestProblem(404, "upload.session_unknown", "No such upload session.").closingConnection()
+        }
+        switch try await sessions.acquire(id) {
+        case let .finished(.success(object)):
+            var headers = HTTPFields()
+            if hasBody { headers[.connection] = "close" }
+            return jsonResponse(200, object.jsonValue, headers: headers)
+        case let .finished(.failure(problem)):
+            throw hasBody ? problem.closingConnection() : problem
+        case let .open(session):
+            do {
+                let response = try await receive(request, into: session)
+                await sessions.release(id)
+                return response
+            } catch {
+                await sessions.release(id)
+                throw error
             }
         }
-        let range = try ContentRange(request.headers[.contentRange])
-        if let total = range.total {
-            if let known = session.total, known != total {
-                throw Problem(400, "upload.range_invalid", "Content-Range names another total than the upload's.",
-                              detail: "\(total) vs \(known)")
-            }
-            guard total <= configuration.maxPackageBytes else {
-                throw Problem(413, "upload.too_large", "The package is larger than this service accepts.")
-            }
-            session.total = total
+    }
+
+    private func receive(_ request: Request, into session: UploadSession) async throws -> Response {
+        if let verdict = session.spool?.verification.earlyVerdict, !verdict.valid {
+            throw await end(session, IngestProblem(refusing: verdict).closingConnection())
         }
-        if let first = range.first, let last = range.last {
-            try await append(request, session, first: first, last: last)
-        } else {
-            // A status query (or the final empty request of an empty upload): drain the body, answer what we hold.
-            for try await _ in request.body {}
+        let range = try ContentRange(header: request.headers[.contentRange])
+        var contentLength: UInt64?
+        if let text = request.headers[.contentLength] {
+            guard let value = StrictDecimal.parse(text) else {
+                throw IngestProblem(400, "upload.range_invalid", "Content-Length is not a decimal number.").closingConnection()
+            }
+            contentLength = value
+        }
+        let plan = try await self.plan(session, range: range, contentLength: contentLength)
+        session.total = plan.total
+        switch plan.action {
+        case .statusQuery:
+            try await discardBody(request, upTo: 0)
+        case let .discard(length):
+            try await discardBody(request, upTo: length)
+        case let .append(skip, take):
+            try await append(request, session, skip: skip, take: take)
         }
         if let total = session.total, session.received == total {
             return try await finish(session)
         }
-        return resumeIncomplete(session)
-    }
-
-    private func append(_ request: Request, _ session: UploadSession, first: UInt64, last: UInt64) async throws {
-        let length = last - first + 1
-        let granularity = UInt64(UploadTarget.chunkGranularity)
-        let isFinal = session.total.map { last + 1 == $0 } ?? false
-        if let total = session.total, last >= total {
-            throw Problem(400, "upload.range_invalid", "The chunk extends past the upload's size.")
-        }
-        guard isFinal || length % granularity == 0 else {
-            throw Problem(400, "upload.chunk_size_invalid", "Chunks other than the last must be multiples of 256 KiB.")
-        }
-        guard first <= session.received else {
-            // A gap: keep nothing, tell the client what we hold.
-            for try await _ in request.body {}
-            return
-        }
-        // Drop the bytes we already hold, append the rest as they arrive.
-        var skip = session.received - first
-        var position = first
-        for try await buffer in request.body {
-            try buffer.withUnsafeReadableBytes { bytes in
-                var slice = UnsafeRawBufferPointer(rebasing: bytes[...])
-                let dropped = Int(min(skip, UInt64(slice.count)))
-                skip -= UInt64(dropped)
-                position += UInt64(dropped)
-                slice = UnsafeRawBufferPointer(rebasing: slice[dropped...])
-                let room = Int(min(UInt64(slice.count), last + 1 - position))
-                if room > 0 {
-                    try session.append(UnsafeRawBufferPointer(rebasing: slice[..<room]))
-                    position += UInt64(room)
-                }
-            }
-        }
-        guard position == last + 1 else {
-            throw Problem(400, "upload.chunk_short", "The request body is shorter than its Content-Range.",
-                          detail: "The service holds \(session.received) bytes.")
-        }
-    }
-
-    private func resumeIncomplete(_ session: UploadSession) -> Response {
         var headers = HTTPFields()
         if session.received > 0 { headers[.range] = "bytes=0-\(session.received - 1)" }
         return Response(status: .init(code: 308, reasonPhrase: "Resume Incomplete"), headers: headers)
     }
 
+    private func plan(_ session: UploadSession, range: ContentRange, contentLength: UInt64?) async throws -> ChunkPlan {
+        let held = session.received, total = session.total, limit = configuration.maxPackageBytes
+        switch Result(catching: { () throws(IngestProblem) in
+            try ChunkPlan(held: held, knownTotal: total, maxBytes: limit, range: range, contentLength: contentLength)
+        }) {
+        case let .success(plan): return plan
+        case let .failure(problem) where problem.endsSession: throw await end(session, problem)
+        case let .failure(problem): throw problem
+        }
+    }
+
+    /// Reads and drops a body that carries nothing to keep (a repeat, a gap), refusing one longer than announced.
+    private func discardBody(_ request: Request, upTo limit: UInt64) async throws {
+        var seen: UInt64 = 0
+        for try await buffer in request.body {
+            seen += UInt64(buffer.readableBytes)
+            guard seen <= limit else {
+                throw IngestProblem(400, "upload.range_invalid", "The request body is longer than its Content-Range.")
+                    .closingConnection()
+            }
+        }
+    }
+
+    private func append(_ request: Request, _ session: UploadSession, skip: UInt64, take: UInt64) async throws {
+        if session.spool == nil {
+            try await sessions.activate(session.id)
+            do {
+                session.spool = try SpoolFile(
+                    path: configuration.spoolDirectory + "/" + session.id + ".part", verifier: verifier,
+                    label: session.objectName.text)
+            } catch {
+                await sessions.deactivate(session.id)
+                logger.error("cannot create a spool file", metadata: ["session": "\(session.id)", "error": "\(error)"])
+                throw Self.spoolUnavailable
+            }
+        }
+        guard let spool = session.spool else { throw Self.spoolUnavailable }
+        var receiver = ChunkReceiver(skip: skip, take: take)
+        for try await buffer in request.body {
+            let split = receiver.accept(count: buffer.readableBytes)
+            if split.write > 0, !spool.append(buffer, from: split.drop, count: split.write) {
+                logger.error("cannot write a spool file", metadata: ["session": "\(session.id)"])
+                throw Self.spoolUnavailable
+            }
+            if split.excess > 0 {
+                throw IngestProblem(400, "upload.range_invalid", "The request body is longer than its Content-Range.",
+                                    detail: "The service holds \(session.received) bytes.").closingConnection()
+            }
+            // Refused already (envelope, signature, manifest): stop receiving at once.
+            if let verdict = spool.verification.earlyVerdict, !verdict.valid {
+                throw await end(session, IngestProblem(refusing: verdict).closingConnection())
+            }
+        }
+        guard receiver.isComplete else {
+            throw IngestProblem(400, "upload.chunk_short", "The request body is shorter than its Content-Range.",
+                                detail: "The service holds \(session.received) bytes.")
+        }
+    }
+
+    static let spoolUnavailable = IngestProblem(
+        503, "server.spool_unavailable", "The service cannot hold more upload bytes right now; the bytes held are kept."
+    ).adding(header: "Retry-After", "30").closingConnection()
+
     // MARK: - Verification and commit
 
+    /// Ends a session with a refusal: its spool file, descriptors and verifier thread are given back now, and
+    /// later requests get the same answer. Returns the problem to throw.
+    private func end(_ session: UploadSession, _ problem: IngestProblem) async -> IngestProblem {
+        session.spool?.discard()
+        session.spool = nil
+        var stored = problem
+        stored.closesConnection = false
+        await sessions.end(session.id, .failure(stored))
+        logger.warning("upload refused", metadata: [
+            "object": "\(session.objectName)", "session": "\(session.id)", "status": "\(problem.status)", "code": "\(problem.code)",
+        ])
+        return problem
+    }
+
     private func finish(_ session: UploadSession) async throws -> Response {
-        session.closeOutput()
-        let checksums = session.checksums.finalize()
-        // The verifier has been reading the spool while it grew; tell it the end and take its verdict.
-        let report: VerificationReport?
-        if let verification = session.verification {
-            verification.follower.finish()
-            report = await verification.result()
-        } else {
-            let path = session.spoolPath
-            let verifier = self.verifier
-            report = await Task.detached { try? verifier.verify(path: path) }.value
+        guard let spool = session.spool else {
+            // An empty upload: nothing was held, so no verifier ran.
+            throw await end(session, IngestProblem(refusing: verifier.verify(bytes: [])))
         }
-        var metadata: Logger.Metadata = [
-            "object": "\(session.objectName)", "bytes": "\(checksums.size)", "session": "\(session.id)",
-            "package_id": "\(report?.packageID ?? "-")", "key_ids": "\(report?.verifiedKeyIDs.joined(separator: ",") ?? "-")",
-        ]
-        func refuse(_ problem: Problem) -> Problem {
-            session.outcome = .failure(problem)
-            session.discardSpool()
-            metadata["outcome"] = "refused"
-            metadata["code"] = "\(problem.code)"
-            logger.warning("upload refused", metadata: metadata)
-            return problem
+        guard let checksums = try? await blocking({ try spool.finishWriting() }) else {
+            logger.error("cannot sync a spool file", metadata: ["session": "\(session.id)"])
+            throw await end(session, IngestProblem(500, "server.io_error", "The service could not keep the upload; start again."))
+        }
+        // The verifier has been reading the spool while it grew; it now sees the end. Take its verdict.
+        guard let report = await spool.verification.result() else {
+            throw await end(session, IngestProblem(500, "server.io_error", "The service could not read the upload back; start again."))
         }
         if let md5 = session.declaredMD5, md5 != checksums.md5Base64 {
-            throw refuse(Problem(400, "upload.checksum_mismatch", "The data does not match the declared md5Hash."))
+            throw await end(session, IngestProblem(400, "upload.checksum_mismatch", "The data does not match the declared md5Hash."))
         }
         if let crc = session.declaredCRC32C, crc != checksums.crc32cBase64 {
-            throw refuse(Problem(400, "upload.checksum_mismatch", "The data does not match the declared crc32c."))
+            throw await end(session, IngestProblem(400, "upload.checksum_mismatch", "The data does not match the declared crc32c."))
         }
-        guard let report else {
-            throw refuse(Problem(500, "server.io_error", "The spooled upload could not be read."))
-        }
-        guard report.valid else {
-            let first = report.failures.first?.code.rawValue ?? "package.invalid"
-            throw refuse(Problem(
-                422, first, "The package failed verification.",
-                detail: report.failures.first?.message, errors: report.failures))
-        }
-        guard session.objectName == (report.packageID ?? "") + ".cpkg" else {
-            throw refuse(Problem(
+        guard report.valid else { throw await end(session, IngestProblem(refusing: report)) }
+        guard session.objectName.packageID == report.packageID else {
+            throw await end(session, IngestProblem(
                 422, "upload.object_name_mismatch", "The object name is not <package_id>.cpkg of this package.",
                 detail: "\(session.objectName) holds package \(report.packageID ?? "?")."))
         }
-        let object = StoredObject(name: session.objectName, bucket: configuration.bucket, checksums: checksums, keyIDs: report.verifiedKeyIDs)
-        let outcome = try await store.commit(spoolPath: session.spoolPath, object: object)
-        try? FileManager.default.removeItem(atPath: session.spoolPath)
+        let object = StoredObject(name: session.objectName.text, bucket: configuration.bucket, checksums: checksums,
+                                  keyIDs: report.verifiedKeyIDs)
+        let committed = await Result { try await store.commit(spoolPath: spool.path, object: object) }
+        guard case let .success(outcome) = committed else {
+            // Kept: the client's next request (a status query) tries the commit again.
+            logger.error("commit failed", metadata: ["object": "\(session.objectName)", "error": "\(committed)"])
+            throw IngestProblem(503, "server.store_unavailable", "The store did not take the package; ask again.")
+                .adding(header: "Retry-After", "5")
+        }
+        var metadata: Logger.Metadata = [
+            "object": "\(session.objectName)", "bytes": "\(checksums.size)", "session": "\(session.id)",
+            "package_id": "\(report.packageID ?? "-")", "key_ids": "\(report.verifiedKeyIDs.joined(separator: ","))",
+        ]
         switch outcome {
         case .stored, .alreadyStored:
-            session.outcome = .success(object)
+            spool.discard()
+            session.spool = nil
+            await sessions.end(session.id, .success(object))
             metadata["outcome"] = outcome == .stored ? "stored" : "already_stored"
             logger.info("upload accepted", metadata: metadata)
             return jsonResponse(200, object.jsonValue)
         case let .conflict(existing):
-            metadata["existing_sha256"] = "\(existing.sha256)"
-            throw refuse(Problem(
+            logger.warning("conflict: other bytes under an existing package ID", metadata: metadata.merging(
+                ["existing_sha256": "\(existing.sha256)"]) { a, _ in a })
+            throw await end(session, IngestProblem(
                 412, "upload.object_conflict", "The store holds different bytes under this package ID.",
                 detail: "Refused and logged: a package ID must always name the same bytes."))
         }
     }
 
-    // MARK: - Object metadata
+    // MARK: - Objects
 
-    private func objectMetadata(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+    private func object(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         try checkBucket(context)
-        guard let raw = context.parameters.get("object"), let name = raw.removingPercentEncoding,
-              let object = try await store.lookup(name)
-        else { throw Problem(404, "object.not_found", "No such object.") }
-        if request.uri.queryParameters.get("alt") == "media" {
-            guard let path = await store.contentPath(name), let data = FileManager.default.contents(atPath: path) else {
-                throw Problem(501, "object.media_unavailable", "This store does not serve object bytes.")
+        guard let raw = context.parameters.get("object"), let name = PackageObjectName(percentEncoded: raw) else {
+            throw IngestProblem(400, "object.name_invalid", "Object names are <package_id>.cpkg (64 lowercase hex digits).")
+        }
+        let query = try UploadQuery(rawQuery: request.uri.query)
+        switch query.alt {
+        case nil, "json"?:
+            guard let object = try await store.lookup(name) else { throw Self.notFound }
+            var value = object.jsonValue
+            if case let .object(members) = value {
+                value = .object(members.map { $0.0 == "bucket" ? ($0.0, .string(configuration.bucket)) : $0 })
             }
-            return Response(status: .ok, body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+            return jsonResponse(200, value)
+        case "media"?:
+            guard let content = try await store.openContent(name) else {
+                if try await store.lookup(name) != nil {
+                    throw IngestProblem(501, "object.media_unavailable", "This store does not serve object bytes.")
+                }
+                throw Self.notFound
+            }
+            return Self.media(content)
+        default:
+            throw IngestProblem(400, "request.query_invalid", "alt must be json or media.")
         }
-        var value = object.jsonValue
-        if case let .object(members) = value {
-            value = .object(members.map { $0.0 == "bucket" ? ($0.0, .string(configuration.bucket)) : $0 })
+    }
+
+    static let notFound = IngestProblem(404, "object.not_found", "No such object.")
+
+    /// The object's bytes, read 256 KiB at a time off the cooperative pool and written as the client takes them
+    /// (the writer waits while the connection is not writable): memory stays bounded whatever the size and however
+    /// slowly the client reads. The descriptor is closed when the response ends, completed or not.
+    static func media(_ content: StoredContent) -> Response {
+        var headers = HTTPFields()
+        headers[.contentType] = "application/octet-stream"
+        let size = content.size
+        let body = ResponseBody(contentLength: Int(size)) { writer in
+            var offset: UInt64 = 0
+            while offset < size {
+                let buffer = try await content.chunk(at: offset)
+                offset += UInt64(buffer.readableBytes)
+                try await writer.write(buffer)
+            }
+            try await writer.finish(nil)
         }
-        return jsonResponse(200, value)
+        return Response(status: .ok, headers: headers, body: body)
     }
 
     private func checkBucket(_ context: BasicRequestContext) throws {
         guard context.parameters.get("bucket") == configuration.bucket else {
-            throw Problem(404, "bucket.not_found", "No such bucket.", detail: "This service's bucket is \(configuration.bucket).")
-        }
-    }
-
-    static func isPlainAuthority(_ text: String) -> Bool {
-        !text.isEmpty && text.utf8.count <= 255 && text.utf8.allSatisfy { byte in
-            (48...57).contains(byte) || (65...90).contains(byte) || (97...122).contains(byte)
-                || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "-") || byte == UInt8(ascii: ":")
-                || byte == UInt8(ascii: "[") || byte == UInt8(ascii: "]")
-        }
-    }
-
-    static func isPackageObjectName(_ name: String) -> Bool {
-        name.hasSuffix(".cpkg") && name.utf8.count == 69
-            && name.utf8.prefix(64).allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
-    }
-}
-
-/// `Content-Range: bytes FIRST-LAST/TOTAL`, `bytes FIRST-LAST/*`, `bytes */TOTAL`; absent means a status query
-/// of unknown total.
-struct ContentRange {
-    var first: UInt64?
-    var last: UInt64?
-    var total: UInt64?
-
-    init(_ header: String?) throws {
-        guard let header else { return }
-        let text = header.trimmingCharacters(in: .whitespaces)
-        guard text.hasPrefix("bytes ") else { throw Problem(400, "upload.range_invalid", "Content-Range must be in bytes.") }
-        let parts = text.dropFirst(6).split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2 else { throw Problem(400, "upload.range_invalid", "Content-Range is malformed.") }
-        if parts[1] != "*" {
-            guard let total = UInt64(parts[1]) else { throw Problem(400, "upload.range_invalid", "Content-Range total is malformed.") }
-            self.total = total
-        }
-        if parts[0] != "*" {
-            let bounds = parts[0].split(separator: "-", omittingEmptySubsequences: false)
-            guard bounds.count == 2, let first = UInt64(bounds[0]), let last = UInt64(bounds[1]), first <= last else {
-                throw Problem(400, "upload.range_invalid", "Content-Range bounds are malformed.")
-            }
-            self.first = first
-            self.last = last
+            throw IngestProblem(404, "bucket.not_found", "No such bucket.", detail: "This service's bucket is \(configuration.bucket).")
         }
     }
 }
@@ -397,7 +451,7 @@ final class BoundPort: @unchecked Sendable {
     func get() -> Int { lock.lock(); defer { lock.unlock() }; return value }
 }
 
-/// Expires idle sessions once a minute.
+/// Expires sessions left alone (and old answers) every 15 seconds.
 struct Expirer: Service {
     let sessions: UploadSessions
 
@@ -405,9 +459,15 @@ struct Expirer: Service {
         // Ends on graceful shutdown (SIGTERM/SIGINT), so that the service group can stop.
         try? await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
-                try await Task.sleep(for: .seconds(60))
+                try await Task.sleep(for: .seconds(15))
                 await sessions.expire()
             }
         }
+    }
+}
+
+extension Result where Failure == any Error {
+    init(catching body: () async throws -> Success) async {
+        do { self = .success(try await body()) } catch { self = .failure(error) }
     }
 }

@@ -1,6 +1,8 @@
 import ContinuonPack
+import ContinuonPackIngest
 import ContinuonPackUpload
 import Foundation
+import NIOCore
 
 /// What a stored object looks like to clients (the Cloud Storage object resource subset).
 public struct StoredObject: Sendable, Equatable {
@@ -53,14 +55,48 @@ public struct StoredObject: Sendable, Equatable {
     }
 }
 
-/// Where verified packages are committed.
+/// Where verified packages are committed. Stores take only validated names (`PackageObjectName`): no client text
+/// is ever joined into a path or an object name.
 public protocol IngestStore: Sendable {
     /// The object of that name, if the store holds one.
-    func lookup(_ name: String) async throws -> StoredObject?
+    func lookup(_ name: PackageObjectName) async throws -> StoredObject?
     /// Commits the verified package at `spoolPath` under `object.name`, never replacing an existing object.
     func commit(spoolPath: String, object: StoredObject) async throws -> CommitOutcome
-    /// A local path to read the object's bytes from, if the store can serve them.
-    func contentPath(_ name: String) async -> String?
+    /// The object's bytes, opened for reading, if the store holds it and can serve them.
+    func openContent(_ name: PackageObjectName) async throws -> StoredContent?
+}
+
+/// A stored object's bytes, open for reading (one descriptor, closed when the value is released).
+public final class StoredContent: @unchecked Sendable {
+    private let file: ContinuonPack.FileDescriptor
+    public let size: UInt64
+
+    init(file: ContinuonPack.FileDescriptor, size: UInt64) {
+        self.file = file
+        self.size = size
+    }
+
+    /// Reads up to `buffer.count` bytes at `offset`; 0 at the end.
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int {
+        try file.read(into: buffer, at: Int64(offset))
+    }
+
+    static let chunkSize = 256 * 1024
+
+    /// The next bytes from `offset` (at most 256 KiB), read on NIO's thread pool.
+    /// - Throws: `io.error` when the file ends before `size` (it shrank) or cannot be read.
+    func chunk(at offset: UInt64) async throws -> ByteBuffer {
+        try await blocking { try self.readChunk(at: offset) }
+    }
+
+    private func readChunk(at offset: UInt64) throws -> ByteBuffer {
+        var buffer = ByteBufferAllocator().buffer(capacity: Self.chunkSize)
+        let count = try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Self.chunkSize) { bytes in
+            try file.read(into: UnsafeMutableRawBufferPointer(rebasing: bytes.prefix(Self.chunkSize)), at: Int64(offset))
+        }
+        guard count > 0 else { throw ContinuonPackError(.ioError, "A stored object is shorter than when it was opened.") }
+        return buffer
+    }
 }
 
 public enum CommitOutcome: Sendable, Equatable {
@@ -81,40 +117,75 @@ public struct LocalDirectoryStore: IngestStore {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     }
 
-    public func lookup(_ name: String) async throws -> StoredObject? {
-        let path = directory + "/" + name
-        guard FileManager.default.fileExists(atPath: path) else { return nil }
-        if let bytes = try? FileIO.readFile(path + ".json", limit: 1 << 16),
-           let value = try? StrictJSONParser.parse(bytes), let object = StoredObject(json: value) {
+    public func lookup(_ name: PackageObjectName) async throws -> StoredObject? {
+        let path = directory + "/" + name.text
+        return try await blocking {
+            // Only a regular file this store created counts: never a symlink, a device or a FIFO.
+            guard let (file, size) = try ContinuonPack.FileDescriptor.openRegularFile(path) else { return nil }
+            if let (sidecar, sidecarSize) = try ContinuonPack.FileDescriptor.openRegularFile(path + ".json"), sidecarSize <= 1 << 16,
+               let bytes = try? Self.readAll(sidecar, size: Int(sidecarSize)),
+               let value = try? StrictJSONParser.parse(bytes), let object = StoredObject(json: value), object.name == name.text {
+                return object
+            }
+            // The sidecar is written after the package: recompute it if a crash came between, and write it.
+            var checksums = TransferChecksums()
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+            defer { buffer.deallocate() }
+            var offset: UInt64 = 0
+            while offset < size {
+                let count = try file.read(into: buffer, at: Int64(offset))
+                if count == 0 { break }
+                checksums.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+                offset += UInt64(count)
+            }
+            let object = StoredObject(name: name.text, bucket: "", checksums: checksums.finalize(), keyIDs: [])
+            try? FileIO.writeNewFile(CanonicalJSON.encodePretty(object.jsonValue), to: path + ".json", mode: 0o644)
             return object
         }
-        // The sidecar is written after the package: recompute it if a crash came between.
-        var checksums = TransferChecksums()
-        try FileIO.forEachChunk(of: path) { checksums.update($0) }
-        return StoredObject(name: name, bucket: "", checksums: checksums.finalize(), keyIDs: [])
+    }
+
+    private static func readAll(_ file: ContinuonPack.FileDescriptor, size: Int) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: size)
+        var done = 0
+        while done < size {
+            let count = try bytes.withUnsafeMutableBytes {
+                try file.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[done...]), at: Int64(done))
+            }
+            if count == 0 { break }
+            done += count
+        }
+        return Array(bytes[0..<done])
     }
 
     public func commit(spoolPath: String, object: StoredObject) async throws -> CommitOutcome {
-        let path = directory + "/" + object.name
-        do {
+        guard let name = PackageObjectName(object.name) else {
+            throw ContinuonPackError(.ioError, "Refusing to store an object whose name is not <package_id>.cpkg.")
+        }
+        let path = directory + "/" + name.text
+        let directory = self.directory
+        let linked: Bool = try await blocking {
             guard link(spoolPath, path) == 0 else {
-                if errno == EEXIST { throw ContinuonPackError(.outputExists, "exists") }
-                throw ContinuonPackError(.ioError, "Cannot store \(object.name).", cause: String(cString: strerror(errno)))
+                if errno == EEXIST { return false }
+                throw ContinuonPackError(.ioError, "Cannot store \(name).", cause: String(cString: strerror(errno)))
             }
             chmod(path, 0o644)
             try FileIO.syncDirectory(directory)
-        } catch let error as ContinuonPackError where error.code == .outputExists {
-            guard let existing = try await lookup(object.name) else { throw error }
-            return existing.sha256 == object.sha256 || (existing.md5Base64 == object.md5Base64 && existing.size == object.size)
-                ? .alreadyStored : .conflict(existing)
+            try? FileIO.writeNewFile(CanonicalJSON.encodePretty(object.jsonValue), to: path + ".json", mode: 0o644)
+            return true
         }
-        try? FileIO.writeNewFile(CanonicalJSON.encodePretty(object.jsonValue), to: path + ".json", mode: 0o644)
-        return .stored
+        if linked { return .stored }
+        guard let existing = try await lookup(name) else {
+            throw ContinuonPackError(.ioError, "\(name) exists in the store but is not a regular file.")
+        }
+        return existing.sha256 == object.sha256 || (existing.md5Base64 == object.md5Base64 && existing.size == object.size)
+            ? .alreadyStored : .conflict(existing)
     }
 
-    public func contentPath(_ name: String) async -> String? {
-        let path = directory + "/" + name
-        return FileManager.default.fileExists(atPath: path) ? path : nil
+    public func openContent(_ name: PackageObjectName) async throws -> StoredContent? {
+        let path = directory + "/" + name.text
+        return try await blocking {
+            try ContinuonPack.FileDescriptor.openRegularFile(path).map { StoredContent(file: $0.file, size: $0.size) }
+        }
     }
 }
 
@@ -131,8 +202,8 @@ public struct CloudStorageStore: IngestStore {
         _ = try Outbox(directory: forwardingOutbox)
     }
 
-    public func lookup(_ name: String) async throws -> StoredObject? {
-        guard let url = target.objectURL(objectName: target.prefix + name) else { return nil }
+    public func lookup(_ name: PackageObjectName) async throws -> StoredObject? {
+        guard let url = target.objectURL(objectName: target.prefix + name.text) else { return nil }
         var headers: [String: String] = [:]
         if let token = target.bearerToken { headers["Authorization"] = "Bearer " + token }
         let response = try await URLSessionTransport().send(method: "GET", url: url, headers: headers, body: nil)
@@ -149,7 +220,8 @@ public struct CloudStorageStore: IngestStore {
             try outbox.removeAcknowledged()
             return .stored
         case .rejected where state.rejectionStatus == 412:
-            let existing = try await lookup(object.name)
+            var existing: StoredObject?
+            if let name = PackageObjectName(object.name) { existing = try await lookup(name) }
             return .conflict(existing ?? object)
         default:
             throw ContinuonPackError(
@@ -157,5 +229,6 @@ public struct CloudStorageStore: IngestStore {
         }
     }
 
-    public func contentPath(_ name: String) async -> String? { nil }
+    public func openContent(_ name: PackageObjectName) async throws -> StoredContent? { nil }
 }
+

@@ -5,21 +5,31 @@ import Glibc
 #endif
 
 /// Reads a spool file while the upload appends to it: blocks until more bytes are held, ends when the upload is
-/// complete, fails when it is abandoned.
+/// complete, fails when it is abandoned. Its descriptor is closed as soon as the verifier is done with it.
 final class SpoolFollower: PackageStream, @unchecked Sendable {
     private let condition = NSCondition()
-    private let fd: Int32
+    private var fd: Int32
     private var available: UInt64 = 0
     private var position: UInt64 = 0
     private var finished = false
     private var aborted = false
 
     init(path: String) throws {
-        fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw ContinuonPackError(.ioError, "Cannot open the spool file \(path).") }
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { throw ContinuonPackError(.ioError, "Cannot open the spool file.", cause: String(cString: strerror(errno))) }
     }
 
-    deinit { close(fd) }
+    deinit { close() }
+
+    /// Closes the descriptor (the verifier finished); later reads fail.
+    func close() {
+        condition.lock()
+        if fd >= 0 { _ = Glibc.close(fd) }
+        fd = -1
+        aborted = true
+        condition.broadcast()
+        condition.unlock()
+    }
 
     /// The upload now holds `total` bytes (all written to the spool file).
     func advance(to total: UInt64) {
@@ -49,12 +59,14 @@ final class SpoolFollower: PackageStream, @unchecked Sendable {
         let isAborted = aborted
         let count = Int(min(UInt64(buffer.count), available - position))
         let start = position
+        let descriptor = fd
         condition.unlock()
         if isAborted { throw ContinuonPackError(.uploadIncomplete, "The upload was abandoned.") }
-        guard count > 0 else { return 0 }
+        guard count > 0, let base = buffer.baseAddress else { return 0 }
         var done = 0
         while done < count {
-            let got = pread(fd, buffer.baseAddress! + done, count - done, off_t(start) + off_t(done))
+            // Only this thread reads and closes (after the verifier returned), so the descriptor stays valid here.
+            let got = pread(descriptor, base + done, count - done, off_t(start) + off_t(done))
             guard got > 0 else { throw ContinuonPackError(.ioError, "Cannot read the spool file.") }
             done += got
         }
@@ -66,7 +78,9 @@ final class SpoolFollower: PackageStream, @unchecked Sendable {
 }
 
 /// Verifies an upload on its own thread while it is received (the verifier pulls bytes and blocks between
-/// chunks), so that when the last byte arrives the verdict is nearly ready.
+/// chunks), so that when the last byte arrives the verdict is nearly ready. The verifier runs with `failFast`: an
+/// envelope, signature or manifest failure ends it before the archive is read, and `earlyVerdict` lets the service
+/// refuse the upload at once instead of receiving the rest.
 final class StreamingVerification: @unchecked Sendable {
     let follower: SpoolFollower
     private let condition = NSCondition()
@@ -77,9 +91,11 @@ final class StreamingVerification: @unchecked Sendable {
         follower = try SpoolFollower(path: spoolPath)
         var configured = verifier
         configured.parallelHashing = false // one thread per upload is enough
+        configured.failFast = true
         let threadVerifier = configured
         let thread = Thread { [follower] in
             let result = try? threadVerifier.verify(stream: follower, name: name)
+            follower.close()
             self.deliver(result)
         }
         thread.name = "continuon-pack.verify"
@@ -93,6 +109,13 @@ final class StreamingVerification: @unchecked Sendable {
         waiters = []
         condition.unlock()
         for waiter in pending { waiter.resume(returning: result) }
+    }
+
+    /// The verdict if the verifier already reached one (before the end of the upload, only a refusal can be).
+    var earlyVerdict: VerificationReport? {
+        condition.lock()
+        defer { condition.unlock() }
+        return report ?? nil
     }
 
     /// The verdict once the verifier has read everything (`follower.finish()` first).

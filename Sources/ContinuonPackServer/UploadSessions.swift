@@ -1,108 +1,190 @@
 import ContinuonPack
-import ContinuonPackUpload
-import Foundation
+import ContinuonPackIngest
 
-/// One resumable upload in progress: the bytes received so far live in a spool file, hashed as they arrive.
+/// One resumable upload. Touched only by the one request that holds it (`UploadSessions.acquire`), or by the
+/// table when it expires.
 final class UploadSession: @unchecked Sendable {
     let id: String
-    let objectName: String
-    let spoolPath: String
+    let objectName: PackageObjectName
     let declaredMD5: String?
     let declaredCRC32C: String?
-    let created: ContinuousClock.Instant
     /// Total size, from `X-Upload-Content-Length` or the first Content-Range that names it.
     var total: UInt64?
-    /// Bytes held (written to the spool file).
-    var received: UInt64 = 0
-    var lastActivity: ContinuousClock.Instant
-    var checksums = TransferChecksums()
-    var output: FileHandle?
-    /// Set once the upload ended: the object (accepted) or the refusal.
-    var outcome: Result<StoredObject, Problem>?
-    /// The verifier reading the spool as it grows.
-    var verification: StreamingVerification?
+    /// The held bytes; nil until the first byte arrives.
+    var spool: SpoolFile?
+    var received: UInt64 { spool?.held ?? 0 }
 
-    init(id: String, objectName: String, spoolPath: String, total: UInt64?, declaredMD5: String?, declaredCRC32C: String?) throws {
+    init(id: String, objectName: PackageObjectName, total: UInt64?, metadata: UploadMetadata) {
         self.id = id
         self.objectName = objectName
-        self.spoolPath = spoolPath
         self.total = total
-        self.declaredMD5 = declaredMD5
-        self.declaredCRC32C = declaredCRC32C
-        created = .now
-        lastActivity = .now
-        guard FileManager.default.createFile(atPath: spoolPath, contents: nil, attributes: [.posixPermissions: 0o600]) else {
-            throw ContinuonPackError(.ioError, "Cannot create the spool file \(spoolPath).")
-        }
-        output = try FileHandle(forWritingTo: URL(fileURLWithPath: spoolPath))
-    }
-
-    func append(_ bytes: UnsafeRawBufferPointer) throws {
-        guard let output else { return }
-        try output.write(contentsOf: Data(bytes))
-        checksums.update(bytes)
-        received += UInt64(bytes.count)
-        verification?.follower.advance(to: received)
-    }
-
-    func closeOutput() {
-        try? output?.synchronize()
-        try? output?.close()
-        output = nil
-    }
-
-    func discardSpool() {
-        verification?.follower.abort()
-        closeOutput()
-        try? FileManager.default.removeItem(atPath: spoolPath)
+        self.declaredMD5 = metadata.md5Hash
+        self.declaredCRC32C = metadata.crc32c
     }
 }
 
-/// The table of sessions. A session serves one request at a time (`acquire`/`release`).
-actor UploadSessions {
-    private var sessions: [String: UploadSession] = [:]
-    private var busy: Set<String> = []
-    let maxSessions: Int
-    let expiry: Duration
+/// How many sessions the service keeps, and for how long.
+public struct SessionLimits: Sendable {
+    /// Sessions holding bytes (each: a spool file, two descriptors, a verifier thread).
+    public var maxActive: Int
+    /// Sessions that hold no byte yet (a few hundred bytes of memory each). At the limit the oldest is dropped.
+    public var maxEmpty: Int
+    /// A session holding bytes and left alone this long is dropped with its spool file.
+    public var expiry: Duration
+    /// A session that never received a byte is dropped after this long.
+    public var emptyExpiry: Duration
+    /// A finished session's answer (the object, or the refusal) is repeated to late requests this long.
+    public var finishedRetention: Duration
+    /// At most this many finished answers are kept (the oldest go first).
+    public var maxFinished: Int
 
-    init(maxSessions: Int, expiry: Duration) {
-        self.maxSessions = maxSessions
+    public init(maxActive: Int = 64, maxEmpty: Int = 4096, expiry: Duration = .seconds(24 * 3600),
+                emptyExpiry: Duration = .seconds(600), finishedRetention: Duration = .seconds(3600), maxFinished: Int = 16384) {
+        self.maxActive = maxActive
+        self.maxEmpty = maxEmpty
         self.expiry = expiry
+        self.emptyExpiry = emptyExpiry
+        self.finishedRetention = finishedRetention
+        self.maxFinished = maxFinished
+    }
+}
+
+/// The table of sessions. A session serves one request at a time (`acquire`/`release`); resources (spool file,
+/// descriptors, verifier thread) exist only while it holds bytes and are given back when it ends, whatever the
+/// outcome; only the answer is remembered, for a bounded time and count.
+actor UploadSessions {
+    enum Acquired {
+        case open(UploadSession)
+        case finished(Result<StoredObject, IngestProblem>)
     }
 
-    var activeCount: Int { sessions.values.filter { $0.outcome == nil }.count }
-
-    func add(_ session: UploadSession) throws(Problem) {
-        guard activeCount < maxSessions else {
-            throw Problem(429, "upload.too_many_sessions", "Too many uploads in progress.",
-                          detail: "The service holds \(maxSessions) open sessions; try again later.", headers: ["Retry-After": "5"])
-        }
-        sessions[session.id] = session
+    private struct Open {
+        let session: UploadSession
+        var lastActivity: ContinuousClock.Instant
+        var busy = false
+        /// Counted against `maxActive` (it holds bytes, or is about to).
+        var active = false
     }
 
-    func acquire(_ id: String) throws(Problem) -> UploadSession {
-        guard let session = sessions[id] else {
-            throw Problem(404, "upload.session_unknown", "No such upload session.", detail: "It expired or never existed; start a new upload.")
-        }
-        guard !busy.contains(id) else {
-            throw Problem(503, "upload.session_busy", "Another request is using this session.", headers: ["Retry-After": "1"])
-        }
-        busy.insert(id)
-        session.lastActivity = .now
-        return session
+    private struct Finished {
+        let outcome: Result<StoredObject, IngestProblem>
+        let at: ContinuousClock.Instant
     }
 
-    func release(_ id: String) { busy.remove(id) }
+    private var open: [String: Open] = [:]
+    private var finished: [String: Finished] = [:]
+    /// Session IDs in the order they were added, and answers in the order they were kept: the oldest is found
+    /// without a scan (entries that left meanwhile are skipped when they reach the front).
+    private var addedOrder = FIFO<String>()
+    private var finishedOrder = FIFO<String>()
+    private var activeCount = 0
+    let limits: SessionLimits
 
-    /// Drops sessions idle for longer than the expiry (their spool files too); finished ones are kept an hour.
-    func expire() {
-        let now = ContinuousClock.now
-        for (id, session) in sessions where !busy.contains(id) {
-            let limit = session.outcome == nil ? expiry : .seconds(3600)
-            if now - session.lastActivity > limit {
-                session.discardSpool()
-                sessions[id] = nil
+    init(limits: SessionLimits) { self.limits = limits }
+
+    var counts: (empty: Int, active: Int, finished: Int) { (open.count - activeCount, activeCount, finished.count) }
+
+    /// A new session (no byte yet, no resources). At the limit of empty sessions the oldest empty one is dropped.
+    func add(_ session: UploadSession) {
+        while open.count - activeCount >= limits.maxEmpty, let oldest = addedOrder.popFirst() {
+            if let entry = open[oldest], !entry.active, !entry.busy { open[oldest] = nil }
+        }
+        open[session.id] = Open(session: session, lastActivity: .now)
+        addedOrder.append(session.id)
+        if addedOrder.count > 2 * (open.count + 16) { addedOrder.removeAll { open[$0] == nil } }
+    }
+
+    /// The session for one request, or the answer it already ended with.
+    /// - Throws: 404 `upload.session_unknown`, 409 `upload.session_busy` (another request is using it).
+    func acquire(_ id: String) throws(IngestProblem) -> Acquired {
+        if let entry = finished[id] { return .finished(entry.outcome) }
+        guard var entry = open[id] else {
+            throw IngestProblem(404, "upload.session_unknown", "No such upload session.",
+                                detail: "It expired or never existed; start a new upload.")
+        }
+        guard !entry.busy else {
+            throw IngestProblem(503, "upload.session_busy", "Another request is using this upload session.")
+                .adding(header: "Retry-After", "1")
+        }
+        entry.busy = true
+        entry.lastActivity = .now
+        open[id] = entry
+        return .open(entry.session)
+    }
+
+    func release(_ id: String) {
+        guard var entry = open[id] else { return }
+        entry.busy = false
+        entry.lastActivity = .now
+        open[id] = entry
+    }
+
+    /// Counts the session against `maxActive` before its first byte is stored.
+    /// - Throws: 429 `upload.too_many_sessions`, with a `Retry-After` that tells when a slot can free at the
+    ///   latest known time: 5 s while some session is receiving, else the next expiry.
+    func activate(_ id: String) throws(IngestProblem) {
+        guard var entry = open[id], !entry.active else { return }
+        guard activeCount < limits.maxActive else {
+            let now = ContinuousClock.now
+            let receiving = open.values.contains { $0.active && ($0.busy || now - $0.lastActivity < .seconds(5)) }
+            let nextExpiry = open.values.filter(\.active).map { $0.lastActivity + limits.expiry - now }.min() ?? .seconds(1)
+            let seconds = receiving ? 5 : max(1, nextExpiry.components.seconds + 1)
+            throw IngestProblem(429, "upload.too_many_sessions", "Too many uploads are receiving bytes.",
+                                detail: "The service holds \(limits.maxActive) uploads in progress; try again later.")
+                .adding(header: "Retry-After", String(seconds))
+        }
+        entry.active = true
+        activeCount += 1
+        open[id] = entry
+    }
+
+    /// Undoes `activate` when the spool could not be created.
+    func deactivate(_ id: String) {
+        guard var entry = open[id], entry.active else { return }
+        entry.active = false
+        activeCount -= 1
+        open[id] = entry
+    }
+
+    /// Ends a session: its answer is kept for late requests; the caller has given back its resources.
+    func end(_ id: String, _ outcome: Result<StoredObject, IngestProblem>) {
+        if let entry = open.removeValue(forKey: id), entry.active { activeCount -= 1 }
+        while finished.count >= limits.maxFinished, let oldest = finishedOrder.popFirst() {
+            finished[oldest] = nil
+        }
+        finished[id] = Finished(outcome: outcome, at: .now)
+        finishedOrder.append(id)
+    }
+
+    /// Drops sessions left alone too long (their spool files too) and old answers; returns how many were dropped.
+    @discardableResult
+    func expire(now: ContinuousClock.Instant = .now) -> Int {
+        var dropped = 0
+        for (id, entry) in open where !entry.busy {
+            let limit = entry.active ? limits.expiry : limits.emptyExpiry
+            if now - entry.lastActivity > limit {
+                entry.session.spool?.discard()
+                entry.session.spool = nil
+                if entry.active { activeCount -= 1 }
+                open[id] = nil
+                dropped += 1
             }
         }
+        while let oldest = finishedOrder.first, finished[oldest].map({ now - $0.at > limits.finishedRetention }) ?? true {
+            finished[oldest] = nil
+            _ = finishedOrder.popFirst()
+        }
+        return dropped
+    }
+
+    /// Ends every open session (the service stops): spool files removed, verifier threads stopped.
+    func discardAll() {
+        for entry in open.values {
+            entry.session.spool?.discard()
+            entry.session.spool = nil
+        }
+        open = [:]
+        activeCount = 0
     }
 }
+

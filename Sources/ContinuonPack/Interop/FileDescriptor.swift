@@ -24,8 +24,26 @@ package final class FileDescriptor {
         return FileDescriptor(raw: fd, path: path)
     }
 
+    /// Opens an existing regular file for reading, and nothing else: a symlink (`O_NOFOLLOW`), a directory, a device
+    /// or a FIFO (`O_NONBLOCK`, so that opening one cannot block; `fstat` on the open descriptor, so nothing can be
+    /// swapped in between) is answered like a missing file, with nil.
+    /// - Returns: the descriptor and the file's size, or nil.
+    /// - Throws: `io.error` for other failures (permissions, descriptors exhausted).
+    package static func openRegularFile(_ path: String) throws -> (file: FileDescriptor, size: UInt64)? {
+        let fd = retryOnInterrupt { Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK) }
+        guard fd >= 0 else {
+            if errno == ENOENT || errno == ELOOP || errno == ENOTDIR { return nil }
+            throw ioError("Cannot open \(path) for reading", path: path)
+        }
+        let file = FileDescriptor(raw: fd, path: path)
+        var status = stat()
+        guard fstat(fd, &status) == 0 else { throw ioError("Cannot stat \(path)", path: path) }
+        guard status.st_mode & S_IFMT == S_IFREG, status.st_size >= 0 else { return nil }
+        return (file, UInt64(status.st_size))
+    }
+
     /// Creates `path` exclusively (never replaces an existing file).
-    static func createExclusive(_ path: String, mode: mode_t) throws -> FileDescriptor {
+    package static func createExclusive(_ path: String, mode: mode_t) throws -> FileDescriptor {
         let fd = retryOnInterrupt { Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode) }
         guard fd >= 0 else {
             if errno == EEXIST {
@@ -61,7 +79,7 @@ package final class FileDescriptor {
     }
 
     /// Writes all of `buffer` at `offset` (pwrite), leaving the file offset alone.
-    func writeAll(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
+    package func writeAll(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
         var done = 0
         while done < buffer.count {
             let count = Self.retryOnInterrupt {
@@ -72,11 +90,11 @@ package final class FileDescriptor {
         }
     }
 
-    func sync() throws {
+    package func sync() throws {
         guard fsync(raw) == 0 else { throw Self.ioError("Cannot fsync \(path)", path: path) }
     }
 
-    func close() throws {
+    package func close() throws {
         guard !closed else { return }
         closed = true
         guard Glibc.close(raw) == 0 else { throw Self.ioError("Cannot close \(path)", path: path) }

@@ -16,6 +16,11 @@ public struct PackageVerifier: Sendable {
     public var bufferSize = 1 << 20
     /// Hash the episode archive on a second thread (faster; one extra thread and about 6 MiB per verification).
     public var parallelHashing = true
+    /// Stop as soon as the envelope, a signature or the manifest failed, before a byte of the episode archive is
+    /// read or decompressed. The ingestion service sets it: an unsigned or untrusted package then costs nothing
+    /// more than its envelope, whatever its archive expands to. The report lists the failures found so far; the
+    /// verdict is the same (invalid).
+    public var failFast = false
 
     public init(trustedKeys: [Ed25519PublicKey], threshold: Int = 1, limits: Limits = .default) {
         self.trustedKeys = trustedKeys
@@ -304,6 +309,7 @@ private struct VerificationRun {
                   let envelopeBytes = readEnvelopeMember(first, outer)
             else { return false }
             let manifest = checkEnvelopeAndManifest(consume envelopeBytes)
+            if verifier.failFast && !report.failures.isEmpty { return false }
 
             // Member 2: the episode archive.
             guard case let .entry(second) = try outer.next() else {

@@ -47,8 +47,7 @@ struct TarAuditor {
     private var trailerBytes: UInt64 = 0
     private(set) var violation: Violation?
     /// Members read but not yet taken by `takeMember()`.
-    private var queue: [Member] = []
-    private var queueHead = 0
+    private var queue = FIFO<Member>()
     /// Total bytes fed.
     private(set) var offset: UInt64 = 0
 
@@ -62,14 +61,7 @@ struct TarAuditor {
 
     /// The next member the auditor read, in order.
     mutating func takeMember() -> Member? {
-        guard queueHead < queue.count else { return nil }
-        let member = queue[queueHead]
-        queueHead += 1
-        if queueHead > 1024 && queueHead * 2 > queue.count {
-            queue.removeFirst(queueHead)
-            queueHead = 0
-        }
-        return member
+        queue.popFirst()
     }
 
     /// Feeds the next bytes of the stream. After the first violation, further bytes are ignored.

@@ -45,14 +45,29 @@ extension ContinuonPackNetCommand {
         @Option(name: .long, help: "Largest package accepted, in MiB.")
         var maxPackageMib = 65536
 
-        @Option(name: .long, help: "Most uploads in progress at once.")
+        @Option(name: .long, help: "Most uploads holding bytes at once (each: a spool file, two descriptors, a verifier thread).")
         var maxSessions = 64
 
-        @Option(name: .long, help: "Seconds an idle upload session is kept.")
+        @Option(name: .long, help: "Seconds an upload session holding bytes is kept while nothing arrives.")
         var sessionExpiry = 86400
 
-        @Option(name: .long, help: "Seconds a connection may stay idle (also mid-request) before it is closed.")
+        @Option(name: .long, help: "Seconds a started upload that never sent a byte is kept (such sessions cost no file or thread).")
+        var emptySessionExpiry = 600
+
+        @Option(name: .long, help: "Seconds a connection may stay idle between requests (or within a request head) before it is closed.")
         var idleTimeout = 120
+
+        @Option(name: .long, help: "Most connections open at once; at the limit the longest-idle connection without a request is closed.")
+        var maxConnections = 1024
+
+        @Option(name: .long, help: "A request body must bring at least this many bytes per second over each --rate-window; slower ones are cut.")
+        var minBodyRate = 1024
+
+        @Option(name: .long, help: "Seconds over which --min-body-rate is measured, and how long a response may wait on a client that does not read (default: --idle-timeout).")
+        var rateWindow: Int?
+
+        @Option(name: .long, help: "The service's public base URL (for example https://ingest.example.com), used in upload session URLs instead of the Host header.")
+        var publicURL: String?
 
         func validate() throws {
             guard !trustedKey.isEmpty else { throw ValidationError("Give at least one --trusted-key.") }
@@ -60,8 +75,20 @@ extension ContinuonPackNetCommand {
             guard listen.split(separator: ":").count == 2, Int(listen.split(separator: ":")[1]) != nil else {
                 throw ValidationError("--listen must be HOST:PORT, not \(listen).")
             }
-            guard maxSessions > 0, maxPackageMib > 0, sessionExpiry > 0, idleTimeout > 0 else {
-                throw ValidationError("--max-sessions, --max-package-mib, --session-expiry and --idle-timeout must be positive.")
+            guard maxSessions > 0, maxPackageMib > 0, sessionExpiry > 0, emptySessionExpiry > 0, idleTimeout > 0,
+                  maxConnections > 0, minBodyRate >= 0, (rateWindow ?? 1) > 0
+            else {
+                throw ValidationError(
+                    "--max-sessions, --max-package-mib, --session-expiry, --empty-session-expiry, --idle-timeout, "
+                        + "--max-connections and --rate-window must be positive, --min-body-rate at least 0.")
+            }
+            guard maxPackageMib <= 1 << 30 else { throw ValidationError("--max-package-mib is at most \(1 << 30).") }
+            if let publicURL {
+                guard let url = URL(string: publicURL), ["http", "https"].contains(url.scheme ?? ""), url.host != nil,
+                      url.query == nil, url.fragment == nil, !publicURL.hasSuffix("/")
+                else {
+                    throw ValidationError("--public-url must be an http(s) URL without a trailing slash, query or fragment, not \(publicURL).")
+                }
             }
         }
 
@@ -70,6 +97,7 @@ extension ContinuonPackNetCommand {
             guard threshold <= Set(keys).count else {
                 throw ValidationError("--threshold \(threshold) is more than the \(Set(keys).count) distinct trusted keys.")
             }
+            try ensureDescriptors()
             LoggingSystem.bootstrap(StreamLogHandler.standardError)
             let parts = listen.split(separator: ":")
             let ingestStore: any IngestStore
@@ -98,11 +126,34 @@ extension ContinuonPackNetCommand {
                 configuration: IngestConfiguration(
                     host: String(parts[0]), port: Int(parts[1]) ?? 8080, trustedKeys: keys, threshold: threshold,
                     bucket: bucket, spoolDirectory: spoolDirectory, maxPackageBytes: UInt64(maxPackageMib) << 20,
-                    maxSessions: maxSessions, sessionExpiry: .seconds(sessionExpiry), idleTimeout: .seconds(idleTimeout)),
+                    sessions: SessionLimits(
+                        maxActive: maxSessions, expiry: .seconds(sessionExpiry), emptyExpiry: .seconds(emptySessionExpiry)),
+                    connections: ConnectionLimits(
+                        maxConnections: maxConnections, minBodyBytesPerSecond: minBodyRate, window: .seconds(Int64(rateWindow ?? idleTimeout))),
+                    idleTimeout: .seconds(idleTimeout), publicURL: publicURL),
                 store: ingestStore)
             let host = parts[0]
             try await server.run { port in
                 FileHandle.standardOutput.write(Data("listening on http://\(host):\(port)\n".utf8))
+            }
+        }
+
+        /// Every connection, spool file, verifier and stored object read takes a descriptor: raise the soft limit to
+        /// the hard one, then refuse to start if the configured limits could still exhaust it.
+        private func ensureDescriptors() throws {
+            var limit = rlimit()
+            guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+            if limit.rlim_cur < limit.rlim_max {
+                var raised = limit
+                raised.rlim_cur = min(limit.rlim_max, 1 << 20)
+                if setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+            }
+            // Per connection a socket (and a stored object being read); per session holding bytes, the spool twice.
+            let needed = UInt64(maxConnections) * 2 + UInt64(maxSessions) * 2 + 64
+            guard UInt64(limit.rlim_cur) >= needed else {
+                throw ValidationError(
+                    "The process may open \(limit.rlim_cur) files, but --max-connections \(maxConnections) and "
+                        + "--max-sessions \(maxSessions) need up to \(needed); lower them or raise the limit (ulimit -n).")
             }
         }
     }

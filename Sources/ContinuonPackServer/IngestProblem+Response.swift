@@ -1,30 +1,20 @@
 import ContinuonPack
-import Foundation
+import ContinuonPackIngest
 import HTTPTypes
 import Hummingbird
 import NIOCore
 
-/// A refusal: an HTTP status and an RFC 9457 problem-details body carrying our stable error code.
-struct Problem: Error {
-    let status: Int
-    let code: String
-    let title: String
-    var detail: String?
-    var errors: [ContinuonPackError] = []
-    var headers: [String: String] = [:]
-
-    init(_ status: Int, _ code: String, _ title: String, detail: String? = nil, errors: [ContinuonPackError] = [],
-         headers: [String: String] = [:]) {
-        self.status = status
-        self.code = code
-        self.title = title
-        self.detail = detail
-        self.errors = errors
-        self.headers = headers
+extension IngestProblem {
+    /// A refusal from a verification report: 422 with the first failure's code, every failure listed.
+    init(refusing report: VerificationReport) {
+        let first = report.failures.first
+        self.init(422, first?.code.rawValue ?? "package.invalid", "The package failed verification.", detail: first?.message)
+        errors = report.failures.map { Failure(code: $0.code.rawValue, message: $0.message) }
     }
 
-    /// `application/problem+json`: `type`, `title`, `status`, `detail`, plus `code` and (for verification
-    /// failures) `errors` [{code, message}], the same codes `continuon-pack verify --json` prints.
+    /// `application/problem+json` (RFC 9457): `type`, `title`, `status`, `detail`, plus `code` and (for
+    /// verification failures) `errors` [{code, message}], the same codes `continuon-pack verify --json` prints.
+    /// `Connection: close` when the rest of the request should not be read.
     var response: Response {
         var members: [(String, JSONValue)] = [
             ("type", .string("urn:continuon-pack:error:" + code)), ("title", .string(title)),
@@ -33,12 +23,13 @@ struct Problem: Error {
         if let detail { members.append(("detail", .string(detail))) }
         if !errors.isEmpty {
             members.append(("errors", .array(errors.map { error in
-                .object([("code", .string(error.code.rawValue)), ("message", .string(error.message))])
+                .object([("code", .string(error.code)), ("message", .string(error.message))])
             })))
         }
         var fields = HTTPFields()
         fields[.contentType] = "application/problem+json"
         for (name, value) in headers { if let field = HTTPField.Name(name) { fields[field] = value } }
+        if closesConnection { fields[.connection] = "close" }
         return Response(
             status: .init(code: status), headers: fields,
             body: ResponseBody(byteBuffer: ByteBuffer(bytes: CanonicalJSON.encode(.object(members)))))

@@ -1,0 +1,204 @@
+import HTTPTypes
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTPTypes
+
+/// What a connection may cost: how many may be open, how fast a request body must arrive, how long a reader may
+/// leave the response unread.
+public struct ConnectionLimits: Sendable {
+    /// Most connections open at once. At the limit a new connection evicts the longest-idle connection that has no
+    /// request in progress (idle keep-alive, or a request head still arriving); if every connection is serving a
+    /// request, the new one is closed at once.
+    public var maxConnections: Int
+    /// A request body must bring at least this many bytes per second, measured over each `window`.
+    public var minBodyBytesPerSecond: Int
+    /// The measuring window of the body rate; also how long a response may wait on a client that does not read.
+    public var window: TimeAmount
+
+    public init(maxConnections: Int = 1024, minBodyBytesPerSecond: Int = 1024, window: TimeAmount = .seconds(30)) {
+        self.maxConnections = maxConnections
+        self.minBodyBytesPerSecond = minBodyBytesPerSecond
+        self.window = window
+    }
+}
+
+/// The open connections, shared by every event loop: the connection cap and eviction.
+final class ConnectionRegistry: Sendable {
+    private struct Entry {
+        let channel: any Channel
+        var busy: Bool
+        var lastActive: NIODeadline
+    }
+
+    private let entries = NIOLockedValueBox<[ObjectIdentifier: Entry]>([:])
+    let limit: Int
+
+    init(limit: Int) { self.limit = limit }
+
+    var count: Int { entries.withLockedValue { $0.count } }
+
+    /// Registers a new connection; false when it must be refused (the limit is reached and nothing can be evicted).
+    func register(_ channel: any Channel) -> Bool {
+        let victim: (any Channel)? = entries.withLockedValue { entries in
+            var victim: (any Channel)?
+            if entries.count >= limit {
+                guard let idlest = entries.filter({ !$0.value.busy }).min(by: { $0.value.lastActive < $1.value.lastActive })
+                else { return nil }
+                victim = idlest.value.channel
+                entries[idlest.key] = nil
+            }
+            entries[ObjectIdentifier(channel)] = Entry(channel: channel, busy: false, lastActive: .now())
+            return victim ?? channel // the new channel itself stands for "registered, nothing evicted"
+        }
+        guard let victim else { return false }
+        if victim !== channel { victim.close(promise: nil) }
+        return true
+    }
+
+    func unregister(_ channel: any Channel) {
+        entries.withLockedValue { $0[ObjectIdentifier(channel)] = nil }
+    }
+
+    func setBusy(_ channel: any Channel, _ busy: Bool) {
+        entries.withLockedValue { entries in
+            let key = ObjectIdentifier(channel)
+            guard var entry = entries[key] else { return }
+            entry.busy = busy
+            entry.lastActive = .now()
+            entries[key] = entry
+        }
+    }
+}
+
+/// Guards one HTTP/1 connection against clients that cost more than they send:
+/// - counts it in the `ConnectionRegistry` (the cap, with eviction of idle connections);
+/// - closes it when a request body arrives slower than `minBodyBytesPerSecond` over a `window` (Hummingbird's idle
+///   timeout alone lets one byte every few seconds keep a request, and its session, open forever);
+/// - closes it when the client leaves a response unread (the channel stays unwritable) for a `window`;
+/// - after a response carrying `Connection: close` (a refusal that should not cost the rest of the body), sends
+///   it, half-closes, discards whatever the client still sends, and closes fully a moment later.
+final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    private let registry: ConnectionRegistry
+    private let limits: ConnectionLimits
+    private var registered = false
+    private var timer: RepeatedTask?
+    /// A request head arrived and its `.end` has not.
+    private var readingBody = false
+    private var windowStart = NIODeadline.now()
+    private var bytesInWindow = 0
+    private var unwritableSince: NIODeadline?
+    private var closeAfterResponse = false
+    private var discarding = false
+
+    init(registry: ConnectionRegistry, limits: ConnectionLimits) {
+        self.registry = registry
+        self.limits = limits
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { start(context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        start(context)
+        context.fireChannelActive()
+    }
+
+    private func start(_ context: ChannelHandlerContext) {
+        guard !registered else { return }
+        registered = true
+        guard registry.register(context.channel) else {
+            context.close(promise: nil)
+            return
+        }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+            let (handler, context) = loopBound.value
+            handler.check(context)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) { stop(context) }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        stop(context)
+        context.fireChannelInactive()
+    }
+
+    private func stop(_ context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        if registered { registry.unregister(context.channel) }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !discarding else { return }
+        switch unwrapInboundIn(data) {
+        case .head:
+            readingBody = true
+            windowStart = .now()
+            bytesInWindow = 0
+            registry.setBusy(context.channel, true)
+        case let .body(buffer):
+            bytesInWindow += buffer.readableBytes
+        case .end:
+            readingBody = false
+        }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case let .head(response):
+            if response.headerFields[.connection]?.lowercased() == "close" { closeAfterResponse = true }
+            context.write(data, promise: promise)
+        case .body:
+            context.write(data, promise: promise)
+        case .end:
+            registry.setBusy(context.channel, false)
+            guard closeAfterResponse else {
+                context.write(data, promise: promise)
+                return
+            }
+            // Send the answer, then stop reading the request: half-close now, close fully a moment later (a client
+            // still sending would otherwise get a reset that can destroy the answer before it is read).
+            discarding = true
+            readingBody = false
+            let channel = context.channel
+            let written = context.eventLoop.makePromise(of: Void.self)
+            written.futureResult.whenComplete { _ in
+                channel.close(mode: .output, promise: nil)
+                channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+            }
+            written.futureResult.cascade(to: promise)
+            context.writeAndFlush(data, promise: written)
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        unwritableSince = context.channel.isWritable ? nil : .now()
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Once a second: the body rate over the window, and a response left unread.
+    private func check(_ context: ChannelHandlerContext) {
+        let now = NIODeadline.now()
+        if readingBody, now - windowStart >= limits.window {
+            let seconds = Int(limits.window.nanoseconds / 1_000_000_000)
+            if bytesInWindow < limits.minBodyBytesPerSecond * max(1, seconds) {
+                context.close(promise: nil)
+                return
+            }
+            windowStart = now
+            bytesInWindow = 0
+        }
+        if let since = unwritableSince, now - since >= limits.window {
+            context.close(promise: nil)
+        }
+    }
+}

@@ -1,0 +1,72 @@
+import ContinuonPack
+import ContinuonPackUpload
+import NIOCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The bytes an upload session holds: a spool file written at exact offsets (a failed write never shifts later
+/// ones), hashed as they arrive, and read by a verifier on its own thread while it grows.
+///
+/// Created at the session's first byte, never before: a session that only exists costs no file, descriptor or
+/// thread. `discard()` (refused, expired) or `commit` followed by `discard()` gives everything back: both
+/// descriptors, the thread and the file.
+final class SpoolFile: @unchecked Sendable {
+    let path: String
+    private var output: ContinuonPack.FileDescriptor?
+    private(set) var checksums = TransferChecksums()
+    private(set) var held: UInt64 = 0
+    let verification: StreamingVerification
+
+    /// Creates the file exclusively (mode 0600) and starts its verifier; on any failure nothing is left behind.
+    init(path: String, verifier: PackageVerifier, label: String) throws {
+        self.path = path
+        let output = try ContinuonPack.FileDescriptor.createExclusive(path, mode: 0o600)
+        do {
+            verification = try StreamingVerification(spoolPath: path, verifier: verifier, name: label)
+        } catch {
+            try? output.close()
+            unlink(path)
+            throw error
+        }
+        self.output = output
+    }
+
+    deinit { discard() }
+
+    /// Appends bytes at the end of what is held.
+    func append(_ bytes: UnsafeRawBufferPointer) throws {
+        guard let output else { throw ContinuonPackError(.ioError, "The spool file is closed.") }
+        try output.writeAll(bytes, at: held)
+        checksums.update(bytes)
+        held += UInt64(bytes.count)
+        verification.follower.advance(to: held)
+    }
+
+    /// Appends `count` bytes of `buffer` from `offset`; false when the file cannot be written (the bytes held
+    /// before stay valid: writes go to exact offsets).
+    func append(_ buffer: ByteBuffer, from offset: Int, count: Int) -> Bool {
+        buffer.withUnsafeReadableBytes { bytes in
+            (try? append(UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + count)]))) != nil
+        }
+    }
+
+    /// Makes the held bytes durable and closes the file for writing; the verifier then sees the end.
+    func finishWriting() throws -> TransferChecksums.Result {
+        if let output {
+            try output.sync()
+            try output.close()
+            self.output = nil
+        }
+        verification.follower.finish()
+        return checksums.finalize()
+    }
+
+    /// Stops the verifier, closes the file and removes it. Idempotent.
+    func discard() {
+        verification.follower.abort()
+        try? output?.close()
+        output = nil
+        unlink(path)
+    }
+}
