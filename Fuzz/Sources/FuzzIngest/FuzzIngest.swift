@@ -13,7 +13,8 @@ public func fuzzIngest(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
     var held: UInt64 = 0
     var total: UInt64?
-    for request in bytes.split(separator: 0, omittingEmptySubsequences: false).prefix(64) {
+    for slice in bytes.split(separator: 0, omittingEmptySubsequences: false).prefix(64) {
+        let request = Array(slice)
         let fields = request.split(separator: 0x0A, maxSplits: 5, omittingEmptySubsequences: false)
         func field(_ index: Int) -> String? {
             index < fields.count ? String(decoding: fields[index], as: UTF8.self) : nil
