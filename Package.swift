@@ -103,7 +103,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ContinuonPackTests",
-            dependencies: ["ContinuonPack", "ContinuonPackUpload", "ContinuonPackIngest"],
+            dependencies: ["ContinuonPack", "ContinuonPackUpload", "ContinuonPackIngest", "ContinuonPackServer"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
     ]

@@ -37,15 +37,23 @@ public struct SessionLimits: Sendable {
     public var finishedRetention: Duration
     /// At most this many finished answers are kept (the oldest go first).
     public var maxFinished: Int
+    /// When every slot for sessions holding bytes is taken, a session that brought no new byte for this long, or
+    /// fewer than `minBytesPerSecond` on average since its first byte (and is not in a request), gives its slot to a
+    /// newcomer: holding a slot takes a real upload, not one byte and silence.
+    public var quietAfter: Duration
+    public var minBytesPerSecond: UInt64
 
     public init(maxActive: Int = 64, maxEmpty: Int = 4096, expiry: Duration = .seconds(24 * 3600),
-                emptyExpiry: Duration = .seconds(600), finishedRetention: Duration = .seconds(3600), maxFinished: Int = 16384) {
+                emptyExpiry: Duration = .seconds(600), finishedRetention: Duration = .seconds(3600), maxFinished: Int = 16384,
+                quietAfter: Duration = .seconds(120), minBytesPerSecond: UInt64 = 1024) {
         self.maxActive = maxActive
         self.maxEmpty = maxEmpty
         self.expiry = expiry
         self.emptyExpiry = emptyExpiry
         self.finishedRetention = finishedRetention
         self.maxFinished = maxFinished
+        self.quietAfter = quietAfter
+        self.minBytesPerSecond = minBytesPerSecond
     }
 }
 
@@ -64,6 +72,19 @@ actor UploadSessions {
         var busy = false
         /// Counted against `maxActive` (it holds bytes, or is about to).
         var active = false
+        var firstByte: ContinuousClock.Instant?
+        /// When the bytes held last grew, and to how many.
+        var lastProgress: ContinuousClock.Instant = .now
+        var lastHeld: UInt64 = 0
+
+        /// May give its slot away: not in a request, and quiet or slow.
+        func isEvictable(now: ContinuousClock.Instant, _ limits: SessionLimits) -> Bool {
+            guard active, !busy else { return false }
+            if now - lastProgress >= limits.quietAfter { return true }
+            guard let firstByte, now - firstByte >= limits.quietAfter else { return false }
+            let seconds = UInt64(max(1, (now - firstByte).components.seconds))
+            return session.received / seconds < limits.minBytesPerSecond
+        }
     }
 
     private struct Finished {
@@ -116,24 +137,41 @@ actor UploadSessions {
         guard var entry = open[id] else { return }
         entry.busy = false
         entry.lastActivity = .now
+        let held = entry.session.received
+        if held > entry.lastHeld {
+            entry.lastHeld = held
+            entry.lastProgress = .now
+        }
         open[id] = entry
     }
 
-    /// Counts the session against `maxActive` before its first byte is stored.
-    /// - Throws: 429 `upload.too_many_sessions`, with a `Retry-After` that tells when a slot can free at the
-    ///   latest known time: 5 s while some session is receiving, else the next expiry.
+    /// Counts the session against `maxActive` before its first byte is stored. At the limit, the quietest
+    /// session that is quiet or slow (`SessionLimits.quietAfter`, `minBytesPerSecond`) is ended to make room: its
+    /// spool is discarded and its client told `410 upload.session_evicted` (start again).
+    /// - Throws: 429 `upload.too_many_sessions`, with a `Retry-After` that is true: the time until the first session
+    ///   can be evicted, or 5 s while sessions are in a request (they may finish any moment).
     func activate(_ id: String) throws(IngestProblem) {
         guard var entry = open[id], !entry.active else { return }
+        let now = ContinuousClock.now
+        if activeCount >= limits.maxActive,
+           let (victimID, victim) = open.filter({ $0.value.isEvictable(now: now, limits) }).min(by: { $0.value.lastProgress < $1.value.lastProgress }) {
+            victim.session.spool?.discard()
+            victim.session.spool = nil
+            end(victimID, .failure(IngestProblem(
+                410, "upload.session_evicted", "The upload session was dropped to make room for active uploads.",
+                detail: "It had received no new bytes for a while, or too few; start a new upload.")))
+        }
         guard activeCount < limits.maxActive else {
-            let now = ContinuousClock.now
-            let receiving = open.values.contains { $0.active && ($0.busy || now - $0.lastActivity < .seconds(5)) }
-            let nextExpiry = open.values.filter(\.active).map { $0.lastActivity + limits.expiry - now }.min() ?? .seconds(1)
-            let seconds = receiving ? 5 : max(1, nextExpiry.components.seconds + 1)
+            let busy = open.values.contains { $0.active && $0.busy }
+            let soonest = open.values.filter(\.active).map { $0.lastProgress + limits.quietAfter - now }.min() ?? .seconds(1)
+            let seconds = busy ? 5 : max(1, soonest.components.seconds + 1)
             throw IngestProblem(429, "upload.too_many_sessions", "Too many uploads are receiving bytes.",
                                 detail: "The service holds \(limits.maxActive) uploads in progress; try again later.")
                 .adding(header: "Retry-After", String(seconds))
         }
         entry.active = true
+        entry.firstByte = now
+        entry.lastProgress = now
         activeCount += 1
         open[id] = entry
     }

@@ -47,6 +47,10 @@ Findings of the adversarial review, and what each check asserts:
     (f) a status query `bytes */100` while 524288 bytes are held sets a total below what is held: asserts 400, and
         that a following status query (no Content-Range) still answers 308 with `Range: bytes=0-524287`.
 
+10. held_slots_lock_out (found by the soak benchmark after the first fixes): four sessions that each took one byte
+    and went silent held every slot of --max-sessions 4 for the whole --session-expiry. Asserts that once they have
+    been quiet for a window (--idle-timeout 3), an honest upload is accepted (one of them makes room, 410).
+
 Shared invariants, asserted after every attack: the process is alive; GET /healthz answers `ok` within 1 s; the
 number of open descriptors of the process settles (polled for up to 5 s) to its baseline + 8; no descriptor points to
 a "(deleted)" file; the spool (STORE/.spool) is empty once the sessions involved are finished or refused (the checks
@@ -858,6 +862,35 @@ def idle_sessions_lock_out(check):
     check.invariants(server)
 
 
+def held_slots_lock_out(check):
+    """Finding 10 (found by the soak after the first fixes): sessions that took one byte each and went silent held
+    every --max-sessions slot until --session-expiry (a day), so an honest upload got 429 with Retry-After: 86394."""
+    server = check.serve("--max-sessions", "4", "--idle-timeout", "3")
+    squatters = []
+    for _ in range(4):
+        response, session = initiate(server, random_name())
+        if session is None:
+            raise CheckFailed(f"initiation of a squatting session answered {response.status}")
+        sock = server.send_request("PUT", session.target, {"Content-Length": str(CHUNK),
+                                                           "Content-Range": f"bytes 0-{CHUNK - 1}/*"}, b"\0")
+        time.sleep(0.3)
+        sock.close()
+        squatters.append(session)
+    time.sleep(4)  # longer than the window (= --idle-timeout): the squatters are quiet now
+    with open(VALID_PACKAGE, "rb") as f:
+        package = f.read()
+    response, session = initiate(server, VALID_NAME, declared=len(package))
+    if check.expect(session is not None, f"the honest initiation answered {response.status}"):
+        reply = put(server, session, f"bytes 0-{len(package) - 1}/{len(package)}", package)
+        check.expect(reply is not None and reply.status == 200,
+                     f"the honest upload answered {reply.status if reply else 'nothing'} "
+                     f"{reply.problem_code() if reply else ''} (Retry-After {reply.headers.get('retry-after') if reply else None}),"
+                     " not 200, with 4 quiet one-byte sessions holding the slots")
+    for squatter in squatters:
+        finish_session(server, squatter)
+    check.invariants(server)
+
+
 def media_memory(check):
     work = check.tmpdir()
     episodes = os.path.join(work, "episodes")
@@ -1078,6 +1111,7 @@ CHECKS = [
     (7, media_memory, 90),
     (8, decompression_bomb_untrusted_signer, 120),
     (9, low_severity, 75),
+    (10, held_slots_lock_out, 45),
 ]
 
 

@@ -45,7 +45,7 @@ extension ContinuonPackNetCommand {
         @Option(name: .long, help: "Largest package accepted, in MiB.")
         var maxPackageMib = 65536
 
-        @Option(name: .long, help: "Most uploads holding bytes at once (each: a spool file, two descriptors, a verifier thread).")
+        @Option(name: .long, help: "Most uploads holding bytes at once (each: a spool file, two descriptors, a verifier thread); at the limit one that sent nothing new for a --rate-window, or less than --min-body-rate on average, makes room.")
         var maxSessions = 64
 
         @Option(name: .long, help: "Seconds an upload session holding bytes is kept while nothing arrives.")
@@ -127,7 +127,8 @@ extension ContinuonPackNetCommand {
                     host: String(parts[0]), port: Int(parts[1]) ?? 8080, trustedKeys: keys, threshold: threshold,
                     bucket: bucket, spoolDirectory: spoolDirectory, maxPackageBytes: UInt64(maxPackageMib) << 20,
                     sessions: SessionLimits(
-                        maxActive: maxSessions, expiry: .seconds(sessionExpiry), emptyExpiry: .seconds(emptySessionExpiry)),
+                        maxActive: maxSessions, expiry: .seconds(sessionExpiry), emptyExpiry: .seconds(emptySessionExpiry),
+                        quietAfter: .seconds(rateWindow ?? idleTimeout), minBytesPerSecond: UInt64(minBodyRate)),
                     connections: ConnectionLimits(
                         maxConnections: maxConnections, minBodyBytesPerSecond: minBodyRate, window: .seconds(Int64(rateWindow ?? idleTimeout))),
                     idleTimeout: .seconds(idleTimeout), publicURL: publicURL),
@@ -148,8 +149,9 @@ extension ContinuonPackNetCommand {
                 raised.rlim_cur = min(limit.rlim_max, 1 << 20)
                 if setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
             }
-            // Per connection a socket (and a stored object being read); per session holding bytes, the spool twice.
-            let needed = UInt64(maxConnections) * 2 + UInt64(maxSessions) * 2 + 64
+            // Per connection its socket and at most two store files (a package and its sidecar, or a stored object
+            // being sent); per session holding bytes, the spool file twice (writer and verifier); 64 for the rest.
+            let needed = UInt64(maxConnections) * 3 + UInt64(maxSessions) * 2 + 64
             guard UInt64(limit.rlim_cur) >= needed else {
                 throw ValidationError(
                     "The process may open \(limit.rlim_cur) files, but --max-connections \(maxConnections) and "
