@@ -19,9 +19,9 @@ all at once:
       bomb        the untrusted zstd bomb uploaded whole: 422 signature.untrusted
       tampered    the tampered package uploaded whole: 422
       idle        N idle TCP connections held open and renewed: closed by the server near --idle-timeout
-      trickle     a PUT body trickled 1 byte/s: cut by the server near --rate-window (its session is then finished
+      trickle     a PUT body trickled 1 byte/s: cut by the server near --rate-grace (its session is then finished
                   with junk, which is refused, so that its spool file goes)
-      media_stall GET ?alt=media of a stored object, never read: let go by the server near --rate-window (seen
+      media_stall GET ?alt=media of a stored object, never read: let go by the server near --rate-grace (seen
                   in /proc/net/tcp: the server's end of the connection leaves ESTABLISHED)
   a monitor samples every 0.5 s the descriptors, RSS and CPU of the process (the PID started: continuon-pack
       execs continuon-pack-net in place), the spool (STORE/.spool) and the latency of GET /healthz.
@@ -62,7 +62,7 @@ BUCKET_UPLOAD = "/upload/storage/v1/b/staging/o"
 BUCKET_OBJECTS = "/storage/v1/b/staging/o/"
 MIB = 1 << 20
 CHUNK = MIB  # honest chunk size: a multiple of the protocol's 256 KiB granule
-IDLE_TIMEOUT = 10  # --idle-timeout, and so the default --rate-window
+IDLE_TIMEOUT = 10  # --idle-timeout (the default --rate-grace is 10 s as well)
 MAX_CONNECTIONS = 512
 FD_SLACK = 16
 SETTLE_SECONDS = 15.0

@@ -10,15 +10,18 @@ public struct ConnectionLimits: Sendable {
     /// request in progress (idle keep-alive, or a request head still arriving); if every connection is serving a
     /// request, the new one is closed at once.
     public var maxConnections: Int
-    /// A request body must bring at least this many bytes per second, measured over each `window`.
+    /// A request body must bring at least this many bytes per second on average, counted from `grace` after its
+    /// head: after `grace + t` seconds, at least `minBodyBytesPerSecond * t` bytes (so a head whose body never
+    /// starts is cut after `grace`).
     public var minBodyBytesPerSecond: Int
-    /// The measuring window of the body rate; also how long a response may wait on a client that does not read.
-    public var window: TimeAmount
+    /// The allowance before the body rate applies; also how long a response may wait on a client that does not
+    /// read at all.
+    public var grace: TimeAmount
 
-    public init(maxConnections: Int = 1024, minBodyBytesPerSecond: Int = 1024, window: TimeAmount = .seconds(30)) {
+    public init(maxConnections: Int = 1024, minBodyBytesPerSecond: Int = 1024, grace: TimeAmount = .seconds(10)) {
         self.maxConnections = maxConnections
         self.minBodyBytesPerSecond = minBodyBytesPerSecond
-        self.window = window
+        self.grace = grace
     }
 }
 
@@ -72,9 +75,10 @@ final class ConnectionRegistry: Sendable {
 
 /// Guards one HTTP/1 connection against clients that cost more than they send:
 /// - counts it in the `ConnectionRegistry` (the cap, with eviction of idle connections);
-/// - closes it when a request body arrives slower than `minBodyBytesPerSecond` over a `window` (Hummingbird's idle
-///   timeout alone lets one byte every few seconds keep a request, and its session, open forever);
-/// - closes it when the client leaves a response unread (the channel stays unwritable) for a `window`;
+/// - closes it when a request body falls behind `minBodyBytesPerSecond` on average, counted from `grace` after the
+///   head (Hummingbird's idle timeout alone lets one byte every few seconds keep a request, and its session, open
+///   forever; and a head whose body never comes would hold a connection slot until the idle timeout);
+/// - closes it when the client leaves a response unread (the channel stays unwritable) for `grace`;
 /// - after a response carrying `Connection: close` (a refusal that should not cost the rest of the body), sends
 ///   it, half-closes, discards whatever the client still sends, and closes fully a moment later.
 final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
@@ -89,8 +93,8 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private var timer: RepeatedTask?
     /// A request head arrived and its `.end` has not.
     private var readingBody = false
-    private var windowStart = NIODeadline.now()
-    private var bytesInWindow = 0
+    private var requestStart = NIODeadline.now()
+    private var bodyBytes = 0
     private var unwritableSince: NIODeadline?
     private var closeAfterResponse = false
     private var discarding = false
@@ -141,11 +145,11 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         switch unwrapInboundIn(data) {
         case .head:
             readingBody = true
-            windowStart = .now()
-            bytesInWindow = 0
+            requestStart = .now()
+            bodyBytes = 0
             registry.setBusy(context.channel, true)
         case let .body(buffer):
-            bytesInWindow += buffer.readableBytes
+            bodyBytes += buffer.readableBytes
         case .end:
             readingBody = false
         }
@@ -185,19 +189,20 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelWritabilityChanged()
     }
 
-    /// Once a second: the body rate over the window, and a response left unread.
+    /// Once a second: the body's average rate, and a response left unread.
     private func check(_ context: ChannelHandlerContext) {
         let now = NIODeadline.now()
-        if readingBody, now - windowStart >= limits.window {
-            let seconds = Int(limits.window.nanoseconds / 1_000_000_000)
-            if bytesInWindow < limits.minBodyBytesPerSecond * max(1, seconds) {
-                context.close(promise: nil)
-                return
+        if readingBody {
+            let late = (now - requestStart - limits.grace).nanoseconds
+            if late >= 0 {
+                let required = Int64(limits.minBodyBytesPerSecond) * (late / 1_000_000_000 + 1)
+                if Int64(bodyBytes) < required {
+                    context.close(promise: nil)
+                    return
+                }
             }
-            windowStart = now
-            bytesInWindow = 0
         }
-        if let since = unwritableSince, now - since >= limits.window {
+        if let since = unwritableSince, now - since >= limits.grace {
             context.close(promise: nil)
         }
     }

@@ -24,6 +24,8 @@ public struct IngestConfiguration: Sendable {
     public var connections: ConnectionLimits
     /// A connection with no request bytes this long is closed (between requests, or a request head that stalls).
     public var idleTimeout: Duration
+    /// After SIGTERM/SIGINT, requests in progress may take this long; then they are cut and open sessions end.
+    public var shutdownTimeout: Duration
     /// The service's public base URL (`https://ingest.example.com`), used in `Location` instead of the `Host`
     /// header.
     public var publicURL: String?
@@ -31,7 +33,8 @@ public struct IngestConfiguration: Sendable {
 
     public init(host: String, port: Int, trustedKeys: [Ed25519PublicKey], threshold: Int = 1, bucket: String = "staging",
                 spoolDirectory: String, maxPackageBytes: UInt64 = 64 << 30, sessions: SessionLimits = .init(),
-                connections: ConnectionLimits = .init(), idleTimeout: Duration = .seconds(120), publicURL: String? = nil,
+                connections: ConnectionLimits = .init(), idleTimeout: Duration = .seconds(120),
+                shutdownTimeout: Duration = .seconds(5), publicURL: String? = nil,
                 limits: Limits = .default) {
         self.host = host
         self.port = port
@@ -43,6 +46,7 @@ public struct IngestConfiguration: Sendable {
         self.sessions = sessions
         self.connections = connections
         self.idleTimeout = idleTimeout
+        self.shutdownTimeout = shutdownTimeout
         self.publicURL = publicURL
         self.limits = limits
     }
@@ -55,6 +59,7 @@ public struct IngestServer: Sendable {
     public let configuration: IngestConfiguration
     public let store: any IngestStore
     let sessions: UploadSessions
+    let spool: SpoolDirectory
     let logger: Logger
     let boundPort = BoundPort()
 
@@ -64,6 +69,11 @@ public struct IngestServer: Sendable {
         self.logger = logger
         self.sessions = UploadSessions(limits: configuration.sessions)
         try FileManager.default.createDirectory(atPath: configuration.spoolDirectory, withIntermediateDirectories: true)
+        spool = try SpoolDirectory(path: configuration.spoolDirectory)
+        let leftovers = spool.removeLeftovers()
+        if leftovers > 0 {
+            logger.warning("removed spool files of sessions a previous process left", metadata: ["count": "\(leftovers)"])
+        }
     }
 
     /// Serves until the process is asked to stop (SIGINT/SIGTERM). `onListening` receives the bound port.
@@ -95,8 +105,12 @@ public struct IngestServer: Sendable {
                 onListening(port)
             },
             logger: logger)
-        try await app.runService()
+        var group = ServiceGroupConfiguration(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        group.maximumGracefulShutdownDuration = configuration.shutdownTimeout
+        group.maximumCancellationDuration = .seconds(5)
+        let ran = await Result { try await ServiceGroup(configuration: group).run() }
         await sessions.discardAll()
+        try ran.get()
     }
 
     var verifier: PackageVerifier {
@@ -149,7 +163,7 @@ public struct IngestServer: Sendable {
             throw IngestProblem(412, "upload.object_exists", "The object already exists (ifGenerationMatch=0).")
         }
         let id = Self.newSessionID()
-        await sessions.add(UploadSession(id: id, objectName: name, total: total, metadata: metadata))
+        try await sessions.add(UploadSession(id: id, objectName: name, total: total, metadata: metadata))
         var headers = HTTPFields()
         headers[.location] = baseURL(request) + "/upload/storage/v1/b/" + UploadTarget.escapeComponent(configuration.bucket)
             + "/o?uploadType=resumable&name=" + name.text + "&upload_id=" + id
@@ -265,14 +279,26 @@ public struct IngestServer: Sendable {
 
     /// Reads and drops a body that carries nothing to keep (a repeat, a gap), refusing one longer than announced.
     private func discardBody(_ request: Request, upTo limit: UInt64) async throws {
+        var iterator = request.body.makeAsyncIterator()
         var seen: UInt64 = 0
-        for try await buffer in request.body {
+        while let buffer = try await nextBuffer(&iterator) {
             seen += UInt64(buffer.readableBytes)
             guard seen <= limit else {
                 throw IngestProblem(400, "upload.range_invalid", "The request body is longer than its Content-Range.")
                     .closingConnection()
             }
         }
+    }
+
+    /// The next buffer of a request body. A body that breaks off (the client left, the connection was cut for
+    /// being too slow) is the client's doing: `400 upload.chunk_short`, logged as information, not an error.
+    private func nextBuffer(_ iterator: inout RequestBody.AsyncIterator) async throws -> ByteBuffer? {
+        let result = await Result { try await iterator.next() }
+        guard case let .success(buffer) = result else {
+            logger.info("request body ended early", metadata: ["reason": "\(result)"])
+            throw IngestProblem(400, "upload.chunk_short", "The request body ended before its Content-Range.").closingConnection()
+        }
+        return buffer
     }
 
     private func append(_ request: Request, _ session: UploadSession, skip: UInt64, take: UInt64) async throws {
@@ -290,7 +316,8 @@ public struct IngestServer: Sendable {
         }
         guard let spool = session.spool else { throw Self.spoolUnavailable }
         var receiver = ChunkReceiver(skip: skip, take: take)
-        for try await buffer in request.body {
+        var iterator = request.body.makeAsyncIterator()
+        while let buffer = try await nextBuffer(&iterator) {
             let split = receiver.accept(count: buffer.readableBytes)
             if split.write > 0, !spool.append(buffer, from: split.drop, count: split.write) {
                 logger.error("cannot write a spool file", metadata: ["session": "\(session.id)"])

@@ -170,15 +170,21 @@ public struct LocalDirectoryStore: IngestStore {
             }
             chmod(path, 0o644)
             try FileIO.syncDirectory(directory)
-            try? FileIO.writeNewFile(CanonicalJSON.encodePretty(object.jsonValue), to: path + ".json", mode: 0o644)
+            // Replaces a record that a concurrent lookup may have recomputed (without the key IDs) in between.
+            try? FileIO.replaceFile(CanonicalJSON.encodePretty(object.jsonValue), at: path + ".json", mode: 0o644)
             return true
         }
         if linked { return .stored }
         guard let existing = try await lookup(name) else {
             throw ContinuonPackError(.ioError, "\(name) exists in the store but is not a regular file.")
         }
-        return existing.sha256 == object.sha256 || (existing.md5Base64 == object.md5Base64 && existing.size == object.size)
-            ? .alreadyStored : .conflict(existing)
+        return Self.sameBytes(existing, object) ? .alreadyStored : .conflict(existing)
+    }
+
+    /// SHA-256 decides when both records have it; MD5 and size only when one does not.
+    static func sameBytes(_ a: StoredObject, _ b: StoredObject) -> Bool {
+        if !a.sha256.isEmpty && !b.sha256.isEmpty { return a.sha256 == b.sha256 && a.size == b.size }
+        return a.md5Base64 == b.md5Base64 && a.size == b.size
     }
 
     public func openContent(_ name: PackageObjectName) async throws -> StoredContent? {

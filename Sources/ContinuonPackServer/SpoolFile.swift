@@ -70,3 +70,44 @@ final class SpoolFile: @unchecked Sendable {
         unlink(path)
     }
 }
+
+/// The spool directory, owned by one service process: an exclusive `flock` on `.lock` for the life of the process,
+/// so that what a crashed predecessor left (its `<session>.part` files) can be removed at start-up without
+/// touching another live instance's uploads.
+final class SpoolDirectory: @unchecked Sendable {
+    let path: String
+    private let lock: Int32
+
+    /// - Throws: `io.error` when the directory cannot be locked, or another process holds it.
+    init(path: String) throws {
+        self.path = path
+        let fd = open(path + "/.lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else {
+            throw ContinuonPackError(.ioError, "Cannot open \(path)/.lock.", cause: String(cString: strerror(errno)))
+        }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            close(fd)
+            throw ContinuonPackError(
+                .ioError, "Another continuon-pack serve uses the spool directory \(path); give each its own --spool.")
+        }
+        lock = fd
+    }
+
+    deinit { close(lock) }
+
+    /// Removes the spool files of sessions that no process holds any more; returns how many.
+    func removeLeftovers() -> Int {
+        guard let directory = opendir(path) else { return 0 }
+        defer { closedir(directory) }
+        var removed = 0
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            let isSpoolFile = name.utf8.count == 37 && name.hasSuffix(".part")
+                && name.utf8.prefix(32).allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
+            if isSpoolFile, unlink(path + "/" + name) == 0 { removed += 1 }
+        }
+        return removed
+    }
+}

@@ -27,8 +27,11 @@ final class UploadSession: @unchecked Sendable {
 public struct SessionLimits: Sendable {
     /// Sessions holding bytes (each: a spool file, two descriptors, a verifier thread).
     public var maxActive: Int
-    /// Sessions that hold no byte yet (a few hundred bytes of memory each). At the limit the oldest is dropped.
+    /// Sessions that hold no byte yet (a few hundred bytes of memory each). At the limit the oldest is dropped if
+    /// it is older than `emptyGrace`; else the newcomer gets 429 (a flood of initiations cannot push out a session
+    /// an honest client has just started).
     public var maxEmpty: Int
+    public var emptyGrace: Duration
     /// A session holding bytes and left alone this long is dropped with its spool file.
     public var expiry: Duration
     /// A session that never received a byte is dropped after this long.
@@ -37,23 +40,27 @@ public struct SessionLimits: Sendable {
     public var finishedRetention: Duration
     /// At most this many finished answers are kept (the oldest go first).
     public var maxFinished: Int
-    /// When every slot for sessions holding bytes is taken, a session that brought no new byte for this long, or
-    /// fewer than `minBytesPerSecond` on average since its first byte (and is not in a request), gives its slot to a
-    /// newcomer: holding a slot takes a real upload, not one byte and silence.
+    /// When every slot for sessions holding bytes is taken, a session not in a request that brought no new byte
+    /// for `quietAfter`, or that holds fewer than `minBytesPerSecond` per second since `grace` after its first
+    /// byte, gives its slot to a newcomer: holding a slot takes a real upload, not one byte and silence.
     public var quietAfter: Duration
     public var minBytesPerSecond: UInt64
+    public var grace: Duration
 
-    public init(maxActive: Int = 64, maxEmpty: Int = 4096, expiry: Duration = .seconds(24 * 3600),
-                emptyExpiry: Duration = .seconds(600), finishedRetention: Duration = .seconds(3600), maxFinished: Int = 16384,
-                quietAfter: Duration = .seconds(120), minBytesPerSecond: UInt64 = 1024) {
+    public init(maxActive: Int = 64, maxEmpty: Int = 32768, emptyGrace: Duration = .seconds(60),
+                expiry: Duration = .seconds(24 * 3600), emptyExpiry: Duration = .seconds(600),
+                finishedRetention: Duration = .seconds(3600), maxFinished: Int = 16384, quietAfter: Duration = .seconds(120),
+                minBytesPerSecond: UInt64 = 1024, grace: Duration = .seconds(10)) {
         self.maxActive = maxActive
         self.maxEmpty = maxEmpty
+        self.emptyGrace = emptyGrace
         self.expiry = expiry
         self.emptyExpiry = emptyExpiry
         self.finishedRetention = finishedRetention
         self.maxFinished = maxFinished
         self.quietAfter = quietAfter
         self.minBytesPerSecond = minBytesPerSecond
+        self.grace = grace
     }
 }
 
@@ -68,6 +75,7 @@ actor UploadSessions {
 
     private struct Open {
         let session: UploadSession
+        let created: ContinuousClock.Instant = .now
         var lastActivity: ContinuousClock.Instant
         var busy = false
         /// Counted against `maxActive` (it holds bytes, or is about to).
@@ -81,9 +89,9 @@ actor UploadSessions {
         func isEvictable(now: ContinuousClock.Instant, _ limits: SessionLimits) -> Bool {
             guard active, !busy else { return false }
             if now - lastProgress >= limits.quietAfter { return true }
-            guard let firstByte, now - firstByte >= limits.quietAfter else { return false }
-            let seconds = UInt64(max(1, (now - firstByte).components.seconds))
-            return session.received / seconds < limits.minBytesPerSecond
+            guard let firstByte, now - firstByte > limits.grace else { return false }
+            let seconds = UInt64(max(1, (now - firstByte - limits.grace).components.seconds))
+            return session.received < limits.minBytesPerSecond.multipliedReportingOverflow(by: seconds).partialValue
         }
     }
 
@@ -105,10 +113,23 @@ actor UploadSessions {
 
     var counts: (empty: Int, active: Int, finished: Int) { (open.count - activeCount, activeCount, finished.count) }
 
-    /// A new session (no byte yet, no resources). At the limit of empty sessions the oldest empty one is dropped.
-    func add(_ session: UploadSession) {
-        while open.count - activeCount >= limits.maxEmpty, let oldest = addedOrder.popFirst() {
-            if let entry = open[oldest], !entry.active, !entry.busy { open[oldest] = nil }
+    /// A new session (no byte yet, no resources). At the limit of empty sessions the oldest is dropped, if it is
+    /// older than `emptyGrace`.
+    /// - Throws: 429 `upload.too_many_sessions` when every empty session is younger than that.
+    func add(_ session: UploadSession) throws(IngestProblem) {
+        let now = ContinuousClock.now
+        while open.count - activeCount >= limits.maxEmpty, let oldest = addedOrder.first {
+            guard let entry = open[oldest], !entry.active, !entry.busy else {
+                _ = addedOrder.popFirst()
+                continue
+            }
+            let age = now - entry.created
+            guard age >= limits.emptyGrace else {
+                throw IngestProblem(429, "upload.too_many_sessions", "Too many uploads were started and not begun.")
+                    .adding(header: "Retry-After", String(max(1, (limits.emptyGrace - age).components.seconds + 1)))
+            }
+            _ = addedOrder.popFirst()
+            open[oldest] = nil
         }
         open[session.id] = Open(session: session, lastActivity: .now)
         addedOrder.append(session.id)

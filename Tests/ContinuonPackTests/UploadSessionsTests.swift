@@ -15,9 +15,9 @@ struct UploadSessionsTests {
     @Test("Sessions without bytes do not count against the limit and expire after the empty expiry (finding 6)")
     func emptySessions() async throws {
         let table = UploadSessions(limits: SessionLimits(maxActive: 2, maxEmpty: 100, emptyExpiry: .seconds(600)))
-        for index in 0..<50 { await table.add(session("e\(index)")) }
+        for index in 0..<50 { try await table.add(session("e\(index)")) }
         // An honest upload still gets a slot for its bytes.
-        await table.add(session("honest"))
+        try await table.add(session("honest"))
         _ = try await table.acquire("honest")
         try await table.activate("honest")
         await table.release("honest")
@@ -28,27 +28,56 @@ struct UploadSessionsTests {
         #expect(await table.expire(now: .now + .seconds(24 * 3600 + 1)) == 1)
     }
 
-    @Test("At the limit of empty sessions the oldest is dropped")
+    @Test("At the limit of empty sessions the oldest goes only if it is old enough; else the newcomer waits (429)")
     func emptyLimit() async throws {
-        let table = UploadSessions(limits: SessionLimits(maxActive: 2, maxEmpty: 3))
-        for index in 0..<5 { await table.add(session("s\(index)")) }
-        #expect(await table.counts.empty == 3)
-        await #expect(throws: IngestProblem.self) { try await table.acquire("s0") }
-        _ = try await table.acquire("s4")
+        let young = UploadSessions(limits: SessionLimits(maxActive: 2, maxEmpty: 3, emptyGrace: .seconds(60)))
+        for index in 0..<3 { try await young.add(session("s\(index)")) }
+        do {
+            try await young.add(session("flood"))
+            Issue.record("a fourth empty session pushed out a session started a moment ago")
+        } catch {
+            #expect(error.status == 429 && error.headers.first { $0.name == "Retry-After" }?.value == "60")
+        }
+        _ = try await young.acquire("s0")
+        let old = UploadSessions(limits: SessionLimits(maxActive: 2, maxEmpty: 3, emptyGrace: .zero))
+        for index in 0..<5 { try await old.add(session("s\(index)")) }
+        #expect(await old.counts.empty == 3)
+        await #expect(throws: IngestProblem.self) { try await old.acquire("s0") }
+        _ = try await old.acquire("s4")
+    }
+
+    @Test("At the limit of sessions holding bytes, a quiet or slow one makes room (410); a busy one never")
+    func eviction() async throws {
+        let table = UploadSessions(limits: SessionLimits(maxActive: 1, quietAfter: .seconds(120), grace: .zero))
+        try await table.add(session("squatter"))
+        try await table.activate("squatter")
+        try await table.add(session("honest"))
+        // The squatter holds no byte: below the minimum rate once the grace is over.
+        try await Task.sleep(for: .milliseconds(1100))
+        try await table.activate("honest")
+        guard case let .finished(.failure(problem)) = try await table.acquire("squatter") else {
+            Issue.record("the squatter was not evicted")
+            return
+        }
+        #expect(problem.status == 410 && problem.code == "upload.session_evicted")
+        // A session in a request is never evicted.
+        try await table.add(session("third"))
+        _ = try await table.acquire("honest")
+        await #expect(throws: IngestProblem.self) { try await table.activate("third") }
     }
 
     @Test("Sessions holding bytes are limited; the 429 says when to come back")
     func activeLimit() async throws {
         let table = UploadSessions(limits: SessionLimits(maxActive: 1, expiry: .seconds(100)))
-        await table.add(session("a"))
-        await table.add(session("b"))
+        try await table.add(session("a"))
+        try await table.add(session("b"))
         try await table.activate("a")
+        _ = try await table.acquire("a") // in a request: it may finish any moment
         do {
             try await table.activate("b")
             Issue.record("a second active session was allowed")
         } catch {
             #expect(error.status == 429 && error.code == "upload.too_many_sessions")
-            // "a" was active within the last 5 s: it may finish any moment.
             #expect(error.headers.first { $0.name == "Retry-After" }?.value == "5")
         }
         await table.deactivate("a")
@@ -60,7 +89,7 @@ struct UploadSessionsTests {
         let table = UploadSessions(limits: SessionLimits(maxFinished: 2))
         let refusal = IngestProblem(422, "signature.untrusted", "The package failed verification.")
         for id in ["x", "y", "z"] {
-            await table.add(session(id))
+            try await table.add(session(id))
             _ = try await table.acquire(id)
             await table.end(id, .failure(refusal))
         }
@@ -71,7 +100,7 @@ struct UploadSessionsTests {
         #expect(problem == refusal)
         #expect(await table.counts.finished == 2)
         await #expect(throws: IngestProblem.self) { try await table.acquire("x") }
-        await table.add(session("w"))
+        try await table.add(session("w"))
         _ = try await table.acquire("w")
         await #expect(throws: IngestProblem.self) { try await table.acquire("w") }
     }

@@ -51,6 +51,11 @@ Findings of the adversarial review, and what each check asserts:
     and went silent held every slot of --max-sessions 4 for the whole --session-expiry. Asserts that once they have
     been quiet for a window (--idle-timeout 3), an honest upload is accepted (one of them makes room, 410).
 
+11. stalled_heads_lock_out (second review): request heads whose body never comes held --max-connections busy until
+    the idle timeout. Asserts (20 connections, --rate-grace 2) that /healthz answers within 1 s 3.5 s later.
+12. shutdown_and_leftovers (second review): SIGTERM waited without bound for a trickling body; a killed process's
+    spool files stayed for good. Asserts the bounded shutdown, the clean-up at restart, and one process per spool.
+
 Shared invariants, asserted after every attack: the process is alive; GET /healthz answers `ok` within 1 s; the
 number of open descriptors of the process settles (polled for up to 5 s) to its baseline + 8; no descriptor points to
 a "(deleted)" file; the spool (STORE/.spool) is empty once the sessions involved are finished or refused (the checks
@@ -295,6 +300,7 @@ class Server:
         self.stdout_path = os.path.join(self.root, "serve.stdout")
         self.stderr_path = os.path.join(self.root, "serve.stderr")
         self.died_on_its_own = None  # exit code, when it was not us who stopped it
+        self.stopped_by_check = False  # a check stopped it on purpose
         self.final_stderr_tail = ""
         self.final_crash_summary = ""
         args = [binary, "serve", "--listen", "127.0.0.1:0", "--store", self.store, "--trusted-key", TEST_PUB] + extra_args
@@ -391,6 +397,8 @@ class Server:
         files = []
         for directory, _, names in os.walk(self.spool):
             for name in names:
+                if directory == self.spool and name == ".lock":
+                    continue  # the service's lock on its spool directory
                 try:
                     files.append((name, os.lstat(os.path.join(directory, name)).st_size))
                 except OSError:
@@ -411,7 +419,7 @@ class Server:
     def terminate(self):
         """SIGTERM (see wait_or_kill); notes whether the process had died on its own."""
         if self.process.poll() is not None:
-            if self.died_on_its_own is None:
+            if self.died_on_its_own is None and not self.stopped_by_check:
                 self.died_on_its_own = self.process.returncode
             return
         self.process.send_signal(signal.SIGTERM)
@@ -891,6 +899,96 @@ def held_slots_lock_out(check):
     check.invariants(server)
 
 
+def stalled_heads_lock_out(check):
+    """Finding 11 (second review): request heads announcing a body that never comes kept their connections busy, so
+    that at --max-connections nothing could connect (not even /healthz) until the idle timeout, again and again."""
+    server = check.serve("--max-connections", "20", "--rate-grace", "2")
+    held = []
+    try:
+        for _ in range(20):
+            target = BUCKET_UPLOAD + "?" + urllib.parse.urlencode(
+                {"uploadType": "resumable", "ifGenerationMatch": "0", "name": random_name()})
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.sendall(build_request("POST", target, server.port, {"Content-Length": "65536"}))
+            held.append(sock)
+        time.sleep(3.5)  # past the grace: a body that never started is cut
+        seconds = server.healthz_seconds()
+        check.expect(seconds is not None and seconds < 1.0,
+                     f"/healthz took {seconds} s with 20 stalled request heads at --max-connections 20")
+    finally:
+        for sock in held:
+            sock.close()
+    check.invariants(server)
+
+
+def shutdown_and_leftovers(check):
+    """Finding 12 (second review): SIGTERM waited for requests in progress without a bound (a body trickling above
+    the minimum rate kept the process, writing to its spool, for minutes), and spool files that a killed process
+    left were never removed. Asserts: SIGTERM ends the process within --shutdown-timeout (2 s) plus 3 s while a body
+    is still arriving, leaving an empty spool; a restart on the same store removes `<session>.part` leftovers (and
+    nothing else); a second process on the same spool refuses to start."""
+    server = check.serve("--shutdown-timeout", "2")
+    response, session = initiate(server, random_name())
+    if session is None:
+        raise CheckFailed(f"initiation answered {response.status}")
+    sock = server.send_request("PUT", session.target, {"Content-Length": str(4 * CHUNK),
+                                                       "Content-Range": f"bytes 0-{4 * CHUNK - 1}/*"}, b"")
+    stop = threading.Event()
+
+    def trickle():  # 8 KiB/s: above the minimum rate, far from the end of the body
+        sent = 0
+        while not stop.is_set() and sent < 4 * CHUNK:
+            try:
+                sock.sendall(neutral_bytes(sent, 4096))
+            except OSError:
+                return
+            sent += 4096
+            time.sleep(0.5)
+
+    worker = threading.Thread(target=trickle, daemon=True)
+    worker.start()
+    time.sleep(1.5)
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        server.process.wait(timeout=8)
+    except subprocess.TimeoutExpired:
+        pass
+    stop.set()
+    sock.close()
+    elapsed = time.monotonic() - started
+    exited = server.process.poll() is not None
+    server.stopped_by_check = True
+    check.expect(exited and elapsed <= 5.0, f"SIGTERM with a body still arriving: the process ran {elapsed:.1f} s more"
+                                            f" ({'exited' if exited else 'still running'})")
+    if not exited:
+        return
+    check.expect(server.spool_files() == [], f"the spool after SIGTERM holds {server.spool_files()}")
+    # What a killed process leaves, then a restart on the same store.
+    leftover = os.path.join(server.spool, os.urandom(16).hex() + ".part")
+    other = os.path.join(server.spool, "notes.txt")
+    for path in (leftover, other):
+        with open(path, "wb") as f:
+            f.write(b"x" * 1000)
+    args = [check.binary, "serve", "--listen", "127.0.0.1:0", "--store", server.store, "--trusted-key", TEST_PUB]
+    restarted = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        line = restarted.stdout.readline().decode(errors="replace")
+        check.expect(line.startswith("listening on"), f"the restarted serve printed {line!r}")
+        check.expect(not os.path.exists(leftover), "a restart left a dead session's spool file in place")
+        check.expect(os.path.exists(other), "a restart removed a spool file that was not a session's")
+        second = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=20)
+        check.expect(second.returncode != 0 and b"spool" in second.stderr,
+                     f"a second serve on the same spool exited {second.returncode}: {second.stderr[-200:]!r}")
+    finally:
+        restarted.terminate()
+        try:
+            restarted.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            restarted.kill()
+            restarted.wait()
+
+
 def media_memory(check):
     work = check.tmpdir()
     episodes = os.path.join(work, "episodes")
@@ -1112,6 +1210,8 @@ CHECKS = [
     (8, decompression_bomb_untrusted_signer, 120),
     (9, low_severity, 75),
     (10, held_slots_lock_out, 45),
+    (11, stalled_heads_lock_out, 45),
+    (12, shutdown_and_leftovers, 60),
 ]
 
 

@@ -45,7 +45,7 @@ extension ContinuonPackNetCommand {
         @Option(name: .long, help: "Largest package accepted, in MiB.")
         var maxPackageMib = 65536
 
-        @Option(name: .long, help: "Most uploads holding bytes at once (each: a spool file, two descriptors, a verifier thread); at the limit one that sent nothing new for a --rate-window, or less than --min-body-rate on average, makes room.")
+        @Option(name: .long, help: "Most uploads holding bytes at once (each: a spool file, two descriptors, a verifier thread); at the limit one that sent nothing new for --idle-timeout, or less than --min-body-rate on average, makes room.")
         var maxSessions = 64
 
         @Option(name: .long, help: "Seconds an upload session holding bytes is kept while nothing arrives.")
@@ -60,11 +60,14 @@ extension ContinuonPackNetCommand {
         @Option(name: .long, help: "Most connections open at once; at the limit the longest-idle connection without a request is closed.")
         var maxConnections = 1024
 
-        @Option(name: .long, help: "A request body must bring at least this many bytes per second over each --rate-window; slower ones are cut.")
+        @Option(name: .long, help: "A request body must average at least this many bytes per second, counted from --rate-grace after its head; slower ones are cut.")
         var minBodyRate = 1024
 
-        @Option(name: .long, help: "Seconds over which --min-body-rate is measured, and how long a response may wait on a client that does not read (default: --idle-timeout).")
-        var rateWindow: Int?
+        @Option(name: .long, help: "Seconds a request body may take before --min-body-rate applies (a body that never starts is cut then); also how long a response may wait on a client that reads nothing.")
+        var rateGrace = 10
+
+        @Option(name: .long, help: "Seconds requests in progress may take to finish after SIGTERM or SIGINT; then they are cut.")
+        var shutdownTimeout = 5
 
         @Option(name: .long, help: "The service's public base URL (for example https://ingest.example.com), used in upload session URLs instead of the Host header.")
         var publicURL: String?
@@ -76,11 +79,11 @@ extension ContinuonPackNetCommand {
                 throw ValidationError("--listen must be HOST:PORT, not \(listen).")
             }
             guard maxSessions > 0, maxPackageMib > 0, sessionExpiry > 0, emptySessionExpiry > 0, idleTimeout > 0,
-                  maxConnections > 0, minBodyRate >= 0, (rateWindow ?? 1) > 0
+                  maxConnections > 0, minBodyRate >= 0, rateGrace > 0, shutdownTimeout >= 0
             else {
                 throw ValidationError(
                     "--max-sessions, --max-package-mib, --session-expiry, --empty-session-expiry, --idle-timeout, "
-                        + "--max-connections and --rate-window must be positive, --min-body-rate at least 0.")
+                        + "--max-connections and --rate-grace must be positive, --min-body-rate at least 0.")
             }
             guard maxPackageMib <= 1 << 30 else { throw ValidationError("--max-package-mib is at most \(1 << 30).") }
             if let publicURL {
@@ -128,10 +131,10 @@ extension ContinuonPackNetCommand {
                     bucket: bucket, spoolDirectory: spoolDirectory, maxPackageBytes: UInt64(maxPackageMib) << 20,
                     sessions: SessionLimits(
                         maxActive: maxSessions, expiry: .seconds(sessionExpiry), emptyExpiry: .seconds(emptySessionExpiry),
-                        quietAfter: .seconds(rateWindow ?? idleTimeout), minBytesPerSecond: UInt64(minBodyRate)),
+                        quietAfter: .seconds(idleTimeout), minBytesPerSecond: UInt64(minBodyRate), grace: .seconds(rateGrace)),
                     connections: ConnectionLimits(
-                        maxConnections: maxConnections, minBodyBytesPerSecond: minBodyRate, window: .seconds(Int64(rateWindow ?? idleTimeout))),
-                    idleTimeout: .seconds(idleTimeout), publicURL: publicURL),
+                        maxConnections: maxConnections, minBodyBytesPerSecond: minBodyRate, grace: .seconds(Int64(rateGrace))),
+                    idleTimeout: .seconds(idleTimeout), shutdownTimeout: .seconds(shutdownTimeout), publicURL: publicURL),
                 store: ingestStore)
             let host = parts[0]
             try await server.run { port in
