@@ -299,10 +299,12 @@ class Service:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
     def spool_usage(self):
-        """(files, bytes) in the spool directory."""
+        """(files, bytes) in the spool directory (not counting the service's lock on it)."""
         files = size = 0
         for directory, _, names in os.walk(self.spool):
             for name in names:
+                if directory == self.spool and name == ".lock":
+                    continue
                 try:
                     size += os.lstat(os.path.join(directory, name)).st_size
                     files += 1
