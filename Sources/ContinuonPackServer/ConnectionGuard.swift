@@ -14,14 +14,19 @@ public struct ConnectionLimits: Sendable {
     /// head: after `grace + t` seconds, at least `minBodyBytesPerSecond * t` bytes (so a head whose body never
     /// starts is cut after `grace`).
     public var minBodyBytesPerSecond: Int
-    /// The allowance before the body rate applies; also how long a response may wait on a client that does not
-    /// read at all.
+    /// The allowance before the body rate applies.
     public var grace: TimeAmount
+    /// How long a response may wait on a client that reads nothing: no write reaches the socket while the channel
+    /// is unwritable. (The kernel's send buffer hides a slow reader's progress for a while, so this is longer than
+    /// `grace`: the idle timeout.)
+    public var unreadTimeout: TimeAmount
 
-    public init(maxConnections: Int = 1024, minBodyBytesPerSecond: Int = 1024, grace: TimeAmount = .seconds(10)) {
+    public init(maxConnections: Int = 1024, minBodyBytesPerSecond: Int = 1024, grace: TimeAmount = .seconds(10),
+                unreadTimeout: TimeAmount = .seconds(120)) {
         self.maxConnections = maxConnections
         self.minBodyBytesPerSecond = minBodyBytesPerSecond
         self.grace = grace
+        self.unreadTimeout = unreadTimeout
     }
 }
 
@@ -78,7 +83,8 @@ final class ConnectionRegistry: Sendable {
 /// - closes it when a request body falls behind `minBodyBytesPerSecond` on average, counted from `grace` after the
 ///   head (Hummingbird's idle timeout alone lets one byte every few seconds keep a request, and its session, open
 ///   forever; and a head whose body never comes would hold a connection slot until the idle timeout);
-/// - closes it when the client leaves a response unread (the channel stays unwritable) for `grace`;
+/// - closes it when the client leaves a response unread for `unreadTimeout`: the channel stays unwritable and no
+///   write reaches the socket in that time (a client that reads slowly keeps making progress and is left alone);
 /// - after a response carrying `Connection: close` (a refusal that should not cost the rest of the body), sends
 ///   it, half-closes, discards whatever the client still sends, and closes fully a moment later.
 final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
@@ -96,6 +102,10 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private var requestStart = NIODeadline.now()
     private var bodyBytes = 0
     private var unwritableSince: NIODeadline?
+    /// When a response write last reached the socket.
+    private var lastWriteProgress = NIODeadline.now()
+    /// Requests whose head arrived and whose response has not ended (pipelining can make it more than one).
+    private var requestsInProgress = 0
     private var closeAfterResponse = false
     private var discarding = false
 
@@ -147,6 +157,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             readingBody = true
             requestStart = .now()
             bodyBytes = 0
+            requestsInProgress += 1
             registry.setBusy(context.channel, true)
         case let .body(buffer):
             bodyBytes += buffer.readableBytes
@@ -162,9 +173,14 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             if response.headerFields[.connection]?.lowercased() == "close" { closeAfterResponse = true }
             context.write(data, promise: promise)
         case .body:
-            context.write(data, promise: promise)
+            // Progress is a write that reached the socket, however slowly the client reads.
+            let written = promise ?? context.eventLoop.makePromise(of: Void.self)
+            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            written.futureResult.whenSuccess { loopBound.value.lastWriteProgress = .now() }
+            context.write(data, promise: written)
         case .end:
-            registry.setBusy(context.channel, false)
+            requestsInProgress = max(0, requestsInProgress - 1)
+            if requestsInProgress == 0 { registry.setBusy(context.channel, false) }
             guard closeAfterResponse else {
                 context.write(data, promise: promise)
                 return
@@ -202,7 +218,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
                 }
             }
         }
-        if let since = unwritableSince, now - since >= limits.grace {
+        if let since = unwritableSince, now - max(since, lastWriteProgress) >= limits.unreadTimeout {
             context.close(promise: nil)
         }
     }

@@ -444,7 +444,7 @@ public struct IngestServer: Sendable {
 
     static let notFound = IngestProblem(404, "object.not_found", "No such object.")
 
-    /// The object's bytes, read 256 KiB at a time off the cooperative pool and written as the client takes them
+    /// The object's bytes, read 64 KiB at a time off the cooperative pool and written as the client takes them
     /// (the writer waits while the connection is not writable): memory stays bounded whatever the size and however
     /// slowly the client reads. The descriptor is closed when the response ends, completed or not.
     static func media(_ content: StoredContent) -> Response {

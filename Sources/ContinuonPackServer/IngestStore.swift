@@ -81,9 +81,9 @@ public final class StoredContent: @unchecked Sendable {
         try file.read(into: buffer, at: Int64(offset))
     }
 
-    static let chunkSize = 256 * 1024
+    static let chunkSize = 64 * 1024
 
-    /// The next bytes from `offset` (at most 256 KiB), read on NIO's thread pool.
+    /// The next bytes from `offset` (at most 64 KiB, so that a slow reader shows progress often), read on NIO's thread pool.
     /// - Throws: `io.error` when the file ends before `size` (it shrank) or cannot be read.
     func chunk(at offset: UInt64) async throws -> ByteBuffer {
         try await blocking { try self.readChunk(at: offset) }

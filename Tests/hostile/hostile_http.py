@@ -56,6 +56,10 @@ Findings of the adversarial review, and what each check asserts:
 12. shutdown_and_leftovers (second review): SIGTERM waited without bound for a trickling body; a killed process's
     spool files stayed for good. Asserts the bounded shutdown, the clean-up at restart, and one process per spool.
 
+13. honest_but_slow_or_pipelined (third review): the guards' false positives. Asserts (--rate-grace 2,
+    --idle-timeout 10) that a download read steadily at about 40 KB/s is not cut within 6 s, and that a PUT pipelined behind a GET is not evicted by the
+    connection cap (--max-connections 2) while its body arrives.
+
 Shared invariants, asserted after every attack: the process is alive; GET /healthz answers `ok` within 1 s; the
 number of open descriptors of the process settles (polled for up to 5 s) to its baseline + 8; no descriptor points to
 a "(deleted)" file; the spool (STORE/.spool) is empty once the sessions involved are finished or refused (the checks
@@ -989,6 +993,83 @@ def shutdown_and_leftovers(check):
             restarted.wait()
 
 
+def server_socket_state(server_port, client_port):
+    """The TCP state (hex, as in /proc/net/tcp: 01 established) of the server's end of a loopback connection."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+                return state
+    return None
+
+
+def honest_but_slow_or_pipelined(check):
+    """Finding 13 (third review), the guards' false positives: a download read slowly but steadily was cut after the
+    grace (the channel stayed unwritable although bytes kept leaving), and a PUT pipelined behind a GET counted as
+    idle once the GET was answered, so the connection cap evicted the upload while it was arriving."""
+    server = check.serve("--max-connections", "2", "--rate-grace", "2", "--idle-timeout", "10")
+    name = random_name()
+    with open(os.path.join(server.store, name), "wb") as f:
+        f.write(os.urandom(4 * MIB))
+    reader = server.send_request("GET", f"/storage/v1/b/staging/o/{name}?alt=media", receive_buffer=16384)
+    client_port = reader.getsockname()[1]
+    got = 0
+    start = time.monotonic()
+    cut_at = None
+    try:
+        while time.monotonic() - start < 6.0:  # three graces at about 40 KB/s
+            data = reader.recv(4096)
+            if not data:
+                break
+            got += len(data)
+            time.sleep(0.1)
+            # The kernel buffers megabytes on loopback: the server's end of the connection tells whether it let go.
+            if cut_at is None and server_socket_state(server.port, client_port) != "01":
+                cut_at = time.monotonic() - start
+    except OSError:
+        pass
+    finally:
+        reader.close()
+    check.expect(cut_at is None and got > 100_000,
+                 f"a download read at about 40 KB/s was cut by the server after {cut_at} s ({got} bytes read)")
+    response, session = initiate(server, random_name())
+    if session is None:
+        raise CheckFailed(f"initiation answered {response.status}")
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    put_head = build_request("PUT", session.target, server.port,
+                             {"Content-Range": f"bytes 0-{CHUNK - 1}/*", "Content-Length": str(CHUNK)})
+    sock.sendall(build_request("GET", "/healthz", server.port) + put_head + neutral_bytes(0, 8192))
+    others = []
+    try:
+        sent = 8192
+        time.sleep(0.5)
+        for _ in range(2):  # two newcomers at --max-connections 2: an idle connection would be evicted
+            others.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+            time.sleep(0.3)
+        while sent < CHUNK:
+            piece = min(16384, CHUNK - sent)
+            sock.sendall(neutral_bytes(sent, piece))
+            sent += piece
+            time.sleep(0.05)
+        answers = b""
+        while answers.count(b"HTTP/1.1 ") < 2:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answers += data
+    except OSError as error:
+        answers = b"(" + str(error).encode() + b")"
+    finally:
+        sock.close()
+        for other in others:
+            other.close()
+    check.expect(b"Range: bytes=0-262143" in answers or b"range: bytes=0-262143" in answers.lower(),
+                 f"a PUT pipelined behind a GET did not complete: {answers[-200:]!r}")
+    finish_session(server, session)
+    check.invariants(server)
+
+
 def media_memory(check):
     work = check.tmpdir()
     episodes = os.path.join(work, "episodes")
@@ -1212,6 +1293,7 @@ CHECKS = [
     (10, held_slots_lock_out, 45),
     (11, stalled_heads_lock_out, 45),
     (12, shutdown_and_leftovers, 60),
+    (13, honest_but_slow_or_pipelined, 45),
 ]
 
 

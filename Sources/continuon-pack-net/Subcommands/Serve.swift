@@ -54,7 +54,7 @@ extension ContinuonPackNetCommand {
         @Option(name: .long, help: "Seconds a started upload that never sent a byte is kept (such sessions cost no file or thread).")
         var emptySessionExpiry = 600
 
-        @Option(name: .long, help: "Seconds a connection may stay idle between requests (or within a request head) before it is closed.")
+        @Option(name: .long, help: "Seconds a connection may stay idle between requests (or within a request head), or leave a response unread, before it is closed.")
         var idleTimeout = 120
 
         @Option(name: .long, help: "Most connections open at once; at the limit the longest-idle connection without a request is closed.")
@@ -63,7 +63,7 @@ extension ContinuonPackNetCommand {
         @Option(name: .long, help: "A request body must average at least this many bytes per second, counted from --rate-grace after its head; slower ones are cut.")
         var minBodyRate = 1024
 
-        @Option(name: .long, help: "Seconds a request body may take before --min-body-rate applies (a body that never starts is cut then); also how long a response may wait on a client that reads nothing.")
+        @Option(name: .long, help: "Seconds a request body may take before --min-body-rate applies (a body that never starts is cut then).")
         var rateGrace = 10
 
         @Option(name: .long, help: "Seconds requests in progress may take to finish after SIGTERM or SIGINT; then they are cut.")
@@ -133,7 +133,8 @@ extension ContinuonPackNetCommand {
                         maxActive: maxSessions, expiry: .seconds(sessionExpiry), emptyExpiry: .seconds(emptySessionExpiry),
                         quietAfter: .seconds(idleTimeout), minBytesPerSecond: UInt64(minBodyRate), grace: .seconds(rateGrace)),
                     connections: ConnectionLimits(
-                        maxConnections: maxConnections, minBodyBytesPerSecond: minBodyRate, grace: .seconds(Int64(rateGrace))),
+                        maxConnections: maxConnections, minBodyBytesPerSecond: minBodyRate, grace: .seconds(Int64(rateGrace)),
+                        unreadTimeout: .seconds(Int64(idleTimeout))),
                     idleTimeout: .seconds(idleTimeout), shutdownTimeout: .seconds(shutdownTimeout), publicURL: publicURL),
                 store: ingestStore)
             let host = parts[0]
