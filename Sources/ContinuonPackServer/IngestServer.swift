@@ -217,7 +217,7 @@ public struct IngestServer: Sendable {
         guard Self.isSessionID(id) else {
             throw IngestProblem(404, "upload.session_unknown", "No such upload session.").closingConnection()
         }
-        switch try await sessions.acquire(id) {
+        switch try await acquire(id) {
         case let .finished(.success(object)):
             var headers = HTTPFields()
             if hasBody { headers[.connection] = "close" }
@@ -234,6 +234,21 @@ public struct IngestServer: Sendable {
                 throw error
             }
         }
+    }
+
+    /// The session, waiting up to two seconds for a request that still holds it (a client that resumes right after
+    /// its connection was cut arrives before the cut request has let go); then `503 upload.session_busy`.
+    private func acquire(_ id: String) async throws -> UploadSessions.Acquired {
+        for _ in 0..<40 {
+            let attempt = await Result { try await sessions.acquire(id) }
+            switch attempt {
+            case let .success(acquired): return acquired
+            case let .failure(problem as IngestProblem) where problem.code == "upload.session_busy":
+                try await Task.sleep(for: .milliseconds(50))
+            case let .failure(error): throw error
+            }
+        }
+        return try await sessions.acquire(id)
     }
 
     private func receive(_ request: Request, into session: UploadSession) async throws -> Response {
