@@ -83,8 +83,6 @@ public struct ChunkPlan: Sendable, Equatable {
 public struct ChunkReceiver: Sendable, Equatable {
     public private(set) var skip: UInt64
     public private(set) var take: UInt64
-    /// Bytes of the body seen so far.
-    public private(set) var seen: UInt64 = 0
 
     public init(skip: UInt64, take: UInt64) {
         self.skip = skip
@@ -108,8 +106,6 @@ public struct ChunkReceiver: Sendable, Equatable {
         let write = min(take, bytes - drop)
         take -= write
         let excess = bytes - drop - write
-        let (sum, overflow) = seen.addingReportingOverflow(bytes)
-        seen = overflow ? .max : sum
         return Split(drop: Int(drop), write: Int(write), excess: Int(excess))
     }
 

@@ -1,3 +1,5 @@
+import ContinuonPack
+
 /// The only object names the ingestion service knows: `<package_id>.cpkg`, 64 lowercase hex digits then `.cpkg`.
 ///
 /// Every route validates names into this type before anything else happens, and stores take only this type, so a
@@ -7,11 +9,11 @@ public struct PackageObjectName: Sendable, Hashable, CustomStringConvertible {
     public let text: String
 
     public init?(_ text: some StringProtocol) {
-        let bytes = Array(text.utf8)
-        guard bytes.count == 69, bytes[64...].elementsEqual(".cpkg".utf8),
-              bytes[..<64].allSatisfy({ (48...57).contains($0) || (97...102).contains($0) })
-        else { return nil }
-        self.text = String(decoding: bytes, as: UTF8.self)
+        let text = String(text)
+        guard text.utf8.count == 69, text.hasSuffix(".cpkg"), Hex.isLowercaseDigest(String(text.dropLast(5))) else {
+            return nil
+        }
+        self.text = text
     }
 
     /// A name from a URL path segment, percent-decoded strictly (`%` then two hex digits).

@@ -43,24 +43,21 @@ final class ConnectionRegistry: Sendable {
 
     init(limit: Int) { self.limit = limit }
 
-    var count: Int { entries.withLockedValue { $0.count } }
-
     /// Registers a new connection; false when it must be refused (the limit is reached and nothing can be evicted).
     func register(_ channel: any Channel) -> Bool {
-        let victim: (any Channel)? = entries.withLockedValue { entries in
-            var victim: (any Channel)?
+        let (registered, evicted): (Bool, (any Channel)?) = entries.withLockedValue { entries in
+            var evicted: (any Channel)?
             if entries.count >= limit {
                 guard let idlest = entries.filter({ !$0.value.busy }).min(by: { $0.value.lastActive < $1.value.lastActive })
-                else { return nil }
-                victim = idlest.value.channel
+                else { return (false, nil) }
+                evicted = idlest.value.channel
                 entries[idlest.key] = nil
             }
             entries[ObjectIdentifier(channel)] = Entry(channel: channel, busy: false, lastActive: .now())
-            return victim ?? channel // the new channel itself stands for "registered, nothing evicted"
+            return (true, evicted)
         }
-        guard let victim else { return false }
-        if victim !== channel { victim.close(promise: nil) }
-        return true
+        evicted?.close(promise: nil)
+        return registered
     }
 
     func unregister(_ channel: any Channel) {

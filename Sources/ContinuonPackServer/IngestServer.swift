@@ -194,15 +194,11 @@ public struct IngestServer: Sendable {
     /// as 32 hex digits. Session IDs are capabilities: whoever knows one can append to the upload.
     static func newSessionID() -> String {
         var generator = SystemRandomNumberGenerator()
-        let words = [generator.next() as UInt64, generator.next() as UInt64]
-        return words.map { word in
-            let hex = String(word, radix: 16)
-            return String(repeating: "0", count: 16 - hex.count) + hex
-        }.joined()
+        return Hex.encode((0..<16).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
     }
 
     static func isSessionID(_ text: String) -> Bool {
-        text.utf8.count == 32 && text.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
+        Hex.isLowercaseDigest(text, byteCount: 16)
     }
 
     // MARK: - Chunks and status
@@ -362,8 +358,7 @@ public struct IngestServer: Sendable {
     /// Ends a session with a refusal: its spool file, descriptors and verifier thread are given back now, and
     /// later requests get the same answer. Returns the problem to throw.
     private func end(_ session: UploadSession, _ problem: IngestProblem) async -> IngestProblem {
-        session.spool?.discard()
-        session.spool = nil
+        session.releaseSpool()
         var stored = problem
         stored.closesConnection = false
         await sessions.end(session.id, .failure(stored))
@@ -413,8 +408,7 @@ public struct IngestServer: Sendable {
         ]
         switch outcome {
         case .stored, .alreadyStored:
-            spool.discard()
-            session.spool = nil
+            session.releaseSpool()
             await sessions.end(session.id, .success(object))
             metadata["outcome"] = outcome == .stored ? "stored" : "already_stored"
             logger.info("upload accepted", metadata: metadata)

@@ -104,9 +104,7 @@ final class SpoolDirectory: @unchecked Sendable {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
                 String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
             }
-            let isSpoolFile = name.utf8.count == 37 && name.hasSuffix(".part")
-                && name.utf8.prefix(32).allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
-            if isSpoolFile, unlink(path + "/" + name) == 0 { removed += 1 }
+            if name.hasSuffix(".part"), IngestServer.isSessionID(String(name.dropLast(5))), unlink(path + "/" + name) == 0 { removed += 1 }
         }
         return removed
     }

@@ -14,6 +14,12 @@ final class UploadSession: @unchecked Sendable {
     var spool: SpoolFile?
     var received: UInt64 { spool?.held ?? 0 }
 
+    /// Gives back the held bytes' file, descriptors and verifier thread (the session ended or is dropped).
+    func releaseSpool() {
+        spool?.discard()
+        spool = nil
+    }
+
     init(id: String, objectName: PackageObjectName, total: UInt64?, metadata: UploadMetadata) {
         self.id = id
         self.objectName = objectName
@@ -137,7 +143,7 @@ actor UploadSessions {
     }
 
     /// The session for one request, or the answer it already ended with.
-    /// - Throws: 404 `upload.session_unknown`, 409 `upload.session_busy` (another request is using it).
+    /// - Throws: 404 `upload.session_unknown`, 503 `upload.session_busy` (another request is using it).
     func acquire(_ id: String) throws(IngestProblem) -> Acquired {
         if let entry = finished[id] { return .finished(entry.outcome) }
         guard var entry = open[id] else {
@@ -176,8 +182,7 @@ actor UploadSessions {
         let now = ContinuousClock.now
         if activeCount >= limits.maxActive,
            let (victimID, victim) = open.filter({ $0.value.isEvictable(now: now, limits) }).min(by: { $0.value.lastProgress < $1.value.lastProgress }) {
-            victim.session.spool?.discard()
-            victim.session.spool = nil
+            victim.session.releaseSpool()
             end(victimID, .failure(IngestProblem(
                 410, "upload.session_evicted", "The upload session was dropped to make room for active uploads.",
                 detail: "It had received no new bytes for a while, or too few; start a new upload.")))
@@ -222,8 +227,7 @@ actor UploadSessions {
         for (id, entry) in open where !entry.busy {
             let limit = entry.active ? limits.expiry : limits.emptyExpiry
             if now - entry.lastActivity > limit {
-                entry.session.spool?.discard()
-                entry.session.spool = nil
+                entry.session.releaseSpool()
                 if entry.active { activeCount -= 1 }
                 open[id] = nil
                 dropped += 1
@@ -239,8 +243,7 @@ actor UploadSessions {
     /// Ends every open session (the service stops): spool files removed, verifier threads stopped.
     func discardAll() {
         for entry in open.values {
-            entry.session.spool?.discard()
-            entry.session.spool = nil
+            entry.session.releaseSpool()
         }
         open = [:]
         activeCount = 0
