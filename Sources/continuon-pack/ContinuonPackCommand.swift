@@ -13,7 +13,7 @@ struct ContinuonPackCommand: AsyncParsableCommand {
             """,
         version: continuonPackVersion,
         subcommands: [
-            Keygen.self, Pack.self, Verify.self, Inspect.self, SignBlob.self, VerifyBlob.self,
+            Keygen.self, Pack.self, Verify.self, Resign.self, Inspect.self, SignBlob.self, VerifyBlob.self,
             Upload.self, Outbox.self, Serve.self,
         ]
     )

@@ -20,9 +20,15 @@ extension UnsafeMutableRawBufferPointer {
 /// Reads a file from its current offset.
 final class FileByteSource: ArchiveByteSource {
     let file: FileDescriptor
-    init(file: FileDescriptor) { self.file = file }
+    let progress: ByteProgress?
+    init(file: FileDescriptor, progress: ByteProgress? = nil) {
+        self.file = file
+        self.progress = progress
+    }
     func readChunk(scratch: UnsafeMutableRawBufferPointer) throws -> UnsafeRawBufferPointer {
-        scratch.prefix(filled: try file.read(into: scratch))
+        let count = try file.read(into: scratch)
+        progress?.add(count)
+        return scratch.prefix(filled: count)
     }
 }
 

@@ -140,6 +140,23 @@ public enum FileIO {
         try syncDirectory(directory)
     }
 
+    /// Creates `path` and any missing parents (as `mkdir -p`; new directories get mode 0755 less the umask).
+    /// - Throws: `io.error` naming the directory that could not be made, or when `path` is not a directory.
+    public static func createDirectories(_ path: String) throws {
+        var prefix = path.hasPrefix("/") ? "/" : ""
+        for part in path.split(separator: "/", omittingEmptySubsequences: true) {
+            prefix += part
+            if mkdir(prefix, 0o755) != 0 && errno != EEXIST {
+                throw FileDescriptor.ioError("Cannot create the directory \(prefix)", path: prefix)
+            }
+            prefix += "/"
+        }
+        var info = stat()
+        guard stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+            throw ContinuonPackError(.ioError, "\(path) is not a directory.")
+        }
+    }
+
     public static func syncDirectory(_ directory: String) throws {
         let fd = FileDescriptor.retryOnInterrupt { open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         guard fd >= 0 else { throw FileDescriptor.ioError("Cannot open directory \(directory)", path: directory) }

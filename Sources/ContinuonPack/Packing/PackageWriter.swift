@@ -41,6 +41,8 @@ public struct PackageWriter: Sendable {
     /// already keeps two more threads busy (reading and writing; hashing), and each worker costs 15-40 MiB of
     /// zstd buffers. More pay on machines with more cores and incompressible data.
     public var compressionThreads = 1
+    /// Advanced by the blob bytes read, for a progress display.
+    public var progress: ByteProgress?
     /// Tests only: reserve this many bytes before the archive instead of the predicted count (forces the copy path
     /// when wrong).
     var reservedOverride: UInt64?
@@ -77,7 +79,7 @@ public struct PackageWriter: Sendable {
             + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2))Z"
     }
 
-    /// Packs `blobs` into `directory/<package_id>.cpkg`.
+    /// Packs `blobs` into `directory/<package_id>.cpkg`, creating `directory` and its parents when missing.
     /// - Throws: `manifest.identifier_invalid`, `manifest.path_invalid`, `manifest.blob_duplicate` for bad input;
     ///   `pack.source_changed` when a file changes size while it is read; `io.output_exists` when the package
     ///   already exists; `io.error`, `pack.archive_write_failed`, `crypto.failure`.
@@ -106,6 +108,7 @@ public struct PackageWriter: Sendable {
     }
 
     private func pack(_ blobs: [BlobSource], into directory: String) throws -> PackResult {
+        try FileIO.createDirectories(directory)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 4096)
         defer { buffer.deallocate() }
         let temporaryPath = FileDescriptor.uniqueTemporaryPath(in: directory, suffix: ".cpkg.partial")
@@ -299,6 +302,7 @@ public struct PackageWriter: Sendable {
             try bytes.withUnsafeBytes { raw in
                 try writer.writeData(raw)
                 pipeline.update(stream, raw, in: lane)
+                progress?.add(raw.count)
             }
         case let .file(path):
             // O_NONBLOCK: a file swapped for a FIFO since it was stat'ed fails to read instead of blocking.
@@ -317,6 +321,7 @@ public struct PackageWriter: Sendable {
                 let chunk = UnsafeRawBufferPointer(rebasing: target[0..<count])
                 try writer.writeData(chunk)
                 pipeline.commit(count, of: stream, in: lane)
+                progress?.add(count)
                 remaining -= UInt64(count)
                 if remaining == 0 && count < target.count { break }
             }

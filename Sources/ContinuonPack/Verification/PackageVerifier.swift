@@ -21,6 +21,8 @@ public struct PackageVerifier: Sendable {
     /// more than its envelope, whatever its archive expands to. The report lists the failures found so far; the
     /// verdict is the same (invalid).
     public var failFast = false
+    /// Advanced by the bytes read from a file (`verify(path:)`), for a progress display.
+    public var progress: ByteProgress?
 
     public init(trustedKeys: [Ed25519PublicKey], threshold: Int = 1, limits: Limits = .default) {
         self.trustedKeys = trustedKeys
@@ -33,7 +35,7 @@ public struct PackageVerifier: Sendable {
     /// - Throws: `io.error` only, when the file cannot be opened or read.
     public func verify(path: String) throws -> VerificationReport {
         let file = try FileDescriptor.openForReading(path)
-        return try verify(source: FileByteSource(file: file), name: path)
+        return try verify(source: FileByteSource(file: file, progress: progress), name: path)
     }
 
     /// Verifies a package read from `stream` as it arrives (the ingestion service verifies uploads while they are

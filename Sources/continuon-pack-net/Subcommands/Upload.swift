@@ -57,7 +57,7 @@ struct OutboxOption: ParsableArguments {
 }
 
 /// A one-line progress display on a terminal; silent otherwise.
-final class ProgressLine: @unchecked Sendable {
+final class UploadProgressLine: @unchecked Sendable {
     private let enabled = isatty(2) == 1
     private let lock = NSLock()
 
@@ -116,7 +116,7 @@ extension ContinuonPackNetCommand {
             let outbox = try outboxOption.open()
             var ids: [String] = []
             for package in packages { ids.append(try outbox.add(packageAt: package).packageID) }
-            let progress = ProgressLine()
+            let progress = UploadProgressLine()
             let uploader = Uploader(outbox: outbox, target: try target.target(), policy: target.policy,
                                     onEvent: { progress.show($0) })
             var states: [OutboxState] = []
@@ -172,7 +172,7 @@ extension ContinuonPackNetCommand {
 
             func run() async throws {
                 let outbox = try outboxOption.open()
-                let progress = ProgressLine()
+                let progress = UploadProgressLine()
                 let uploader = Uploader(outbox: outbox, target: try target.target(), policy: target.policy,
                                         onEvent: { progress.show($0) })
                 if once {

@@ -1,6 +1,9 @@
 import ArgumentParser
 import ContinuonPack
 import ContinuonPackCLI
+#if canImport(Glibc)
+import Glibc
+#endif
 
 extension Compression: ExpressibleByArgument {}
 
@@ -33,7 +36,7 @@ extension ContinuonPackCommand {
         @Option(name: .long, help: "Environment ID.")
         var environmentId: String
 
-        @Option(name: .long, help: "Directory to write the package into (must exist).")
+        @Option(name: .long, help: "Directory to write the package into (created with its parents when missing).")
         var output: String
 
         @Option(name: .long, help: "Compression of the episode archive: none, gzip or zstd.")
@@ -62,7 +65,16 @@ extension ContinuonPackCommand {
                 createdAt: try PackageWriter.createdAt(environment: processEnvironment()))
             var configured = writer
             configured.compressionThreads = max(1, threads)
-            let result = try configured.write(blobs: blobs, toDirectory: output)
+            let progress = ProgressLine(label: "packing")
+            configured.progress = progress.counter(total: try totalSize(blobs))
+            let result: PackResult
+            do {
+                result = try configured.write(blobs: blobs, toDirectory: output)
+                progress.finish()
+            } catch {
+                progress.finish()
+                throw error
+            }
             if json {
                 printJSON(.object([
                     ("package_id", .string(result.packageID)),
@@ -79,6 +91,18 @@ extension ContinuonPackCommand {
                 print("signed by:  \(key.publicKey.keyID)")
             }
             print(result.path)
+        }
+
+        /// The bytes the blobs hold (for the progress line; the writer checks each size again as it reads).
+        private func totalSize(_ blobs: [BlobSource]) throws -> UInt64 {
+            blobs.reduce(UInt64(0)) { sum, blob in
+                switch blob.content {
+                case let .bytes(bytes): return sum + UInt64(bytes.count)
+                case let .file(path):
+                    var info = stat()
+                    return sum + (stat(path, &info) == 0 ? UInt64(info.st_size) : 0)
+                }
+            }
         }
     }
 }

@@ -36,20 +36,24 @@ extension ContinuonPackCommand {
             guard threshold <= Set(keys).count else {
                 throw ValidationError("--threshold \(threshold) is more than the \(Set(keys).count) distinct trusted keys.")
             }
-            let verifier = PackageVerifier(trustedKeys: keys, threshold: threshold)
+            var verifier = PackageVerifier(trustedKeys: keys, threshold: threshold)
             var reports: [VerificationReport] = []
             for package in packages {
-                reports.append(try verifier.verify(path: package))
+                let progress = ProgressLine(label: "verifying \(package)")
+                verifier.progress = progress.counter(total: fileSize(package))
+                let report = Result { try verifier.verify(path: package) }
+                progress.finish()
+                reports.append(try report.get())
             }
             if json {
                 printJSON(reports.count == 1 ? reports[0].jsonValue : .array(reports.map(\.jsonValue)))
             } else {
-                for report in reports { printText(report) }
+                for report in reports { Self.printText(report) }
             }
             if !reports.allSatisfy(\.valid) { throw ExitStatus.invalid }
         }
 
-        private func printText(_ report: VerificationReport) {
+        static func printText(_ report: VerificationReport) {
             print("\(report.path): \(report.valid ? "VALID" : "INVALID")")
             if let id = report.packageID { print("  package id: \(id)") }
             if !report.verifiedKeyIDs.isEmpty { print("  signed by:  \(report.verifiedKeyIDs.joined(separator: ", "))") }
