@@ -47,6 +47,8 @@ extension ContinuonPackError.Code {
     // MARK: - Outbox and upload
     public static let outboxCorrupt: Self = "outbox.state_corrupt"
     public static let outboxConflict: Self = "outbox.conflict"
+    public static let outboxBusy: Self = "outbox.busy"
+    public static let outboxUnknownEntry: Self = "outbox.unknown_entry"
     public static let uploadIncomplete: Self = "upload.incomplete"
     public static let uploadProtocol: Self = "upload.protocol_error"
 

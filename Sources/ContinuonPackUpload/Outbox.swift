@@ -10,6 +10,8 @@ import Glibc
 /// OUTBOX/<package_id>/package.cpkg   the outbox's own hard link or copy (the caller may delete theirs)
 /// OUTBOX/<package_id>/state.json     OutboxState, replaced atomically (temp, fsync, rename, fsync dir)
 /// OUTBOX/<package_id>/lock           flock(2): one uploader per entry across processes
+/// OUTBOX/<package_id>/superseded/<sha256>.cpkg   rejected bytes a re-signed package replaced (kept until acknowledged)
+/// OUTBOX/<package_id>/incoming-<sha256>.cpkg     new bytes while they replace rejected ones (see `supersede`)
 /// ```
 ///
 /// Nothing here deletes a package except `removeAcknowledged`, which the caller asks for explicitly.
@@ -44,9 +46,13 @@ public struct Outbox: Sendable {
 
     /// Adds a package: reads its package ID from the manifest, hashes the file once (SHA-256, MD5, CRC-32C), and
     /// publishes `<package_id>/` with a hard link (or a fsynced copy across file systems) and a `queued` state.
-    /// Adding the same bytes again returns the existing entry.
-    /// - Throws: `io.error`; `outbox.conflict` when the outbox holds different bytes under the same package ID;
-    ///   the inspection codes when the file is not a package.
+    ///
+    /// Adding the same bytes again returns the existing entry. Adding other bytes under the package ID of a
+    /// `rejected` entry (the same episodes re-signed, `PackageResigner`) supersedes it: the new bytes are queued and
+    /// the rejected ones are kept under `superseded/` until the entry is acknowledged (`removeAcknowledged`).
+    /// - Throws: `io.error`; `outbox.conflict` when the outbox holds different bytes under the same package ID in
+    ///   an entry that is not rejected; `outbox.busy` when an uploader holds the entry; the inspection codes when
+    ///   the file is not a package.
     @discardableResult
     public func add(packageAt path: String) throws -> OutboxState {
         let packageID = try PackageInspector.inspect(path: path).manifest.packageID
@@ -59,20 +65,23 @@ public struct Outbox: Sendable {
     /// Adds any file under a given ID (the transfer itself does not look inside packages).
     @discardableResult
     func add(fileAt path: String, packageID: String) throws -> OutboxState {
-        var state = try Self.fingerprint(path: path, packageID: packageID)
+        let fresh = try Self.fingerprint(path: path, packageID: packageID)
         if let existing = try? self.state(of: packageID) {
-            guard existing.sha256 == state.sha256 else {
-                throw ContinuonPackError(
-                    .outboxConflict, "The outbox already holds different bytes for package \(packageID).")
-            }
-            return existing
+            if existing.sha256 == fresh.sha256 { return existing }
+            guard existing.phase == .rejected else { throw Self.conflict(existing) }
+            let lock = try waitForLock(packageID)
+            defer { withExtendedLifetime(lock) {} }
+            try recover(packageID)
+            let current = try state(of: packageID)
+            if current.sha256 == fresh.sha256 { return current }
+            guard current.phase == .rejected else { throw Self.conflict(current) }
+            return try supersede(current, with: path, fresh: fresh)
         }
+        var state = fresh
         let staging = directory + "/.adding-" + packageID + "-" + String(UInt32.random(in: .min ... .max), radix: 16)
         guard mkdir(staging, 0o700) == 0 else { throw FileDescriptor.ioError("Cannot create \(staging)", path: staging) }
         do {
-            if link(path, staging + "/package.cpkg") != 0 {
-                try FileIO.copyFile(from: path, to: staging + "/package.cpkg")
-            }
+            try Self.linkOrCopy(path, to: staging + "/package.cpkg")
             state.phase = .queued
             try FileIO.writeNewFile(CanonicalJSON.encodePretty(state.jsonValue), to: staging + "/state.json", mode: 0o600)
             try FileIO.syncDirectory(staging)
@@ -84,10 +93,109 @@ public struct Outbox: Sendable {
             _ = unlink(staging + "/state.json")
             _ = unlink(staging + "/package.cpkg")
             _ = rmdir(staging)
-            if let existing = try? self.state(of: packageID), existing.sha256 == state.sha256 { return existing }
+            // Another process added the same package meanwhile; or other bytes, which the rules above decide.
+            if (try? self.state(of: packageID)) != nil { return try add(fileAt: path, packageID: packageID) }
             throw error
         }
         return state
+    }
+
+    private static func conflict(_ existing: OutboxState) -> ContinuonPackError {
+        ContinuonPackError(
+            .outboxConflict,
+            "The outbox already holds different bytes for package \(existing.packageID) (\(existing.phase.rawValue)); "
+                + "only a rejected entry can be superseded by re-signed bytes.")
+    }
+
+    /// Replaces a rejected entry's bytes, crash-safely. The state record is the commit point:
+    /// 1. the rejected bytes get a second name, `superseded/<sha256>.cpkg` (kept until acknowledgement);
+    /// 2. the new bytes are linked or copied to `incoming-<sha256>.cpkg` and fsynced;
+    /// 3. the state record names the new bytes (`queued`) and lists the old ones: from here on the new bytes count;
+    /// 4. `incoming-<sha256>.cpkg` is renamed over `package.cpkg`.
+    /// A crash before 3 leaves the entry rejected as it was (`recover` removes the stray incoming file); after 3,
+    /// `recover` finishes step 4 before anything reads the package.
+    private func supersede(_ current: OutboxState, with path: String, fresh: OutboxState) throws -> OutboxState {
+        let entry = entryDirectory(current.packageID)
+        let kept = entry + "/superseded"
+        if mkdir(kept, 0o700) != 0 && errno != EEXIST { throw FileDescriptor.ioError("Cannot create \(kept)", path: kept) }
+        let keptPath = kept + "/" + current.sha256 + ".cpkg"
+        if link(packagePath(current.packageID), keptPath) != 0 && errno != EEXIST {
+            throw FileDescriptor.ioError("Cannot keep the rejected package as \(keptPath)", path: keptPath)
+        }
+        try FileIO.syncDirectory(kept)
+        let incoming = incomingPath(current.packageID, sha256: fresh.sha256)
+        _ = unlink(incoming)
+        try Self.linkOrCopy(path, to: incoming)
+        try FileIO.syncDirectory(entry)
+
+        var next = fresh
+        next.phase = .queued
+        next.superseded = current.superseded + [OutboxState.Superseded(
+            sha256: current.sha256, size: current.size, rejectionStatus: current.rejectionStatus,
+            rejectionCode: current.rejectionCode)]
+        next.lastError = "supersedes the rejected bytes \(current.sha256.prefix(12))…"
+            + (current.rejectionCode.map { " (\($0))" } ?? "")
+        try save(next)
+        try recover(current.packageID)
+        return next
+    }
+
+    private func incomingPath(_ packageID: String, sha256: String) -> String {
+        entryDirectory(packageID) + "/incoming-" + sha256 + ".cpkg"
+    }
+
+    /// Finishes or undoes an interrupted `supersede` (call with the entry's lock held): the incoming file that the
+    /// state names becomes `package.cpkg`; any other incoming file is removed.
+    func recover(_ packageID: String) throws {
+        let entry = entryDirectory(packageID)
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: entry),
+              names.contains(where: { $0.hasPrefix("incoming-") })
+        else { return }
+        let state = try self.state(of: packageID)
+        for name in names where name.hasPrefix("incoming-") {
+            if name == "incoming-" + state.sha256 + ".cpkg" {
+                guard rename(entry + "/" + name, packagePath(packageID)) == 0 else {
+                    throw FileDescriptor.ioError("Cannot finish replacing the package of \(packageID)", path: entry)
+                }
+            } else {
+                _ = unlink(entry + "/" + name)
+            }
+        }
+        try FileIO.syncDirectory(entry)
+    }
+
+    /// Queues a rejected entry again, unchanged (after the service's trust or configuration was fixed). Entries
+    /// in any other state are returned as they are.
+    /// - Throws: `outbox.unknown_entry` when there is no such entry; `outbox.busy` when an uploader holds it.
+    @discardableResult
+    public func retry(packageID: String) throws -> OutboxState {
+        guard Hex.isLowercaseDigest(packageID), (try? state(of: packageID)) != nil else {
+            throw ContinuonPackError(.outboxUnknownEntry, "The outbox has no entry \(ContinuonPackError.quote(packageID)).")
+        }
+        let lock = try waitForLock(packageID)
+        defer { withExtendedLifetime(lock) {} }
+        try recover(packageID)
+        var state = try self.state(of: packageID)
+        guard state.phase == .rejected else { return state }
+        let previous = [state.rejectionStatus.map(String.init), state.rejectionCode].compactMap { $0 }.joined(separator: " ")
+        state.phase = .queued
+        state.sessionURI = nil
+        state.confirmed = 0
+        state.attempts = 0
+        state.lastError = "queued again after a rejection" + (previous.isEmpty ? "" : " (\(previous))")
+        state.rejectionStatus = nil
+        state.rejectionBody = nil
+        state.rejectionCode = nil
+        state.rejectionDetail = nil
+        try save(state)
+        return state
+    }
+
+    /// Links `source` to `destination`, or copies it (fsynced) when a link is not possible (another file system).
+    private static func linkOrCopy(_ source: String, to destination: String) throws {
+        if link(source, destination) != 0 {
+            try FileIO.copyFile(from: source, to: destination)
+        }
     }
 
     /// Size, SHA-256, MD5 and CRC-32C of a file in one pass.
@@ -117,22 +225,41 @@ public struct Outbox: Sendable {
         return names.filter { Hex.isLowercaseDigest($0) }.sorted().compactMap { try? state(of: $0) }
     }
 
-    /// Deletes the packages of acknowledged entries (their state record stays, as a receipt).
+    /// Deletes the packages of acknowledged entries, and the rejected bytes they superseded (their state record
+    /// stays, as a receipt). Nothing of an entry that is not acknowledged is ever removed.
     @discardableResult
     public func removeAcknowledged() throws -> [String] {
         var removed: [String] = []
         for entry in try entries() where entry.phase == .acknowledged {
             guard let lock = try self.lock(entry.packageID) else { continue }
-            if unlink(packagePath(entry.packageID)) == 0 { removed.append(entry.packageID) }
-            withExtendedLifetime(lock) {}
+            defer { withExtendedLifetime(lock) {} }
+            // Re-read under the lock: only what the server confirmed is given up.
+            guard (try? state(of: entry.packageID))?.phase == .acknowledged else { continue }
+            var any = unlink(packagePath(entry.packageID)) == 0
+            let kept = entryDirectory(entry.packageID) + "/superseded"
+            for old in entry.superseded where unlink(kept + "/" + old.sha256 + ".cpkg") == 0 { any = true }
+            if any {
+                _ = rmdir(kept)
+                try FileIO.syncDirectory(entryDirectory(entry.packageID))
+                removed.append(entry.packageID)
+            }
         }
-        if !removed.isEmpty { try FileIO.syncDirectory(directory) }
         return removed
     }
 
     /// Takes the entry's lock without waiting; nil when another process holds it.
     func lock(_ packageID: String) throws -> EntryLock? {
         try EntryLock(path: entryDirectory(packageID) + "/lock")
+    }
+
+    /// Takes the entry's lock, waiting up to two seconds for an uploader that only looks at the entry.
+    /// - Throws: `outbox.busy` when it is still held (an upload of the entry is in progress).
+    private func waitForLock(_ packageID: String) throws -> EntryLock {
+        for _ in 0..<40 {
+            if let lock = try lock(packageID) { return lock }
+            usleep(50_000)
+        }
+        throw ContinuonPackError(.outboxBusy, "An uploader is working on the outbox entry \(packageID); try again when it is done.")
     }
 }
 

@@ -10,8 +10,44 @@ public struct OutboxState: Sendable, Equatable {
         /// The server holds the object and its size and hashes equal ours. Final.
         case acknowledged
         /// The server refused the package (a 4xx other than 408/429), or holds different bytes under its name.
-        /// Final: never retried by itself; the package stays on disk.
+        /// Never retried by itself; the package stays on disk. Left by `Outbox.retry` (the same bytes again) or
+        /// by adding other bytes under the same package ID (`Outbox.add` supersedes them).
         case rejected
+    }
+
+    /// Bytes this entry held before a re-signed package replaced them (`Outbox.add` of other bytes under the
+    /// package ID of a rejected entry). The file stays at `OUTBOX/<package_id>/superseded/<sha256>.cpkg` until the
+    /// entry is acknowledged and the caller asks for acknowledged packages to be removed.
+    public struct Superseded: Sendable, Equatable {
+        public var sha256: String
+        public var size: UInt64
+        public var rejectionStatus: Int?
+        public var rejectionCode: String?
+
+        public init(sha256: String, size: UInt64, rejectionStatus: Int?, rejectionCode: String?) {
+            self.sha256 = sha256
+            self.size = size
+            self.rejectionStatus = rejectionStatus
+            self.rejectionCode = rejectionCode
+        }
+
+        var jsonValue: JSONValue {
+            .object([
+                ("sha256", .string(sha256)), ("size", .number(String(size))),
+                ("rejection_status", rejectionStatus.map { .number(String($0)) } ?? .null),
+                ("rejection_code", rejectionCode.map(JSONValue.string) ?? .null),
+            ])
+        }
+
+        init?(json value: JSONValue) {
+            guard case let .string(sha256)? = value["sha256"], Hex.isLowercaseDigest(sha256),
+                  let size = value["size"]?.safeUnsignedInteger
+            else { return nil }
+            var code: String?
+            if case let .string(text)? = value["rejection_code"] { code = text }
+            self.init(sha256: sha256, size: size, rejectionStatus: value["rejection_status"]?.safeUnsignedInteger.map(Int.init),
+                      rejectionCode: code)
+        }
     }
 
     public var packageID: String
@@ -30,6 +66,13 @@ public struct OutboxState: Sendable, Equatable {
     public var lastError: String?
     public var rejectionStatus: Int?
     public var rejectionBody: String?
+    /// The refusal's stable code: the ingestion service's problem `code` (`signature.untrusted`), Cloud Storage's
+    /// `error.errors[0].reason`, or `upload.object_conflict` when the server holds other bytes under the name.
+    public var rejectionCode: String?
+    /// The refusal's sentence for a person (the problem's `detail` or `title`, Cloud Storage's `error.message`).
+    public var rejectionDetail: String?
+    /// Earlier bytes of this entry, replaced by re-signed ones, oldest first.
+    public var superseded: [Superseded] = []
 
     public init(packageID: String, size: UInt64, sha256: String, md5Base64: String, crc32cBase64: String) {
         self.packageID = packageID
@@ -42,6 +85,23 @@ public struct OutboxState: Sendable, Equatable {
         self.attempts = 0
     }
 
+    /// One line for people: `rejected 422 signature.untrusted: <detail>`, `acknowledged`, `uploading 42%`.
+    public var summary: String {
+        switch phase {
+        case .rejected:
+            var text = "rejected"
+            if let rejectionStatus { text += " \(rejectionStatus)" }
+            if let rejectionCode { text += " \(rejectionCode)" }
+            if let detail = rejectionDetail ?? lastError { text += ": " + detail }
+            return text
+        case .uploading, .queued:
+            let percent = size == 0 ? 0 : confirmed * 100 / size
+            return phase.rawValue + (confirmed > 0 ? " \(percent)%" : "")
+        case .acknowledged:
+            return phase.rawValue
+        }
+    }
+
     public var jsonValue: JSONValue {
         func optional(_ text: String?) -> JSONValue { text.map(JSONValue.string) ?? .null }
         return .object([
@@ -52,6 +112,8 @@ public struct OutboxState: Sendable, Equatable {
             ("last_error", optional(lastError)),
             ("rejection_status", rejectionStatus.map { .number(String($0)) } ?? .null),
             ("rejection_body", optional(rejectionBody)),
+            ("rejection_code", optional(rejectionCode)), ("rejection_detail", optional(rejectionDetail)),
+            ("superseded", .array(superseded.map(\.jsonValue))),
         ])
     }
 
@@ -75,5 +137,15 @@ public struct OutboxState: Sendable, Equatable {
         self.lastError = string("last_error")
         self.rejectionStatus = number("rejection_status").map(Int.init)
         self.rejectionBody = string("rejection_body")
+        self.rejectionCode = string("rejection_code")
+        self.rejectionDetail = string("rejection_detail")
+        if case let .array(items)? = value["superseded"] {
+            self.superseded = try items.map { item in
+                guard let entry = Superseded(json: item) else {
+                    throw ContinuonPackError(.outboxCorrupt, "An outbox state file has a malformed superseded entry.")
+                }
+                return entry
+            }
+        }
     }
 }

@@ -66,6 +66,7 @@ public actor Uploader {
     public func upload(packageID: String) async throws -> OutboxState {
         guard let lock = try outbox.lock(packageID) else { return try outbox.state(of: packageID) }
         defer { withExtendedLifetime(lock) {} }
+        try outbox.recover(packageID)
         var state = try outbox.state(of: packageID)
         guard state.phase == .queued || state.phase == .uploading else { return state }
         state.objectName = target.objectName(packageID: packageID)
@@ -220,6 +221,9 @@ public actor Uploader {
         session.state.phase = .rejected
         session.state.rejectionStatus = response.status
         session.state.rejectionBody = String(decoding: response.body.prefix(64 * 1024), as: UTF8.self)
+        let reason = RejectionReason(body: Array(response.body.prefix(64 * 1024)))
+        session.state.rejectionCode = reason.code
+        session.state.rejectionDetail = reason.detail
         session.state.lastError = "rejected with HTTP \(response.status) while \(during)"
         try save(session.state)
     }
@@ -258,6 +262,9 @@ public actor Uploader {
             session.state.rejectionBody = object.map { String(decoding: CanonicalJSON.encode($0), as: UTF8.self) }
             session.state.lastError = "the server holds \(found.size.map(String.init) ?? "unknown") bytes with hashes "
                 + "md5 \(found.md5 ?? "none"), crc32c \(found.crc32c ?? "none"): not this package"
+            session.state.rejectionCode = "upload.object_conflict"
+            session.state.rejectionDetail = "The bucket holds other bytes under this object name: "
+                + (session.state.lastError ?? "")
         }
         try save(session.state)
     }
@@ -296,6 +303,47 @@ public actor Uploader {
     }
 
     // MARK: - Parsing
+
+    /// The stable code and the sentence of a refusal body: RFC 9457 problem details (`code`, else the last part
+    /// of a `urn:…:error:<code>` `type`; `detail`, else `title`) as the ingestion service sends them, or Cloud
+    /// Storage's `{"error": {"message", "errors": [{"reason"}]}}`. Text from the server is cut to 512 characters
+    /// and stripped of control characters before it reaches a terminal or a log.
+    struct RejectionReason: Equatable {
+        var code: String?
+        var detail: String?
+
+        init(code: String?, detail: String?) {
+            self.code = code
+            self.detail = detail
+        }
+
+        init(body: [UInt8]) {
+            guard let value = try? StrictJSONParser.parse(body), case .object = value else {
+                let text = String(decoding: body, as: UTF8.self)
+                self.init(code: nil, detail: text.isEmpty ? nil : Self.clean(text))
+                return
+            }
+            func string(_ value: JSONValue?) -> String? { if case let .string(text)? = value { return text }; return nil }
+            if let error = value["error"], case .object = error {
+                var reason: String?
+                if case let .array(errors)? = error["errors"], let first = errors.first { reason = string(first["reason"]) }
+                self.init(code: reason.map(Self.clean), detail: string(error["message"]).map(Self.clean))
+                return
+            }
+            var code = string(value["code"])
+            if code == nil, let type = string(value["type"]), type.hasPrefix("urn:"), let last = type.split(separator: ":").last {
+                code = String(last)
+            }
+            self.init(code: code.map(Self.clean), detail: (string(value["detail"]) ?? string(value["title"])).map(Self.clean))
+        }
+
+        static func clean(_ text: String) -> String {
+            let scalars = text.unicodeScalars.prefix(512).map { scalar -> Character in
+                scalar.value < 0x20 || (0x7f...0x9f).contains(scalar.value) ? " " : Character(scalar)
+            }
+            return String(scalars)
+        }
+    }
 
     struct ObjectHashes {
         let size: UInt64?

@@ -78,10 +78,18 @@ func printStates(_ states: [OutboxState], json: Bool) {
         return
     }
     for state in states {
-        var line = "\(state.packageID)  \(state.phase.rawValue)  \(state.confirmed)/\(state.size) bytes  attempts \(state.attempts)"
-        if let status = state.rejectionStatus { line += "  HTTP \(status)" }
-        if let error = state.lastError { line += "  (\(error))" }
+        var line = "\(state.packageID)  \(state.summary)"
+        if state.phase != .rejected {
+            line += "  \(state.confirmed)/\(state.size) bytes  attempts \(state.attempts)"
+            if let error = state.lastError { line += "  (\(error))" }
+        }
+        if !state.superseded.isEmpty { line += "  supersedes \(state.superseded.count) rejected" }
         print(line)
+    }
+    if states.contains(where: { $0.phase == .rejected }) {
+        printError("a rejected package stays in the outbox. Fix the cause, then `continuon-pack outbox retry ID` sends the "
+            + "same bytes again; or re-sign it (`continuon-pack resign PKG --key KEY --output DIR`) and upload the result, "
+            + "which supersedes the rejected bytes.")
     }
 }
 
@@ -130,7 +138,7 @@ extension ContinuonPackNetCommand {
         static let configuration = CommandConfiguration(
             commandName: NetworkCommand.outbox.rawValue,
             abstract: NetworkCommand.outbox.abstract,
-            subcommands: [Add.self, Run.self, Status.self])
+            subcommands: [Add.self, Run.self, Status.self, Retry.self])
 
         struct Add: ParsableCommand {
             static let configuration = CommandConfiguration(
@@ -185,6 +193,45 @@ extension ContinuonPackNetCommand {
                     _ = try await uploader.drain()
                     if retention == .remove { try outbox.removeAcknowledged() }
                     try await Task.sleep(for: .seconds(interval))
+                }
+            }
+        }
+
+        struct Retry: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Queue rejected entries again, unchanged (after the service's trust or configuration was fixed).",
+                discussion: """
+                    A rejected package is never sent again by itself. Name the entries by package ID, or give \
+                    --rejected for all of them; entries that are not rejected are left as they are. To send other \
+                    bytes (a re-signed package), add or upload them instead: they supersede the rejected entry.
+                    """)
+
+            @Argument(help: "Package IDs of rejected entries.")
+            var packageIDs: [String] = []
+
+            @Flag(name: .long, help: "Every rejected entry.")
+            var rejected = false
+
+            @OptionGroup var outboxOption: OutboxOption
+
+            @Flag(name: .long, help: "Print the resulting states as JSON.")
+            var json = false
+
+            func validate() throws {
+                guard rejected != !packageIDs.isEmpty else {
+                    throw ValidationError("Name package IDs or give --rejected (not both).")
+                }
+            }
+
+            func run() throws {
+                let outbox = try outboxOption.open()
+                let ids = rejected ? try outbox.entries().filter { $0.phase == .rejected }.map(\.packageID) : packageIDs
+                var states: [OutboxState] = []
+                for id in ids { states.append(try outbox.retry(packageID: id)) }
+                if json {
+                    printJSON(.array(states.map(\.jsonValue)))
+                } else {
+                    for state in states { print("\(state.packageID)  \(state.summary)") }
                 }
             }
         }
