@@ -123,10 +123,12 @@ public struct Outbox: Sendable {
             throw FileDescriptor.ioError("Cannot keep the rejected package as \(keptPath)", path: keptPath)
         }
         try FileIO.syncDirectory(kept)
+        CrashPoint.reach("supersede.kept")
         let incoming = incomingPath(current.packageID, sha256: fresh.sha256)
         _ = unlink(incoming)
         try Self.linkOrCopy(path, to: incoming)
         try FileIO.syncDirectory(entry)
+        CrashPoint.reach("supersede.incoming")
 
         var next = fresh
         next.phase = .queued
@@ -136,7 +138,9 @@ public struct Outbox: Sendable {
         next.lastError = "supersedes the rejected bytes \(current.sha256.prefix(12))…"
             + (current.rejectionCode.map { " (\($0))" } ?? "")
         try save(next)
+        CrashPoint.reach("supersede.state_saved")
         try recover(current.packageID)
+        CrashPoint.reach("supersede.done")
         return next
     }
 
@@ -236,6 +240,7 @@ public struct Outbox: Sendable {
             // Re-read under the lock: only what the server confirmed is given up.
             guard (try? state(of: entry.packageID))?.phase == .acknowledged else { continue }
             var any = unlink(packagePath(entry.packageID)) == 0
+            CrashPoint.reach("release.package_removed")
             let kept = entryDirectory(entry.packageID) + "/superseded"
             for old in entry.superseded where unlink(kept + "/" + old.sha256 + ".cpkg") == 0 { any = true }
             if any {

@@ -116,6 +116,7 @@ public actor Uploader {
 
     private func save(_ state: OutboxState) throws {
         try outbox.save(state)
+        CrashPoint.reach("upload.saved." + state.phase.rawValue)
         onEvent?(UploadEvent(
             packageID: state.packageID, phase: state.phase, confirmed: state.confirmed, size: state.size,
             message: state.lastError))
