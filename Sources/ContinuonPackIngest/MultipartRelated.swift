@@ -18,7 +18,8 @@
 /// - After each delimiter, optional transport padding (spaces and tabs), then CRLF; that line's rest and the part's
 ///   header lines up to and including the empty line count toward `maxHeaderBytes`. Lines end in CRLF (a bare CR or
 ///   LF is refused); each is `Name: value` with a token name, no space before the colon, no folding, no control
-///   bytes in the value. The part's content starts after the empty line.
+///   bytes in the value. The part's content starts after the empty line (whose CRLF is never a delimiter's: content
+///   that begins with `--BOUNDARY` is content).
 /// - The first part's `Content-Type` is `application/json` (case-insensitive, parameters allowed); the second
 ///   part's is not read (it may be absent). A part names `Content-Type` and `Content-Transfer-Encoding` at most
 ///   once each; the encoding, if named, is `binary`, `8bit` or `7bit`. Other headers (`Content-ID`, ...) are ignored.
@@ -96,8 +97,10 @@ public struct MultipartRelatedParser: Sendable {
         phase == .closed || phase == .closedCR || phase == .epilogue
     }
 
-    /// Bytes held back as a possible start of the delimiter (at most the delimiter's length less one).
+    /// Bytes held back as a possible start of the delimiter (fewer than `delimiterLength`).
     var heldBackCount: Int { phase == .content ? matched : 0 }
+    /// The length of `CRLF--BOUNDARY`.
+    var delimiterLength: Int { delimiter.count }
 
     // MARK: - Feeding
 
@@ -438,6 +441,7 @@ struct MediaType {
         self.type = Self.lowercased(type)
         self.subtype = Self.lowercased(subtype)
         parameters = []
+        var names: Set<String> = []
         while true {
             skipSpace()
             guard index < bytes.count else { break }
@@ -472,7 +476,7 @@ struct MediaType {
                 guard let raw = token() else { return nil }
                 value = Array(raw)
             }
-            guard !parameters.contains(where: { $0.name == name }) else { return nil }
+            guard names.insert(name).inserted else { return nil }
             parameters.append((name, value))
         }
     }

@@ -134,13 +134,17 @@ public struct IngestServer: Sendable {
     private func initiate(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         try checkBucket(context)
         let query = try UploadQuery(rawQuery: request.uri.query)
-        guard query.uploadType == "resumable" else {
-            throw IngestProblem(400, "upload.unsupported", "Only resumable uploads (uploadType=resumable) are accepted.")
-                .closingConnection()
+        // The service only creates objects: with or without ifGenerationMatch=0 an existing object is 412.
+        if let generation = query.ifGenerationMatch, generation != "0" {
+            throw IngestProblem(412, "upload.precondition_failed",
+                                "This service only creates objects: ifGenerationMatch must be 0 or absent.").closingConnection()
         }
-        guard query.ifGenerationMatch == "0" else {
-            throw IngestProblem(400, "upload.precondition_required", "Uploads must be create-only (ifGenerationMatch=0).")
-                .closingConnection()
+        switch query.uploadType {
+        case "resumable"?: break
+        case "multipart"?: return try await receiveMultipart(request, query: query)
+        case "media"?: return try await receiveMedia(request, query: query)
+        default:
+            throw IngestProblem(400, "upload.unsupported", "uploadType must be resumable, multipart or media.").closingConnection()
         }
         if let length = request.headers[.contentLength], StrictDecimal.parse(length).map({ $0 > UploadMetadata.maxBytes }) ?? true {
             throw UploadMetadata.tooLarge
@@ -174,7 +178,7 @@ public struct IngestServer: Sendable {
     static let uploadContentLength = HTTPField.Name("X-Upload-Content-Length")!
 
     /// The initiation body, at most 64 KiB.
-    private static func metadataBytes(_ request: Request) async throws -> [UInt8] {
+    static func metadataBytes(_ request: Request) async throws -> [UInt8] {
         var request = request
         do {
             return Array(try await request.collectBody(upTo: UploadMetadata.maxBytes).readableBytesView)
@@ -303,7 +307,7 @@ public struct IngestServer: Sendable {
 
     /// The next buffer of a request body. A body that breaks off (the client left, the connection was cut for
     /// being too slow) is the client's doing: `400 upload.chunk_short`, logged as information, not an error.
-    private func nextBuffer(_ iterator: inout RequestBody.AsyncIterator) async throws -> ByteBuffer? {
+    func nextBuffer(_ iterator: inout RequestBody.AsyncIterator) async throws -> ByteBuffer? {
         let result = await Result { try await iterator.next() }
         guard case let .success(buffer) = result else {
             logger.info("request body ended early", metadata: ["reason": "\(result)"])
@@ -312,20 +316,25 @@ public struct IngestServer: Sendable {
         return buffer
     }
 
-    private func append(_ request: Request, _ session: UploadSession, skip: UInt64, take: UInt64) async throws {
-        if session.spool == nil {
-            try await sessions.activate(session.id)
-            do {
-                session.spool = try SpoolFile(
-                    path: configuration.spoolDirectory + "/" + session.id + ".part", verifier: verifier,
-                    label: session.objectName.text)
-            } catch {
-                await sessions.deactivate(session.id)
-                logger.error("cannot create a spool file", metadata: ["session": "\(session.id)", "error": "\(error)"])
-                throw Self.spoolUnavailable
-            }
+    /// The session's spool file, created (and the session counted against `maxActive`) at its first byte.
+    func spool(of session: UploadSession) async throws -> SpoolFile {
+        if let spool = session.spool { return spool }
+        try await sessions.activate(session.id)
+        do {
+            let spool = try SpoolFile(
+                path: configuration.spoolDirectory + "/" + session.id + ".part", verifier: verifier,
+                label: session.objectName.text)
+            session.spool = spool
+            return spool
+        } catch {
+            await sessions.deactivate(session.id)
+            logger.error("cannot create a spool file", metadata: ["session": "\(session.id)", "error": "\(error)"])
+            throw Self.spoolUnavailable
         }
-        guard let spool = session.spool else { throw Self.spoolUnavailable }
+    }
+
+    private func append(_ request: Request, _ session: UploadSession, skip: UInt64, take: UInt64) async throws {
+        let spool = try await spool(of: session)
         var receiver = ChunkReceiver(skip: skip, take: take)
         var iterator = request.body.makeAsyncIterator()
         while let buffer = try await nextBuffer(&iterator) {
@@ -357,7 +366,7 @@ public struct IngestServer: Sendable {
 
     /// Ends a session with a refusal: its spool file, descriptors and verifier thread are given back now, and
     /// later requests get the same answer. Returns the problem to throw.
-    private func end(_ session: UploadSession, _ problem: IngestProblem) async -> IngestProblem {
+    func end(_ session: UploadSession, _ problem: IngestProblem) async -> IngestProblem {
         session.releaseSpool()
         var stored = problem
         stored.closesConnection = false
@@ -368,7 +377,7 @@ public struct IngestServer: Sendable {
         return problem
     }
 
-    private func finish(_ session: UploadSession) async throws -> Response {
+    func finish(_ session: UploadSession) async throws -> Response {
         guard let spool = session.spool else {
             // An empty upload: nothing was held, so no verifier ran.
             throw await end(session, IngestProblem(refusing: verifier.verify(bytes: [])))
@@ -472,7 +481,7 @@ public struct IngestServer: Sendable {
         return Response(status: .ok, headers: headers, body: body)
     }
 
-    private func checkBucket(_ context: BasicRequestContext) throws {
+    func checkBucket(_ context: BasicRequestContext) throws {
         guard context.parameters.get("bucket") == configuration.bucket else {
             throw IngestProblem(404, "bucket.not_found", "No such bucket.", detail: "This service's bucket is \(configuration.bucket).")
         }

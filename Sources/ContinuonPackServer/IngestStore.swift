@@ -219,7 +219,10 @@ public struct CloudStorageStore: IngestStore {
 
     public func commit(spoolPath: String, object: StoredObject) async throws -> CommitOutcome {
         let outbox = try Outbox(directory: forwardingOutbox)
-        let entry = try outbox.add(packageAt: spoolPath)
+        var entry = try outbox.add(packageAt: spoolPath)
+        // A client's new commit is a new attempt: an earlier refusal by the bucket (rights, an outage's 4xx) is not
+        // the final word for it.
+        if entry.phase == .rejected { entry = try outbox.retry(packageID: entry.packageID) }
         let state = try await Uploader(outbox: outbox, target: target).upload(packageID: entry.packageID)
         switch state.phase {
         case .acknowledged:

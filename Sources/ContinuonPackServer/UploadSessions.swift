@@ -20,8 +20,13 @@ final class UploadSession: @unchecked Sendable {
         spool = nil
     }
 
-    init(id: String, objectName: PackageObjectName, total: UInt64?, metadata: UploadMetadata) {
+    /// False for a single-request upload (multipart, media): no client can ask for it again, so its outcome is
+    /// not kept when it ends.
+    let remembered: Bool
+
+    init(id: String, objectName: PackageObjectName, total: UInt64?, metadata: UploadMetadata, remembered: Bool = true) {
         self.id = id
+        self.remembered = remembered
         self.objectName = objectName
         self.total = total
         self.declaredMD5 = metadata.md5Hash
@@ -212,7 +217,9 @@ actor UploadSessions {
 
     /// Ends a session: its answer is kept for late requests; the caller has given back its resources.
     func end(_ id: String, _ outcome: Result<StoredObject, IngestProblem>) {
-        if let entry = open.removeValue(forKey: id), entry.active { activeCount -= 1 }
+        guard let entry = open.removeValue(forKey: id) else { return }
+        if entry.active { activeCount -= 1 }
+        guard entry.session.remembered else { return }
         while finished.count >= limits.maxFinished, let oldest = finishedOrder.popFirst() {
             finished[oldest] = nil
         }

@@ -15,6 +15,11 @@ func storedPackages(_ dir: TemporaryDirectory) -> [String] {
     ((try? FileManager.default.contentsOfDirectory(atPath: dir.file("store"))) ?? []).filter { $0.hasSuffix(".cpkg") }
 }
 
+/// What the service's spool directory holds besides its lock (nothing, once every upload ended).
+func spoolLeftovers(_ dir: TemporaryDirectory) -> [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: dir.file("store/.spool"))) ?? []).filter { $0 != ".lock" }
+}
+
 @Suite("The ingestion endpoint (continuon-pack serve)", .serialized)
 struct ServeTests {
     @Test("Our uploader's package is verified, stored once, and a second upload is acknowledged without a copy")
@@ -70,27 +75,118 @@ struct ServeTests {
         #expect(problem["status"] as? Int == hostile.status)
         #expect((problem["type"] as? String)?.hasPrefix("urn:continuon-pack:error:") == true)
         #expect(storedPackages(dir).isEmpty)
-        // Only the service's lock on its spool directory remains.
-        let spool = ((try? FileManager.default.contentsOfDirectory(atPath: dir.file("store/.spool"))) ?? []).filter { $0 != ".lock" }
-        #expect(spool.isEmpty, "spool left behind: \(spool)")
+        #expect(spoolLeftovers(dir).isEmpty, "spool left behind: \(spoolLeftovers(dir))")
     }
 
-    @Test("Google's google-cloud-storage client uploads a valid package (resumable) and is refused a tampered one")
+    @Test("google-cloud-storage, streaming resumable with if_generation_match=0: a valid package stored, a tampered one refused")
     func googleClient() throws {
         let valid = try TemporaryDirectory()
         let server = try startServe(valid)
         let name = "767e166376752cb640429ccc51e902807e24292e40eee8eef5834be7977ff0d7.cpkg"
         let accepted = try json(try peer("gcs_client_upload.py", [server.baseURL.absoluteString, "staging", name,
-                                                                  Repo.path("TestVectors/valid/package-none.cpkg")]).stdout)
+                                                                  Repo.path("TestVectors/valid/package-none.cpkg"), "--mode", "resumable"]).stdout)
         #expect(accepted["ok"] as? Bool == true, "\(accepted)")
         #expect(storedPackages(valid) == [name])
         let tamperedDir = try TemporaryDirectory()
         let second = try startServe(tamperedDir)
         let refused = try json(try peer("gcs_client_upload.py", [second.baseURL.absoluteString, "staging", name,
-                                                                 Repo.path("TestVectors/invalid/blob-digest-mismatch.cpkg")]).stdout)
+                                                                 Repo.path("TestVectors/invalid/blob-digest-mismatch.cpkg"), "--mode", "resumable"]).stdout)
         #expect(refused["ok"] as? Bool == false)
         #expect(refused["status"] as? Int == 422, "\(refused)")
         #expect(storedPackages(tamperedDir).isEmpty)
+    }
+
+    /// A package of one random blob of `size` bytes (uncompressed, so its size is about `size`), and a copy with
+    /// one byte of the blob flipped (a blob and archive digest mismatch, found at the end of the upload).
+    static func packages(_ dir: TemporaryDirectory, size: Int) throws -> (valid: String, tampered: String, name: String) {
+        let episodes = try dir.subdirectory("episodes-\(size)")
+        let random = try #require(FileHandle(forReadingAtPath: "/dev/urandom"))
+        _ = try dir.write("episodes-\(size)/steps.tfrecord", [UInt8](random.readData(ofLength: size)))
+        let packed = try cli(["pack", episodes, "--key", Repo.testKey, "--runtime-version", "1", "--app-version", "1",
+                              "--environment-id", "lab", "--compression", "none", "--output", dir.file("packed-\(size)")])
+        let valid = packed.lastLine
+        var bytes = try readBytes(valid)
+        bytes[bytes.count - 1024 - 10240 / 2 - size / 2] ^= 0x01 // inside the blob, away from every header
+        let tampered = try dir.write("tampered-\(size).cpkg", bytes)
+        let name = String(valid.split(separator: "/").last ?? "")
+        return (valid, tampered, name)
+    }
+
+    @Test("google-cloud-storage's plain blob.upload_from_filename: 100 KB (one multipart request) and 20 MB (resumable without ifGenerationMatch), valid and tampered", arguments: [100_000, 20_000_000])
+    func googleClientPlain(size: Int) throws {
+        let dir = try TemporaryDirectory()
+        let (valid, tampered, name) = try Self.packages(dir, size: size)
+        let expectedRequests = size < 8 << 20 ? ["POST multipart"] : ["POST resumable", "PUT resumable"]
+
+        let refusedDir = try TemporaryDirectory()
+        let refusing = try startServe(refusedDir)
+        let refused = try json(try peer("gcs_client_upload.py", [refusing.baseURL.absoluteString, "staging", name, tampered]).stdout)
+        #expect(refused["ok"] as? Bool == false)
+        #expect(refused["status"] as? Int == 422, "\(refused)")
+        #expect((refused["message"] as? String)?.contains("blob.digest_mismatch") == true, "\(refused)")
+        #expect(refused["requests"] as? [String] == expectedRequests)
+        #expect(storedPackages(refusedDir).isEmpty)
+
+        let server = try startServe(dir)
+        let accepted = try json(try peer("gcs_client_upload.py", [server.baseURL.absoluteString, "staging", name, valid]).stdout)
+        #expect(accepted["ok"] as? Bool == true, "\(accepted)")
+        #expect(accepted["requests"] as? [String] == expectedRequests)
+        #expect(try readBytes(dir.file("store/" + name)) == (try readBytes(valid)))
+        // Create-only: the same call again is 412, and the object is unchanged.
+        let again = try json(try peer("gcs_client_upload.py", [server.baseURL.absoluteString, "staging", name, valid]).stdout)
+        #expect(again["status"] as? Int == 412, "\(again)")
+        #expect(try readBytes(dir.file("store/" + name)) == (try readBytes(valid)))
+        #expect(spoolLeftovers(dir).isEmpty, "spool left behind: \(spoolLeftovers(dir))")
+    }
+
+    @Test("curl: uploadType=media and uploadType=multipart in one request, verified as they stream; refusals are problem details")
+    func curlSingleRequest() throws {
+        let dir = try TemporaryDirectory()
+        let server = try startServe(dir)
+        let name = "767e166376752cb640429ccc51e902807e24292e40eee8eef5834be7977ff0d7.cpkg"
+        let base = server.baseURL.absoluteString + "/upload/storage/v1/b/staging/o"
+        func curl(_ query: String, _ body: String, _ headers: [String] = []) throws -> (status: Int, body: [String: Any]) {
+            let result = try run("curl", ["-s", "-X", "POST", "--data-binary", "@" + body, "-w", "\n%{http_code}",
+                                          base + "?" + query] + headers.flatMap { ["-H", $0] })
+            let lines = result.text.split(separator: "\n", omittingEmptySubsequences: false)
+            let status = Int(lines.last ?? "") ?? 0
+            return (status, (try? json(Array(lines.dropLast().joined(separator: "\n").utf8))) ?? [:])
+        }
+        let tampered = try curl("uploadType=media&name=" + name, Repo.path("TestVectors/invalid/signature-tampered.cpkg"),
+                                ["Content-Type: application/octet-stream"])
+        #expect(tampered.status == 422 && tampered.body["code"] as? String == "signature.invalid", "\(tampered)")
+        let noName = try curl("uploadType=media", Repo.path("TestVectors/valid/package-none.cpkg"))
+        #expect(noName.status == 400 && noName.body["code"] as? String == "upload.name_missing", "\(noName)")
+        #expect(storedPackages(dir).isEmpty)
+
+        let package = try readBytes(Repo.path("TestVectors/valid/package-none.cpkg"))
+        func multipart(_ metadata: String, boundary: String = "cpk_boundary_42") throws -> String {
+            var body = Array("--\(boundary)\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n\(metadata)\r\n".utf8)
+            body += Array("--\(boundary)\r\nContent-Type: application/octet-stream\r\n\r\n".utf8)
+            body += package
+            body += Array("\r\n--\(boundary)--\r\n".utf8)
+            return try dir.write("multipart-\(body.count)-\(metadata.count)", body)
+        }
+        // md5Hash declared wrong: the bytes are checked against it.
+        let wrongHash = try curl("uploadType=multipart", try multipart(#"{"name":"\#(name)","md5Hash":"AAAAAAAAAAAAAAAAAAAAAA=="}"#),
+                                 ["Content-Type: multipart/related; boundary=cpk_boundary_42"])
+        #expect(wrongHash.status == 400 && wrongHash.body["code"] as? String == "upload.checksum_mismatch", "\(wrongHash)")
+        let badFraming = try curl("uploadType=multipart", try multipart(#"{"name":"\#(name)"}"#),
+                                  ["Content-Type: multipart/related; boundary=another_boundary"])
+        #expect(badFraming.status == 400 && badFraming.body["code"] as? String == "upload.multipart_invalid", "\(badFraming)")
+        #expect(storedPackages(dir).isEmpty)
+
+        let accepted = try curl("uploadType=multipart", try multipart(#"{"name":"\#(name)","contentType":"application/octet-stream"}"#),
+                                ["Content-Type: multipart/related; boundary=cpk_boundary_42"])
+        #expect(accepted.status == 200 && accepted.body["name"] as? String == name, "\(accepted)")
+        #expect(accepted.body["size"] as? String == String(package.count))
+        #expect(try readBytes(dir.file("store/" + name)) == package)
+        let exists = try curl("uploadType=media&name=" + name, Repo.path("TestVectors/valid/package-none.cpkg"))
+        #expect(exists.status == 412 && exists.body["code"] as? String == "upload.object_exists", "\(exists)")
+        let generation = try curl("uploadType=media&ifGenerationMatch=7&name=" + name, Repo.path("TestVectors/valid/package-none.cpkg"))
+        #expect(generation.status == 412 && generation.body["code"] as? String == "upload.precondition_failed", "\(generation)")
+        let unsupported = try curl("uploadType=chunked&name=" + name, Repo.path("TestVectors/valid/package-none.cpkg"))
+        #expect(unsupported.status == 400 && unsupported.body["code"] as? String == "upload.unsupported", "\(unsupported)")
     }
 
     @Test("Strict protocol: offsets are checked, held bytes dropped, and the 308 Range says what is really kept")

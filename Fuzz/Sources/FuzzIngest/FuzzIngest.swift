@@ -4,13 +4,18 @@ import ContinuonPackIngest
 // a sequence of requests separated by NUL bytes; in each, newline-separated fields are the Content-Range header,
 // the Content-Length header, the query string, the Host header, an object path segment, and the rest the
 // initiation metadata JSON. One simulated session carries the bytes held and the total across the requests, with
-// a 4 MiB size limit. Any trap (overflow, index out of range) or broken invariant is a finding.
+// a 4 MiB size limit. Any trap (overflow, index out of range) or broken invariant is a finding. An input that
+// starts with `multipart\n` drives the multipart/related body parser instead (FuzzMultipart.swift).
 
 let maxBytes: UInt64 = 4 << 20
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzIngest(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
+    if bytes.starts(with: multipartMagic) {
+        fuzzMultipart(Array(bytes.dropFirst(multipartMagic.count)))
+        return 0
+    }
     var held: UInt64 = 0
     var total: UInt64?
     for slice in bytes.split(separator: 0, omittingEmptySubsequences: false).prefix(64) {
