@@ -60,6 +60,50 @@ Findings of the adversarial review, and what each check asserts:
     --idle-timeout 10) that a download read steadily at about 40 KB/s is not cut within 6 s, and that a PUT pipelined behind a GET is not evicted by the
     connection cap (--max-connections 2) while its body arrives.
 
+Single-request uploads (`uploadType=media`, `uploadType=multipart`): each holds a spool file, two descriptors, a
+verifier thread and a --max-sessions slot while its body streams in, and must give them all back whatever happens.
+14. single_request_abandoned (--rate-grace 2): asserts that media (Content-Length and chunked) and multipart uploads
+    whose client leaves in the middle of the body (FIN, RST, in the middle of a chunk, of the media, of the metadata)
+    had a spool file while the body arrived and lose it within 3 s, with /healthz fast after each; and that three
+    that stall after 1000 bytes are cut by the server (minimum body rate) within 8 s, nothing done by the client.
+15. single_request_too_large (--max-package-mib 1): asserts a 413 upload.too_large from the head alone (no body
+    byte sent) for a Content-Length over the limit (media: limit + 1 and 2^64 - 1; multipart: limit + 80 KiB + 1),
+    then a closed connection; and, for chunked media bodies of 3 MiB (and one chunk announcing 1 TiB: 413 or 400
+    upload.chunk_short), a chunked multipart body, and a multipart Content-Length inside the framing allowance whose
+    media is limit + 60 KiB: a 413 while the client is sending, a spool never over the limit (sampled after every
+    64 KiB), a closed connection, nothing stored.
+16. multipart_hostile_framing: asserts (a) that media of near-delimiters (`CRLF--` + 69 of the 70 boundary
+    characters, CRs, `CRLF-`, `CRLF--` + every prefix of the boundary), 4 MiB each, cost at most 3x the CPU of plain
+    media + 0.5 s and answer 4xx; (b) that header blocks of 1 MiB without an empty line (one line, many lines,
+    transport padding, in either part), 4 at a time, answer 400 upload.multipart_invalid within 2 s; (c) that 10 MiB
+    of metadata (Content-Length or chunked) answers 413 upload.metadata_too_large within 3 s; RSS growing by less
+    than 50 MiB through (a)-(c); (d) that a valid package framed wrongly (a third part, no closing delimiter with a
+    Content-Length or chunked, a preamble, LF line ends, the delimiter followed by other bytes, a 1 MiB epilogue, a
+    text/plain metadata part, two Content-Types, a folded header, base64 transfer encoding, a bare-LF delimiter)
+    answers 400 upload.multipart_invalid, cut by EOF before its Content-Length a 4xx or nothing, and with wrong
+    declared md5Hash/crc32c 400 upload.checksum_mismatch; nothing stored; and the well-framed control answers 200.
+17. single_request_traversal_names: asserts that object names that try to leave the store (`../../etc/passwd`,
+    `%2e%2e/x`, `../K.pem`, `../<valid>.cpkg`, absolute, NUL, uppercase, empty), in the media query, the multipart
+    metadata, or both (agreeing or not), with a valid package as the body, answer 4xx; a non-string metadata name,
+    two valid names that disagree, a repeated `name` or `uploadType` too (`request.query_invalid`); a valid package
+    under another package's name answers 422 upload.object_name_mismatch; and that nothing outside the store
+    changed (the tree beside it, /etc/passwd, names beside the server's directory), nothing stored.
+18. single_request_fail_fast: a package signed by an untrusted key with 32 MiB of archive, sent by media and by
+    multipart at once, paced (64 KiB per 2 ms, SO_SNDBUF 64 KiB). Asserts 422 signature.untrusted before half the
+    body is sent, `Connection: close`, EOF after the answer, and sends failing within 5 s (the rest is not taken).
+19. single_request_slots (--max-sessions 4, --rate-grace 2): four uploads (media and multipart) stall after their
+    first 1000 bytes. Asserts four newcomers get 429 upload.too_many_sessions with Retry-After and a closed
+    connection, at most 4 spool files, the stalled ones cut by the server within 8 s, the spool then empty, and an
+    honest media upload then answered 200 (the slots were given back).
+20. content_type_parameter_bomb (found while 14-19 were written; fixed before 3da49bf was committed): MediaType
+    checked each parameter of the multipart request's Content-Type against every earlier one; 13,166 short
+    parameters (a 79 KB header, under the HTTP layer's ~80 KiB head limit) cost 7.4 CPU-seconds per request on the
+    debug build, and two at once starved /healthz for seconds.
+    Asserts such a header costs at most 3x a same-length header with one long parameter (+0.2 CPU-s), and /healthz
+    answers within 1 s while two of half the size are parsed.
+21. single_request_shutdown (--shutdown-timeout 2): asserts SIGTERM while a media and a multipart body trickle in
+    (8 KiB/s, above the minimum rate) ends the process within 5 s, leaving an empty spool.
+
 Shared invariants, asserted after every attack: the process is alive; GET /healthz answers `ok` within 1 s; the
 number of open descriptors of the process settles (polled for up to 5 s) to its baseline + 8; no descriptor points to
 a "(deleted)" file; the spool (STORE/.spool) is empty once the sessions involved are finished or refused (the checks
@@ -78,9 +122,11 @@ import http.client
 import json
 import os
 import resource
+import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -1279,6 +1325,756 @@ def trickled_body_is_closed(server, result):
         finish_session(server, session)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Single-request uploads (uploadType=media, uploadType=multipart): helpers
+
+BOUNDARY = "hostile-boundary"
+MULTIPART_TYPE = f"multipart/related; boundary={BOUNDARY}"
+MULTIPART_TARGET = BUCKET_UPLOAD + "?uploadType=multipart"
+
+
+def media_target(query_name):
+    """The media upload target; `query_name` goes into the query as given (percent-encode it yourself)."""
+    return BUCKET_UPLOAD + "?uploadType=media&name=" + query_name
+
+
+def multipart_prefix(metadata, boundary=BOUNDARY):
+    """A multipart/related body up to the first byte of the media: the metadata part (a dict, or raw bytes), then
+    the media part's headers."""
+    if not isinstance(metadata, bytes):
+        metadata = json.dumps(metadata).encode()
+    b = boundary.encode()
+    return (b"--" + b + b"\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n" + metadata
+            + b"\r\n--" + b + b"\r\nContent-Type: application/octet-stream\r\n\r\n")
+
+
+def multipart_close(boundary=BOUNDARY):
+    return b"\r\n--" + boundary.encode() + b"--\r\n"
+
+
+def http_chunk(data):
+    """One chunk of a `Transfer-Encoding: chunked` body."""
+    return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
+def stored_objects(server):
+    return sorted(name for name in os.listdir(server.store) if name != ".spool")
+
+
+def wait_for(condition, seconds, step=0.05):
+    """Polls `condition` until it holds (True) or `seconds` passed (False)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if condition():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+
+
+def wait_closed(sock, deadline):
+    """Reads until the server closes the connection (FIN or reset): (True, what arrived), or (False, what arrived)
+    when it is still open at `deadline`."""
+    data = b""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False, data
+        sock.settimeout(remaining)
+        try:
+            received = sock.recv(65536)
+        except socket.timeout:
+            return False, data
+        except OSError:
+            return True, data
+        if not received:
+            return True, data
+        data += received
+
+
+def record_raw(server, what, data):
+    """Records an answer read by hand (for the shared invariants: no 5xx, no secret)."""
+    if data.startswith(b"HTTP/1.1 ") and data[9:12].isdigit():
+        server.record(what, Response(int(data[9:12]), {}, data.split(b"\r\n\r\n", 1)[-1]))
+
+
+def open_upload(server, target, headers, first=b""):
+    """Connects, sends a request head (no Content-Length added) and the first body bytes; returns the socket."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    sock.sendall(build_request("POST", target, server.port, headers) + first)
+    return sock
+
+
+def post_as_is(server, target, headers, body, timeout=5.0):
+    """A POST whose head is exactly `headers` (no Content-Length added: for chunked bodies). Raises NoResponse."""
+    try:
+        sock = open_upload(server, target, headers)
+    except OSError as error:
+        raise NoResponse(f"cannot connect: {error}") from None
+    try:
+        send_all(sock, body)
+        return server.receive_response(sock, f"POST {target}", time.monotonic() + timeout)
+    finally:
+        sock.close()
+
+
+def send_watching(server, sock, what, pieces, pace=0.002, observe=None):
+    """Sends `pieces` one by one, waiting up to `pace` s after each for an answer, and stops at the first answer
+    (or when the server no longer takes bytes). Returns (bytes sent, Response or None). `observe` is called after
+    each piece (to sample the spool)."""
+    sent = 0
+    for piece in pieces:
+        if not send_all(sock, piece):
+            break
+        sent += len(piece)
+        if observe is not None:
+            observe()
+        readable, _, _ = select.select([sock], [], [], pace)
+        if readable:
+            break
+    try:
+        return sent, server.receive_response(sock, what, time.monotonic() + 5)
+    except NoResponse:
+        return sent, None
+
+
+def describe(response):
+    return f"{response.status} {response.problem_code()}" if response is not None else "no answer"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Single-request uploads: the checks
+
+def single_request_abandoned(check):
+    """Check 14: single-request uploads whose client leaves or stalls give back their spool file, descriptors,
+    verifier thread and slot."""
+    server = check.serve("--rate-grace", "2")
+    first = neutral_bytes(0, 1000)  # below --min-body-rate (1 KiB/s) once the grace is over
+    started = time.monotonic()
+    stalled = [
+        ("stalled media upload", open_upload(server, media_target(random_name()), {"Content-Length": str(MIB)}, first)),
+        ("stalled chunked media upload",
+         open_upload(server, media_target(random_name()), {"Transfer-Encoding": "chunked"}, http_chunk(first))),
+        ("stalled multipart upload",
+         open_upload(server, MULTIPART_TARGET, {"Content-Type": MULTIPART_TYPE, "Content-Length": str(MIB)},
+                     multipart_prefix({"name": random_name()}) + first)),
+    ]
+    try:
+        check.expect(wait_for(lambda: len(server.spool_files()) >= len(stalled), 1.5),
+                     f"{len(stalled)} stalled single-request uploads hold {len(server.spool_files())} spool files"
+                     " (each should hold one while its body arrives)")
+
+        prefix = multipart_prefix({"name": random_name()})
+        leavers = [
+            # label, target, headers, body sent before leaving, reset instead of FIN, holds a spool file by then
+            ("media upload left after 1 MiB of 4 MiB", media_target(random_name()),
+             {"Content-Length": str(4 * MIB)}, neutral_bytes(0, MIB), False, True),
+            ("media upload reset after 1 MiB of 4 MiB", media_target(random_name()),
+             {"Content-Length": str(4 * MIB)}, neutral_bytes(0, MIB), True, True),
+            ("chunked media upload left in the middle of a chunk", media_target(random_name()),
+             {"Transfer-Encoding": "chunked"}, http_chunk(neutral_bytes(0, MIB)) + b"10000\r\n" + neutral_bytes(MIB, 100),
+             False, True),
+            ("multipart upload left in the middle of the media", MULTIPART_TARGET,
+             {"Content-Type": MULTIPART_TYPE, "Content-Length": str(4 * MIB)}, prefix + neutral_bytes(0, MIB), False, True),
+            ("multipart upload left in the middle of the metadata", MULTIPART_TARGET,
+             {"Content-Type": MULTIPART_TYPE, "Content-Length": str(4 * MIB)}, prefix[:60], False, False),
+        ]
+        def spool_names():
+            return {name for name, _ in server.spool_files()}
+
+        for label, target, headers, body, reset, holds in leavers:
+            before = spool_names()
+            sock = open_upload(server, target, headers)
+            send_all(sock, body)
+            if holds:
+                check.expect(wait_for(lambda: spool_names() - before, 2.0),
+                             f"{label}: no spool file appeared while the body arrived")
+            else:
+                time.sleep(0.3)
+            if reset:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            check.expect(wait_for(lambda: not (spool_names() - before), 3.0),
+                         f"{label}: the spool still holds {sorted(spool_names() - before)} 3 s after the client left")
+            check.require_alive(server, label)
+            check.expect(server.healthz_seconds() is not None, f"{label}: /healthz did not answer within 1 s after")
+
+        # The stalled ones: cut by the minimum body rate (--rate-grace 2), without the client doing anything.
+        for label, sock in stalled:
+            closed, data = wait_closed(sock, started + 8.0)
+            record_raw(server, label, data)
+            check.expect(closed, f"the {label} (1000 bytes, then nothing) was still open after"
+                                 f" {time.monotonic() - started:.1f} s with --rate-grace 2")
+    finally:
+        for _, sock in stalled:
+            sock.close()
+    check.invariants(server)
+
+
+def single_request_too_large(check):
+    """Check 15: the size limit on single-request uploads, declared or streamed (--max-package-mib 1)."""
+    server = check.serve("--max-package-mib", "1")
+    limit = MIB
+
+    # (a) A declared Content-Length over the limit is refused from the head alone: no body byte is sent.
+    for label, target, headers in (
+            ("media, Content-Length limit + 1", media_target(random_name()), {"Content-Length": str(limit + 1)}),
+            ("media, Content-Length 2^64 - 1", media_target(random_name()), {"Content-Length": str(2 ** 64 - 1)}),
+            ("multipart, Content-Length limit + 80 KiB + 1", MULTIPART_TARGET,
+             {"Content-Type": MULTIPART_TYPE, "Content-Length": str(limit + 80 * 1024 + 1)})):
+        sock = server.send_request("POST", target, headers)
+        try:
+            try:
+                reply = server.receive_response(sock, f"POST {label}", time.monotonic() + 3)
+            except NoResponse as error:
+                reply = None
+                check.expect(False, f"{label}, no body sent: no answer within 3 s ({error})")
+            if reply is not None:
+                check.expect(reply.status == 413 and reply.problem_code() == "upload.too_large",
+                             f"{label}, no body sent: answered {describe(reply)}, not 413 upload.too_large")
+                closed, _ = wait_closed(sock, time.monotonic() + 3)
+                check.expect(closed, f"{label}: the connection stayed open after the 413")
+        finally:
+            sock.close()
+
+    # (b-e) Bodies that keep going past the limit.
+    streamed = [
+        ("chunked media upload of 3 MiB", media_target(random_name()), {"Transfer-Encoding": "chunked"},
+         [http_chunk(neutral_bytes(i * 65536, 65536)) for i in range(48)]),
+        ("chunked media upload in one chunk announcing 1 TiB", media_target(random_name()),
+         {"Transfer-Encoding": "chunked"}, [b"10000000000\r\n"] + [neutral_bytes(i * 65536, 65536) for i in range(48)]),
+        ("chunked multipart upload of 3 MiB of media", MULTIPART_TARGET,
+         {"Content-Type": MULTIPART_TYPE, "Transfer-Encoding": "chunked"},
+         [http_chunk(multipart_prefix({"name": random_name()}))]
+         + [http_chunk(neutral_bytes(i * 65536, 65536)) for i in range(48)]),
+    ]
+    # A Content-Length within the multipart framing allowance (limit + 80 KiB) whose media alone is over the limit.
+    prefix = multipart_prefix({"name": random_name()})
+    media = neutral_bytes(0, limit + 60 * 1024)
+    body = prefix + media + multipart_close()
+    streamed.append(("multipart upload with limit + 60 KiB of media in the framing allowance", MULTIPART_TARGET,
+                     {"Content-Type": MULTIPART_TYPE, "Content-Length": str(len(body))},
+                     [body[i:i + 65536] for i in range(0, len(body), 65536)]))
+    for label, target, headers, pieces in streamed:
+        most = [0]
+
+        def observe():
+            most[0] = max(most[0], server.spool_bytes())
+
+        sock = open_upload(server, target, headers)
+        try:
+            sent, reply = send_watching(server, sock, f"POST {label}", pieces, observe=observe)
+            allowed = ("upload.too_large", "upload.chunk_short") if "1 TiB" in label else ("upload.too_large",)
+            check.expect(reply is not None and reply.status in (400, 413) and reply.problem_code() in allowed,
+                         f"{label}: answered {describe(reply)} after {sent} bytes sent, not 413 upload.too_large")
+            check.expect(most[0] <= limit, f"{label}: the spool held {most[0]} bytes with a limit of {limit}")
+            if reply is not None:
+                closed, _ = wait_closed(sock, time.monotonic() + 3)
+                check.expect(closed, f"{label}: the connection stayed open after the {reply.status}")
+        finally:
+            sock.close()
+        check.require_alive(server, label)
+    check.expect(stored_objects(server) == [], f"the store holds {stored_objects(server)} after refused uploads")
+    check.invariants(server)
+
+
+class RSSSampler:
+    """The largest RSS of a process, sampled every 20 ms while it runs."""
+
+    def __init__(self, server):
+        self.server = server
+        self.most = server.rss_bytes()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                self.most = max(self.most, self.server.rss_bytes())
+            except OSError:
+                return
+            time.sleep(0.02)
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join(2)
+        return self.most
+
+
+def multipart_hostile_framing(check):
+    """Check 16: multipart/related framing built to cost the parser time or memory, or to slip a body past it."""
+    server = check.serve()
+    with open(VALID_PACKAGE, "rb") as f:
+        package = f.read()
+    good_metadata = {"name": VALID_NAME}
+    server.raw("POST", MULTIPART_TARGET, {"Content-Type": MULTIPART_TYPE},
+               multipart_prefix({"name": random_name()}) + b"x" + multipart_close())  # warm up
+    baseline_rss = server.rss_bytes()
+    sampler = RSSSampler(server)
+    try:
+        # (a) Boundary search bombs: media made of near-delimiters. Each must cost about what plain media costs.
+        boundary = "b" * 70
+        content_type = f'multipart/related; boundary="{boundary}"'
+        size = 4 * MIB
+        header = neutral_bytes(0, 512)  # the verifier waits for a 12 MiB envelope: the parser sees every byte
+        bombs = [
+            ("plain media", b" "),
+            ("CRLF--<69 of 70 boundary chars>, repeated", b"\r\n--" + boundary[:69].encode()),
+            ("CR, repeated", b"\r"),
+            ("CRLF-, repeated", b"\r\n-"),
+            ("CRLF--<k of 70 boundary chars> for k = 0..69, repeated",
+             b"".join(b"\r\n--" + boundary[:k].encode() for k in range(70))),
+        ]
+        costs = {}
+        for label, unit in bombs:
+            media = header + (unit * (size // len(unit) + 1))[:size]
+            body = multipart_prefix({"name": random_name()}, boundary) + media + multipart_close(boundary)
+            before, start = server.cpu_seconds(), time.monotonic()
+            try:
+                reply = server.raw("POST", MULTIPART_TARGET, {"Content-Type": content_type}, body, timeout=20)
+            except NoResponse as error:
+                reply = None
+                check.expect(False, f"boundary bomb {label}: {error}")
+            costs[label] = (server.cpu_seconds() - before, time.monotonic() - start)
+            check.require_alive(server, f"boundary bomb {label}")
+            if reply is not None:
+                check.expect(is_4xx(reply), f"boundary bomb {label}: answered {describe(reply)}, not a 4xx")
+        plain_cpu = costs.get("plain media", (0.0, 0.0))[0]
+        for label, (cpu, wall) in costs.items():
+            check.expect(cpu <= 3 * plain_cpu + 0.5 and wall < 10,
+                         f"boundary bomb {label}: {cpu:.2f} CPU-s, {wall:.1f} s for 4 MiB (plain media:"
+                         f" {plain_cpu:.2f} CPU-s): not linear")
+
+        # (b) Header blocks of 1 MiB without an empty line, 4 at a time: 400 upload.multipart_invalid, quickly.
+        line = b"X-Pad: " + b"a" * 77 + b"\r\n"
+        blocks = [
+            ("a 1 MiB metadata header line", b"--" + BOUNDARY.encode() + b"\r\nX-Pad: " + b"a" * MIB),
+            ("1 MiB of metadata header lines", b"--" + BOUNDARY.encode() + b"\r\n" + line * (MIB // len(line))),
+            ("1 MiB of transport padding after the first delimiter", b"--" + BOUNDARY.encode() + b" " * MIB),
+            ("1 MiB of media header lines",
+             multipart_prefix(good_metadata)[:-len(b"Content-Type: application/octet-stream\r\n\r\n")]
+             + line * (MIB // len(line))),
+        ]
+        for label, body in blocks:
+            start = time.monotonic()
+            sockets = [server.send_request("POST", MULTIPART_TARGET, {"Content-Type": MULTIPART_TYPE}, body)
+                       for _ in range(4)]
+            for sock in sockets:
+                try:
+                    reply = server.receive_response(sock, f"POST {label}", start + 5)
+                    check.expect(reply.status == 400 and reply.problem_code() == "upload.multipart_invalid",
+                                 f"{label}: answered {describe(reply)}, not 400 upload.multipart_invalid")
+                except NoResponse as error:
+                    check.expect(False, f"{label}: {error}")
+                finally:
+                    sock.close()
+            elapsed = time.monotonic() - start
+            check.expect(elapsed < 2.0, f"{label}: 4 refusals took {elapsed:.1f} s")
+
+        # (c) Metadata of 10 MiB (with a Content-Length, and chunked): 413 upload.metadata_too_large.
+        big = b'{"name": "' + VALID_NAME.encode() + b'", "x": "' + b"a" * (10 * MIB) + b'"}'
+        body = multipart_prefix(big) + package + multipart_close()
+        for label, headers, data in (
+                ("10 MiB of metadata", {"Content-Type": MULTIPART_TYPE}, body),
+                ("10 MiB of metadata, chunked", {"Content-Type": MULTIPART_TYPE, "Transfer-Encoding": "chunked"},
+                 http_chunk(body) + b"0\r\n\r\n")):
+            start = time.monotonic()
+            try:
+                if "Transfer-Encoding" not in headers:
+                    headers = dict(headers, **{"Content-Length": str(len(data))})
+                reply = post_as_is(server, MULTIPART_TARGET, headers, data)
+                check.expect(reply.status == 413 and reply.problem_code() == "upload.metadata_too_large",
+                             f"{label}: answered {describe(reply)}, not 413 upload.metadata_too_large")
+            except NoResponse as error:
+                check.expect(False, f"{label}: {error}")
+            check.expect(time.monotonic() - start < 3.0, f"{label}: the refusal took {time.monotonic() - start:.1f} s")
+    finally:
+        grown = sampler.finish() - baseline_rss
+    check.expect(grown < 50 * MIB, f"RSS grew by {grown / MIB:.0f} MiB under the framing attacks")
+
+    # (d) Framings that wrap a valid package (VALID_NAME) but break the grammar: 400, and nothing stored. A parser
+    # that is lenient here would store the package.
+    close = multipart_close()
+    good = multipart_prefix(good_metadata) + package
+    lf_only = good.replace(b"\r\n", b"\n")
+    malformed = [
+        ("a third part", {}, good + b"\r\n--" + BOUNDARY.encode() + b"\r\nContent-Type: text/plain\r\n\r\nx" + close),
+        ("no closing delimiter (Content-Length)", {}, good),
+        ("no closing delimiter (chunked)", {"Transfer-Encoding": "chunked"}, http_chunk(good) + b"0\r\n\r\n"),
+        ("a preamble", {}, b"preamble\r\n" + good + close),
+        ("LF line ends", {}, lf_only + b"\n--" + BOUNDARY.encode() + b"--"),
+        ("the delimiter followed by other bytes in the media", {},
+         good + b"\r\n--" + BOUNDARY.encode() + b"xyz" + package + close),
+        ("an epilogue of 1 MiB", {}, good + close + b"e" * MIB),
+        ("a text/plain metadata part", {}, good.replace(b"application/json", b"text/plain", 1) + close),
+        ("two Content-Types in the metadata part", {},
+         good.replace(b"charset=UTF-8\r\n", b"charset=UTF-8\r\nContent-Type: application/json\r\n", 1) + close),
+        ("a folded header line", {}, good.replace(b"charset=UTF-8\r\n", b"charset=UTF-8\r\n X-Folded: 1\r\n", 1) + close),
+        ("a base64 Content-Transfer-Encoding on the media", {},
+         good.replace(b"octet-stream\r\n", b"octet-stream\r\nContent-Transfer-Encoding: base64\r\n", 1) + close),
+        ("the delimiter in a bare-LF form inside the media", {},
+         multipart_prefix(good_metadata) + package[:512] + b"\n--" + BOUNDARY.encode() + b"--\r\n"),
+    ]
+    for label, extra, body in malformed:
+        headers = dict({"Content-Type": MULTIPART_TYPE}, **(extra or {"Content-Length": str(len(body))}))
+        try:
+            reply = post_as_is(server, MULTIPART_TARGET, headers, body)
+            check.expect(reply.status == 400 and reply.problem_code() == "upload.multipart_invalid",
+                         f"multipart with {label}: answered {describe(reply)}, not 400 upload.multipart_invalid")
+        except NoResponse as error:
+            check.expect(False, f"multipart with {label}: {error}")
+        check.require_alive(server, f"multipart with {label}")
+    # No closing delimiter, and the client half-closes before its Content-Length.
+    sock = server.send_request("POST", MULTIPART_TARGET,
+                               {"Content-Type": MULTIPART_TYPE, "Content-Length": str(len(good) + len(close))}, good)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        try:
+            reply = server.receive_response(sock, "POST multipart cut before its close", time.monotonic() + 5)
+            check.expect(is_4xx(reply), f"multipart cut before its close delimiter (EOF): answered {describe(reply)}")
+        except NoResponse:
+            pass  # the service may just close: the client left
+    finally:
+        sock.close()
+    # Well framed, but the declared checksums are of other bytes: 400 upload.checksum_mismatch.
+    for label, metadata in (("md5Hash", {"name": VALID_NAME, "md5Hash": "1B2M2Y8AsgTpgAmY7PhCfg=="}),
+                            ("crc32c", {"name": VALID_NAME, "crc32c": "AAAAAA=="})):
+        try:
+            reply = server.raw("POST", MULTIPART_TARGET, {"Content-Type": MULTIPART_TYPE},
+                               multipart_prefix(metadata) + package + close, timeout=5)
+            check.expect(reply.status == 400 and reply.problem_code() == "upload.checksum_mismatch",
+                         f"a valid package with a wrong declared {label}: answered {describe(reply)},"
+                         " not 400 upload.checksum_mismatch")
+        except NoResponse as error:
+            check.expect(False, f"a valid package with a wrong declared {label}: {error}")
+    check.expect(stored_objects(server) == [], f"malformed multipart bodies stored {stored_objects(server)}")
+    # The control: the same package, well framed, is accepted (so that the refusals above are the framing's).
+    reply = server.raw("POST", MULTIPART_TARGET, {"Content-Type": MULTIPART_TYPE}, good + close, timeout=10)
+    check.expect(reply.status == 200, f"the well-framed control upload answered {describe(reply)}, not 200")
+    check.invariants(server)
+
+
+def single_request_traversal_names(check):
+    """Check 17: object names that try to leave the store, in the media query, the multipart metadata or both,
+    with a valid package as the body."""
+    server = check.serve()
+    with open(VALID_PACKAGE, "rb") as f:
+        package = f.read()
+
+    def outside():
+        """Everything under the server's root except the store and the logs, and /etc/passwd: (path, size, mtime)."""
+        seen = []
+        for directory, _, names in os.walk(server.root):
+            if directory.startswith(server.store):
+                continue
+            for name in names:
+                path = os.path.join(directory, name)
+                if path in (server.stdout_path, server.stderr_path):
+                    continue
+                st = os.lstat(path)
+                seen.append((path, st.st_size, st.st_mtime_ns))
+        st = os.stat("/etc/passwd")
+        seen.append(("/etc/passwd", st.st_size, st.st_mtime_ns))
+        return sorted(seen)
+
+    # Names that land outside the store if joined: relative to STORE, ROOT is .., /tmp is ../..
+    tmp_probes = [os.path.join(os.path.dirname(server.root), name) for name in ("etc", "x", VALID_NAME)]
+    tmp_before = {path: os.path.lexists(path) for path in tmp_probes}
+    before = outside()
+    names = ["../../etc/passwd", "%2e%2e/x", "%2e%2e%2f" + VALID_NAME, "../K.pem", "../" + VALID_NAME,
+             "../../" + VALID_NAME, ".spool/../../" + VALID_NAME, "./" + VALID_NAME, "/tmp/" + VALID_NAME,
+             VALID_NAME + "/", VALID_NAME + "\0../x", VALID_NAME.upper().replace(".CPKG", ".cpkg"), ""]
+    wrong = []
+    for name in names:
+        encoded = urllib.parse.quote(name, safe="")
+        attempts = [
+            ("media, name in the query (encoded)", media_target(encoded), {}, package),
+            ("multipart, name in the metadata", MULTIPART_TARGET, {"Content-Type": MULTIPART_TYPE},
+             multipart_prefix({"name": name}) + package + multipart_close()),
+            ("multipart, the same name in query and metadata", MULTIPART_TARGET + "&name=" + encoded,
+             {"Content-Type": MULTIPART_TYPE}, multipart_prefix({"name": name}) + package + multipart_close()),
+            ("multipart, a valid query name and this metadata name", MULTIPART_TARGET + "&name=" + VALID_NAME,
+             {"Content-Type": MULTIPART_TYPE}, multipart_prefix({"name": name}) + package + multipart_close()),
+            ("multipart, this query name and a valid metadata name", MULTIPART_TARGET + "&name=" + encoded,
+             {"Content-Type": MULTIPART_TYPE}, multipart_prefix({"name": VALID_NAME}) + package + multipart_close()),
+        ]
+        if "%" in name:  # also as sent raw (the service decodes it once)
+            attempts.append(("media, name in the query (raw)", media_target(name.replace("/", "%2F")), {}, package))
+        for mode, target, headers, body in attempts:
+            try:
+                reply = server.raw("POST", target, headers, body, timeout=5)
+                if not is_4xx(reply):
+                    wrong.append(f"{name!r} ({mode}) -> {describe(reply)}")
+            except NoResponse as error:
+                wrong.append(f"{name!r} ({mode}) -> {error}")
+            check.require_alive(server, f"name {name!r} ({mode})")
+    # Two valid names that disagree, a valid package under another package's name, repeated query parameters.
+    other = random_name()
+    mp = {"Content-Type": MULTIPART_TYPE}
+    traversal = urllib.parse.quote("../K.pem", safe="")
+    for label, target, headers, body, code in (
+            ("query and metadata naming different packages", MULTIPART_TARGET + "&name=" + VALID_NAME, mp,
+             multipart_prefix({"name": other}) + package + multipart_close(), None),
+            ("a valid package under another package's name (media)", media_target(other), {}, package,
+             "upload.object_name_mismatch"),
+            ("a valid package under another package's name (multipart)", MULTIPART_TARGET, mp,
+             multipart_prefix({"name": other}) + package + multipart_close(), "upload.object_name_mismatch"),
+            ("name twice in the query, the traversal second", media_target(VALID_NAME) + "&name=" + traversal, {},
+             package, "request.query_invalid"),
+            ("name twice in the query, the traversal first", media_target(traversal) + "&name=" + VALID_NAME, {},
+             package, "request.query_invalid"),
+            ("uploadType twice (multipart, then media)", MULTIPART_TARGET + "&uploadType=media&name=" + VALID_NAME, mp,
+             package, "request.query_invalid")):
+        try:
+            reply = server.raw("POST", target, headers, body, timeout=5)
+            if not is_4xx(reply) or (code is not None and reply.problem_code() != code):
+                wrong.append(f"{label} -> {describe(reply)}{'' if code is None else ', not ' + code}")
+        except NoResponse as error:
+            wrong.append(f"{label} -> {error}")
+    # A metadata name that is not a string.
+    for value in (["../K.pem"], {"a": 1}, 7, None):
+        try:
+            reply = server.raw("POST", MULTIPART_TARGET, {"Content-Type": MULTIPART_TYPE},
+                               multipart_prefix({"name": value}) + package + multipart_close(), timeout=5)
+            if not is_4xx(reply):
+                wrong.append(f"metadata name {value!r} -> {describe(reply)}")
+        except NoResponse as error:
+            wrong.append(f"metadata name {value!r} -> {error}")
+    check.expect(not wrong, f"names not refused with 4xx: {'; '.join(wrong[:6])}")
+    after = outside()
+    check.expect(before == after, f"files outside the store changed: {sorted(set(after) ^ set(before))[:4]}")
+    changed = [path for path in tmp_probes if os.path.lexists(path) != tmp_before[path]]
+    check.expect(not changed, f"files appeared beside the server's directory: {changed}")
+    check.expect(stored_objects(server) == [], f"the store holds {stored_objects(server)} after traversal names")
+    check.invariants(server)
+
+
+def single_request_fail_fast(check):
+    """Check 18: a package by an untrusted signer, with 32 MiB of archive behind its envelope, is refused while the
+    client is still sending (media and multipart, at once), and the connection is then closed."""
+    work = check.tmpdir()
+    source = os.path.join(work, "episodes")
+    os.makedirs(source)
+    with open(os.path.join(source, "episode.tfrecord"), "wb"):
+        pass
+    os.truncate(os.path.join(source, "episode.tfrecord"), 32 * MIB)  # zeros, sparse
+    path = pack(check.binary, source, SECOND_KEY, os.path.join(work, "out"), "none")
+    name = os.path.basename(path)
+    size = os.path.getsize(path)
+    server = check.serve()  # trusts test-ed25519.pub only
+    piece = 65536
+    prefix = multipart_prefix({"name": name})
+    attacks = [
+        ("media", media_target(name), {"Content-Length": str(size)}, b""),
+        ("multipart", MULTIPART_TARGET,
+         {"Content-Type": MULTIPART_TYPE, "Content-Length": str(len(prefix) + size + len(multipart_close()))}, prefix),
+    ]
+    results = {}
+
+    def attack(label, target, headers, first):
+        result = results.setdefault(label, {})
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, piece)
+        try:
+            sock.settimeout(5)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(build_request("POST", target, server.port, headers) + first)
+            with open(path, "rb") as f:
+                pieces = iter(lambda: f.read(piece), b"")
+                result["sent"], result["reply"] = send_watching(server, sock, f"POST {label} untrusted", pieces)
+                if result["reply"] is None:
+                    return
+                closed, _ = wait_closed(sock, time.monotonic() + 3)
+                result["half_closed"] = closed
+                # Keep sending the rest: the service discards it for a moment, then closes for good.
+                start = time.monotonic()
+                result["still_taking"] = True
+                while time.monotonic() - start < 5:
+                    try:
+                        sock.sendall(f.read(piece) or b"\0" * piece)
+                    except OSError:
+                        result["still_taking"] = False
+                        break
+                    time.sleep(0.05)
+        except OSError as error:
+            result["error"] = str(error)
+        finally:
+            sock.close()
+
+    threads = [threading.Thread(target=attack, args=a, daemon=True) for a in attacks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for label, _, _, _ in attacks:
+        result = results.get(label, {})
+        reply, sent = result.get("reply"), result.get("sent", 0)
+        if "error" in result:
+            check.expect(False, f"{label}: {result['error']}")
+        check.expect(reply is not None and reply.status == 422 and reply.problem_code() == "signature.untrusted",
+                     f"{label}: an untrusted {size}-byte package answered {describe(reply)}, not 422 signature.untrusted")
+        if reply is None:
+            continue
+        check.expect(sent < size // 2, f"{label}: the refusal came only after {sent} of {size} bytes were sent"
+                                       " (not fail-fast)")
+        check.expect(reply.headers.get("connection", "").lower() == "close", f"{label}: the 422 lacks Connection: close")
+        check.expect(result.get("half_closed", False), f"{label}: the connection was not closed after the 422")
+        check.expect(not result.get("still_taking", True),
+                     f"{label}: the service still took the rest of the body 5 s after its refusal")
+    check.expect(stored_objects(server) == [], f"the store holds {stored_objects(server)}")
+    check.invariants(server)
+
+
+def single_request_slots(check):
+    """Check 19: single-request uploads that stall after their first bytes, more than --max-sessions."""
+    server = check.serve("--max-sessions", "4", "--rate-grace", "2")
+    first = neutral_bytes(0, 1000)
+
+    def squatter(kind):
+        if kind == "media":
+            return open_upload(server, media_target(random_name()), {"Content-Length": str(MIB)}, first)
+        return open_upload(server, MULTIPART_TARGET, {"Content-Type": MULTIPART_TYPE, "Content-Length": str(MIB)},
+                           multipart_prefix({"name": random_name()}) + first)
+
+    started = time.monotonic()
+    squatters = [squatter(kind) for kind in ("media", "multipart", "media", "multipart")]
+    newcomers = []
+    most = 0
+    try:
+        check.expect(wait_for(lambda: len(server.spool_files()) >= 4, 1.5),
+                     f"4 stalled uploads hold {len(server.spool_files())} spool files, not 4")
+        newcomers = [squatter(kind) for kind in ("media", "multipart", "media", "multipart")]
+        for index, sock in enumerate(newcomers):
+            most = max(most, len(server.spool_files()))
+            try:
+                reply = server.receive_response(sock, "POST newcomer", time.monotonic() + 2)
+            except NoResponse as error:
+                check.expect(False, f"newcomer {index} at --max-sessions 4: {error}")
+                continue
+            check.expect(reply.status == 429 and reply.problem_code() == "upload.too_many_sessions",
+                         f"newcomer {index} at --max-sessions 4 answered {describe(reply)}, not 429"
+                         " upload.too_many_sessions")
+            check.expect("retry-after" in reply.headers, f"newcomer {index}: the 429 has no Retry-After")
+            closed, _ = wait_closed(sock, time.monotonic() + 3)
+            check.expect(closed, f"newcomer {index}: the connection stayed open after the 429")
+        most = max(most, len(server.spool_files()))
+        check.expect(most <= 4, f"the spool held {most} files at --max-sessions 4")
+        # The squatters are cut by the minimum body rate, with nothing from their clients.
+        for index, sock in enumerate(squatters):
+            closed, data = wait_closed(sock, started + 8.0)
+            record_raw(server, f"squatter {index}", data)
+            check.expect(closed, f"squatter {index} (1000 bytes, then nothing) was not cut within 8 s (--rate-grace 2)")
+        check.expect(wait_for(lambda: not server.spool_files(), 3.0),
+                     f"the spool still holds {len(server.spool_files())} files after the squatters were cut")
+        # Their slots are free again: an honest upload goes through.
+        with open(VALID_PACKAGE, "rb") as f:
+            package = f.read()
+        reply = server.raw("POST", media_target(VALID_NAME), {}, package)
+        check.expect(reply.status == 200, f"an honest media upload after the squatters were cut answered {describe(reply)}")
+    finally:
+        for sock in squatters + newcomers:
+            sock.close()
+    check.invariants(server)
+
+
+def content_type_parameter_bomb(check):
+    """Check 20: the multipart request's Content-Type is parsed before anything else, and its duplicate-parameter
+    test compares every parameter with every earlier one: about 13,000 short distinct parameters (the most that fit
+    the HTTP layer's ~80 KiB head) cost seconds of CPU per request. Asserts that such a header costs at most 3x a
+    header of the same length with one long parameter (+0.2 CPU-s), and that /healthz answers within 1 s while two
+    are being parsed (of half as many parameters)."""
+    server = check.serve()
+    names = (a + b + c for a in "abcdefghijklmnopqrstuvwxyz" for b in "abcdefghijklmnopqrstuvwxyz0123456789"
+             for c in "abcdefghijklmnopqrstuvwxyz0123456789")
+    parameters = []
+    length = 0
+    for name in names:
+        if length + len(name) + 3 > 79000:
+            break
+        parameters.append(name + "=1;")
+        length += len(name) + 3
+    bomb = "multipart/related;" + "".join(parameters) + "boundary=x"
+    plain = "multipart/related; x=" + "a" * (len(bomb) - 35) + "; boundary=x"
+    costs = {}
+    for label, content_type in (("one long parameter", plain), (f"{len(parameters)} parameters", bomb)):
+        before = server.cpu_seconds()
+        try:
+            reply = server.raw("POST", MULTIPART_TARGET, {"Content-Type": content_type}, b"--x\r\n", timeout=40)
+            check.expect(is_4xx(reply), f"a {len(content_type)}-byte Content-Type with {label}: answered {describe(reply)}")
+        except NoResponse as error:
+            check.expect(False, f"a {len(content_type)}-byte Content-Type with {label}: {error}")
+        costs[label] = server.cpu_seconds() - before
+        check.require_alive(server, f"a Content-Type with {label}")
+    plain_cpu, bomb_cpu = costs["one long parameter"], costs[f"{len(parameters)} parameters"]
+    check.expect(bomb_cpu <= 3 * plain_cpu + 0.2,
+                 f"a {len(bomb)}-byte Content-Type of {len(parameters)} parameters cost {bomb_cpu:.2f} CPU-s"
+                 f" (one long parameter: {plain_cpu:.2f}): quadratic (MediaType's duplicate-parameter test)")
+    # Half as many parameters (a quarter of the cost) are enough to starve /healthz, two at a time on two cores.
+    smaller = "multipart/related;" + "".join(parameters[:len(parameters) // 2]) + "boundary=x"
+    sockets = [server.send_request("POST", MULTIPART_TARGET, {"Content-Type": smaller}, b"--x\r\n") for _ in range(2)]
+    try:
+        time.sleep(0.3)
+        check.expect(server.healthz_seconds() is not None,
+                     f"/healthz did not answer within 1 s while two Content-Types of {len(parameters) // 2} parameters"
+                     " were parsed")
+        for sock in sockets:  # let them end before the shared invariants
+            try:
+                server.receive_response(sock, "POST parameter bomb", time.monotonic() + 40)
+            except NoResponse:
+                pass
+    finally:
+        for sock in sockets:
+            sock.close()
+    check.invariants(server)
+
+
+def single_request_shutdown(check):
+    """Check 21: SIGTERM while single-request bodies are still arriving (above the minimum rate) ends the process
+    within --shutdown-timeout (2 s) plus 3 s and leaves an empty spool."""
+    server = check.serve("--shutdown-timeout", "2")
+    uploads = [
+        open_upload(server, media_target(random_name()), {"Content-Length": str(4 * MIB)}),
+        open_upload(server, MULTIPART_TARGET, {"Content-Type": MULTIPART_TYPE, "Content-Length": str(4 * MIB)},
+                    multipart_prefix({"name": random_name()})),
+    ]
+    stop = threading.Event()
+
+    def trickle(sock):  # 8 KiB/s: above the minimum rate, far from the end of the body
+        sent = 0
+        while not stop.is_set() and sent < 2 * MIB:
+            if not send_all(sock, neutral_bytes(sent, 4096)):
+                return
+            sent += 4096
+            time.sleep(0.5)
+
+    workers = [threading.Thread(target=trickle, args=(sock,), daemon=True) for sock in uploads]
+    for worker in workers:
+        worker.start()
+    try:
+        check.expect(wait_for(lambda: len(server.spool_files()) >= 2, 2.0),
+                     f"two trickling single-request uploads hold {len(server.spool_files())} spool files, not 2")
+        time.sleep(0.5)
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            pass
+        elapsed = time.monotonic() - started
+        exited = server.process.poll() is not None
+        server.stopped_by_check = True
+        check.expect(exited and elapsed <= 5.0,
+                     f"SIGTERM with single-request bodies still arriving: the process ran {elapsed:.1f} s more"
+                     f" ({'exited' if exited else 'still running'})")
+        if exited:
+            check.expect(server.spool_files() == [], f"the spool after SIGTERM holds {server.spool_files()}")
+    finally:
+        stop.set()
+        for sock in uploads:
+            sock.close()
+
+
 CHECKS = [
     # number, function, wall-clock budget in seconds
     (1, any_file_readable, 45),
@@ -1294,6 +2090,14 @@ CHECKS = [
     (11, stalled_heads_lock_out, 45),
     (12, shutdown_and_leftovers, 60),
     (13, honest_but_slow_or_pipelined, 45),
+    (14, single_request_abandoned, 30),
+    (15, single_request_too_large, 30),
+    (16, multipart_hostile_framing, 60),
+    (17, single_request_traversal_names, 30),
+    (18, single_request_fail_fast, 45),
+    (19, single_request_slots, 30),
+    (20, content_type_parameter_bomb, 60),
+    (21, single_request_shutdown, 30),
 ]
 
 
