@@ -422,6 +422,11 @@ public struct IngestServer: Sendable {
             metadata["outcome"] = outcome == .stored ? "stored" : "already_stored"
             logger.info("upload accepted", metadata: metadata)
             return jsonResponse(200, object.jsonValue)
+        case .existsUnverified:
+            logger.warning("the bucket holds an object under this name that the service may not read", metadata: metadata)
+            throw await end(session, IngestProblem(
+                412, "upload.object_unverified", "The bucket already holds an object under this name, which this service may not read.",
+                detail: "It was not compared with this package; an operator can compare it with a reader's credentials."))
         case let .conflict(existing):
             logger.warning("conflict: other bytes under an existing package ID", metadata: metadata.merging(
                 ["existing_sha256": "\(existing.sha256)"]) { a, _ in a })

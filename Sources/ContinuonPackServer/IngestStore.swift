@@ -105,6 +105,9 @@ public enum CommitOutcome: Sendable, Equatable {
     case alreadyStored
     /// The store holds different bytes under that name.
     case conflict(StoredObject)
+    /// The store holds an object under that name that the service's credentials may not read (objectCreator only):
+    /// it could not be compared.
+    case existsUnverified
 }
 
 /// A local directory: `DIR/<name>` is the package, `DIR/<name>.json` its object resource. Commit is a hard link
@@ -208,12 +211,11 @@ public struct CloudStorageStore: IngestStore {
         _ = try Outbox(directory: forwardingOutbox)
     }
 
+    /// The object's record, when these credentials may read it. With objectCreator-only credentials (403) the
+    /// answer is "unknown", taken as absent: the create-only commit then decides (`412` for an existing object).
     public func lookup(_ name: PackageObjectName) async throws -> StoredObject? {
-        guard let url = target.objectURL(objectName: target.prefix + name.text) else { return nil }
-        var headers: [String: String] = [:]
-        if let token = target.bearerToken { headers["Authorization"] = "Bearer " + token }
-        let response = try await URLSessionTransport().send(method: "GET", url: url, headers: headers, body: nil)
-        guard response.status == 200, let value = try? StrictJSONParser.parse(Array(response.body)) else { return nil }
+        guard case let .found(value) = try await CloudStorageClient(target: target).object(named: target.prefix + name.text)
+        else { return nil }
         return StoredObject(json: value)
     }
 
@@ -228,6 +230,8 @@ public struct CloudStorageStore: IngestStore {
         case .acknowledged:
             try outbox.removeAcknowledged()
             return .stored
+        case .existsUnverified:
+            return .existsUnverified
         case .rejected where state.rejectionStatus == 412:
             var existing: StoredObject?
             if let name = PackageObjectName(object.name) { existing = try await lookup(name) }

@@ -168,8 +168,9 @@ public struct Outbox: Sendable {
         try FileIO.syncDirectory(entry)
     }
 
-    /// Queues a rejected entry again, unchanged (after the service's trust or configuration was fixed). Entries
-    /// in any other state are returned as they are.
+    /// Queues a rejected (or `exists_unverified`) entry again, unchanged: after the service's trust or
+    /// configuration was fixed, or with credentials that may read the existing object. Entries in any other state
+    /// are returned as they are.
     /// - Throws: `outbox.unknown_entry` when there is no such entry; `outbox.busy` when an uploader holds it.
     @discardableResult
     public func retry(packageID: String) throws -> OutboxState {
@@ -180,7 +181,7 @@ public struct Outbox: Sendable {
         defer { withExtendedLifetime(lock) {} }
         try recover(packageID)
         var state = try self.state(of: packageID)
-        guard state.phase == .rejected else { return state }
+        guard state.phase == .rejected || state.phase == .existsUnverified else { return state }
         let previous = [state.rejectionStatus.map(String.init), state.rejectionCode].compactMap { $0 }.joined(separator: " ")
         state.phase = .queued
         state.sessionURI = nil

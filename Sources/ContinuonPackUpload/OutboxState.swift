@@ -13,6 +13,12 @@ public struct OutboxState: Sendable, Equatable {
         /// Never retried by itself; the package stays on disk. Left by `Outbox.retry` (the same bytes again) or
         /// by adding other bytes under the same package ID (`Outbox.add` supersedes them).
         case rejected
+        /// The server holds an object under this name (`412`) that these credentials may not read (an
+        /// objectCreator-only identity), so it could not be compared with the package: it may or may not be these
+        /// bytes. Never retried by itself; the package stays on disk. An operator compares the object with a reader's
+        /// credentials and then `outbox retry`s the entry with credentials that may read objects, which settles it
+        /// as acknowledged or rejected.
+        case existsUnverified = "exists_unverified"
     }
 
     /// Bytes this entry held before a re-signed package replaced them (`Outbox.add` of other bytes under the
@@ -99,6 +105,8 @@ public struct OutboxState: Sendable, Equatable {
             return phase.rawValue + (confirmed > 0 ? " \(percent)%" : "")
         case .acknowledged:
             return phase.rawValue
+        case .existsUnverified:
+            return phase.rawValue + ": " + (rejectionDetail ?? "the object exists and could not be compared")
         }
     }
 

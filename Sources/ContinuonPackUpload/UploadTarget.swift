@@ -2,29 +2,33 @@ import ContinuonPack
 import Foundation
 
 /// Where packages go: a Cloud Storage JSON API endpoint (Google's, an emulator, or `continuon-pack serve`).
-public struct UploadTarget: Sendable, Equatable {
+public struct UploadTarget: Sendable {
     /// Scheme, host and port, e.g. `https://storage.googleapis.com` or `http://127.0.0.1:9023`.
     public var baseURL: URL
     /// The bucket named in the path (`staging` for the ingestion service).
     public var bucket: String
     /// Prepended to `<package_id>.cpkg` to make the object name.
     public var prefix: String
-    /// Sent as `Authorization: Bearer …` when set.
-    public var bearerToken: String?
+    /// Where the `Authorization: Bearer …` token of every request comes from; nil sends none.
+    public var credentials: (any AccessTokenProvider)?
     /// Bytes per PUT: a multiple of 256 KiB (the protocol's granularity). About this much memory per upload.
     public var chunkSize: Int
 
     public static let chunkGranularity = 256 * 1024
 
-    public init(baseURL: URL, bucket: String = "staging", prefix: String = "", bearerToken: String? = nil, chunkSize: Int = 8 << 20) {
+    public init(baseURL: URL, bucket: String = "staging", prefix: String = "", credentials: (any AccessTokenProvider)? = nil,
+                chunkSize: Int = 8 << 20) {
         self.baseURL = baseURL
         self.bucket = bucket
         self.prefix = prefix
-        self.bearerToken = bearerToken
+        self.credentials = credentials
         self.chunkSize = max(Self.chunkGranularity, chunkSize / Self.chunkGranularity * Self.chunkGranularity)
     }
 
     public func objectName(packageID: String) -> String { prefix + packageID + ".cpkg" }
+
+    /// Google's own endpoint (where Application Default Credentials apply when nothing else is given).
+    public var isGoogle: Bool { baseURL.host == "storage.googleapis.com" }
 
     public func initiateURL(objectName: String) -> URL? {
         var components = URLComponents(url: baseURL, resolvingAgainstBaseURL: false)

@@ -20,7 +20,7 @@ public actor Uploader {
     public let outbox: Outbox
     public let target: UploadTarget
     public let policy: RetryPolicy
-    private let transport: any HTTPTransport
+    private let client: CloudStorageClient
     private let sleep: @Sendable (Duration) async throws -> Void
     private let random: @Sendable () -> Double
     private let onEvent: (@Sendable (UploadEvent) -> Void)?
@@ -37,7 +37,7 @@ public actor Uploader {
         self.outbox = outbox
         self.target = target
         self.policy = policy
-        self.transport = transport ?? URLSessionTransport(timeout: policy.requestTimeout)
+        self.client = CloudStorageClient(target: target, transport: transport, timeout: policy.requestTimeout)
         self.sleep = sleep
         self.random = random
         self.onEvent = onEvent
@@ -176,7 +176,7 @@ public actor Uploader {
             session.askStatus = false
             try save(session.state)
         case 412:
-            try await settleExisting(&session)
+            try await settleExisting(&session, response)
         default:
             try reject(response, &session, during: "starting the upload")
         }
@@ -207,7 +207,7 @@ public actor Uploader {
             session.state.lastError = "the upload session expired (HTTP \(response.status)); starting a new one"
             try save(session.state)
         case 412:
-            try await settleExisting(&session)
+            try await settleExisting(&session, response)
         default:
             try reject(response, &session, during: sentUpTo == nil ? "asking for the upload status" : "sending data")
         }
@@ -229,22 +229,56 @@ public actor Uploader {
         try save(session.state)
     }
 
-    /// The upload finished: acknowledge only if the server's size and hashes are ours.
+    /// The upload finished: acknowledge only if the server's size and hashes are ours (from the final response, which
+    /// needs no read permission; else from the object's metadata).
     private func acknowledge(_ response: HTTPResponse, _ session: inout Session) async throws {
-        var object = try? StrictJSONParser.parse(Array(response.body))
-        if object.map(Self.hashes)?.hasHash != true {
-            object = try await fetchObject(session.state)
+        if let object = try? StrictJSONParser.parse(Array(response.body)), Self.hashes(object).hasHash {
+            try settle(object, &session, status: response.status)
+            return
         }
-        try settle(object, &session, status: response.status)
+        switch try await lookUp(session.state) {
+        case let .found(object): try settle(object, &session, status: response.status)
+        case .notFound: try settle(nil, &session, status: response.status)
+        case .forbidden: try unverified(&session, status: response.status)
+        }
     }
 
-    /// `412`: an object of that name exists. Equal size and hashes: it is ours (acknowledged); else rejected.
-    private func settleExisting(_ session: inout Session) async throws {
-        guard let object = try await fetchObject(session.state) else {
+    /// `412`: an object of that name exists. Equal size and hashes: it is ours (acknowledged); other bytes: rejected;
+    /// not readable with these credentials (objectCreator only): `exists_unverified`.
+    private func settleExisting(_ session: inout Session, _ response: HTTPResponse) async throws {
+        // The ingestion service in front of an objectCreator-only bucket already tried to read it.
+        if RejectionReason(body: Array(response.body.prefix(16 * 1024))).code == "upload.object_unverified" {
+            try unverified(&session, status: 412)
+            return
+        }
+        switch try await lookUp(session.state) {
+        case let .found(object):
+            try settle(object, &session, status: 412)
+        case .notFound:
             session.state.sessionURI = nil
             throw Retryable(message: "the server said the object exists but does not show it")
+        case .forbidden:
+            try unverified(&session, status: 412)
         }
-        try settle(object, &session, status: 412)
+    }
+
+    private func unverified(_ session: inout Session, status: Int) throws {
+        session.state.phase = .existsUnverified
+        session.state.rejectionStatus = status
+        session.state.rejectionCode = "upload.object_unverified"
+        session.state.rejectionDetail = "The bucket holds an object under this name, and these credentials may not read "
+            + "it (403) to compare its size and hashes with the package's. Compare it with a reader's credentials, then "
+            + "outbox retry with credentials that may read objects."
+        session.state.lastError = "the object exists and could not be compared"
+        try save(session.state)
+    }
+
+    private func lookUp(_ state: OutboxState) async throws -> CloudStorageClient.ObjectLookup {
+        do {
+            return try await client.object(named: state.objectName ?? "")
+        } catch let failure as CloudStorageClient.TransportFailure {
+            throw Retryable(message: failure.message)
+        }
     }
 
     private func settle(_ object: JSONValue?, _ session: inout Session, status: Int) throws {
@@ -270,26 +304,11 @@ public actor Uploader {
         try save(session.state)
     }
 
-    private func fetchObject(_ state: OutboxState) async throws -> JSONValue? {
-        guard let url = target.objectURL(objectName: state.objectName ?? "") else { return nil }
-        let response = try await send("GET", url, headers: [:], body: nil)
-        switch response.status {
-        case 200: return try? StrictJSONParser.parse(Array(response.body))
-        case 404: return nil
-        case 408, 429, 500...:
-            throw Retryable(message: "HTTP \(response.status) while reading the object's metadata",
-                            retryAfter: Self.retryAfter(response.header("Retry-After")))
-        default: return nil
-        }
-    }
-
     private func send(_ method: String, _ url: URL, headers: [String: String], body: Data?) async throws -> HTTPResponse {
-        var headers = headers
-        if let token = target.bearerToken { headers["Authorization"] = "Bearer " + token }
         do {
-            return try await transport.send(method: method, url: url, headers: headers, body: body)
-        } catch {
-            throw Retryable(message: "\(method) \(url.path): \(error.localizedDescription)")
+            return try await client.send(method, url, headers: headers, body: body)
+        } catch let failure as CloudStorageClient.TransportFailure {
+            throw Retryable(message: failure.message)
         }
     }
 
@@ -325,6 +344,11 @@ public actor Uploader {
                 return
             }
             func string(_ value: JSONValue?) -> String? { if case let .string(text)? = value { return text }; return nil }
+            if case let .string(code)? = value["error"] {
+                // OAuth 2.0 (RFC 6749 section 5.2): {"error": "invalid_grant", "error_description": "…"}.
+                self.init(code: Self.clean(code), detail: string(value["error_description"]).map(Self.clean))
+                return
+            }
             if let error = value["error"], case .object = error {
                 var reason: String?
                 if case let .array(errors)? = error["errors"], let first = errors.first { reason = string(first["reason"]) }

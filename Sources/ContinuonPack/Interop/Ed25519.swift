@@ -8,7 +8,7 @@ final class EVPKey: @unchecked Sendable {
 }
 
 /// An owned memory `BIO`.
-private final class MemoryBIO {
+final class MemoryBIO {
     let pointer: OpaquePointer
 
     init() throws {

@@ -33,7 +33,10 @@ extension ContinuonPackNetCommand {
         @Option(name: .long, help: "For a gs:// store: the storage endpoint (an emulator, or https://storage.googleapis.com).")
         var storeEndpoint = "https://storage.googleapis.com"
 
-        @Option(name: .long, help: "For a gs:// store: a file holding a bearer token.")
+        @Option(name: .long, help: "For a gs:// store: Google credentials (a service-account key or gcloud ADC file, or 'metadata'); default as for upload.")
+        var storeCredentials: String?
+
+        @Option(name: .long, help: "For a gs:// store: a file holding an OAuth access token, re-read whenever it changes.")
         var storeTokenFile: String?
 
         @Option(name: .long, help: "The bucket name clients upload to.")
@@ -108,19 +111,18 @@ extension ContinuonPackNetCommand {
             if store.hasPrefix("gs://") {
                 let rest = store.dropFirst(5)
                 let bucketName = String(rest.split(separator: "/", maxSplits: 1).first ?? "")
-                let prefix = rest.split(separator: "/", maxSplits: 1).dropFirst().first.map { String($0) + "/" } ?? ""
+                // gs://BUCKET/incoming and gs://BUCKET/incoming/ both mean the prefix "incoming/".
+                let path = rest.split(separator: "/", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
+                let trimmed = path.split(separator: "/", omittingEmptySubsequences: true).joined(separator: "/")
+                let prefix = trimmed.isEmpty ? "" : trimmed + "/"
                 guard !bucketName.isEmpty, let endpoint = URL(string: storeEndpoint) else {
                     throw ValidationError("--store gs://BUCKET[/PREFIX] needs a bucket and a valid --store-endpoint.")
                 }
-                var token: String?
-                if let storeTokenFile {
-                    token = String(decoding: try readSmallFile(storeTokenFile, limit: 65536), as: UTF8.self)
-                        .trimmingCharacters(in: .whitespacesAndNewlines)
-                }
+                var target = UploadTarget(baseURL: endpoint, bucket: bucketName, prefix: prefix)
+                target.credentials = try await resolveCredentials(
+                    credentials: storeCredentials, tokenFile: storeTokenFile, forGoogle: target.isGoogle)
                 spoolDirectory = spool ?? NSTemporaryDirectory() + "/continuon-pack-spool"
-                ingestStore = try CloudStorageStore(
-                    target: UploadTarget(baseURL: endpoint, bucket: bucketName, prefix: prefix, bearerToken: token),
-                    spoolDirectory: spoolDirectory)
+                ingestStore = try CloudStorageStore(target: target, spoolDirectory: spoolDirectory)
             } else {
                 spoolDirectory = spool ?? store + "/.spool"
                 ingestStore = try LocalDirectoryStore(directory: store)

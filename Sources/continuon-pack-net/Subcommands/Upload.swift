@@ -18,7 +18,12 @@ struct TargetOptions: ParsableArguments {
     @Option(name: .long, help: "Prefix of the object name <prefix><package_id>.cpkg.")
     var prefix = ""
 
-    @Option(name: .long, help: "A file holding a bearer token (OAuth access token) sent as Authorization.")
+    @Option(name: .long, help: ArgumentHelp(
+        "Google credentials: a service-account key or gcloud ADC JSON file (mode 0600), or 'metadata' for the metadata server.",
+        discussion: "Default, for https://storage.googleapis.com only: $GOOGLE_APPLICATION_CREDENTIALS, gcloud's ADC file, the metadata server (other hosts get no Google token unless named here)."))
+    var credentials: String?
+
+    @Option(name: .long, help: "A file holding an OAuth access token, re-read whenever it changes (for an external refresher).")
     var tokenFile: String?
 
     @Option(name: .long, help: "Bytes per request, a multiple of 256 KiB.")
@@ -35,15 +40,15 @@ struct TargetOptions: ParsableArguments {
             throw ValidationError("--chunk-size must be a positive multiple of 262144 (256 KiB).")
         }
         guard deadline > 0 else { throw ValidationError("--deadline must be positive.") }
+        guard credentials == nil || tokenFile == nil else {
+            throw ValidationError("Give --credentials or --token-file, not both.")
+        }
     }
 
-    func target() throws -> UploadTarget {
-        var token: String?
-        if let tokenFile {
-            token = String(decoding: try FileIO.readFile(tokenFile, limit: 64 * 1024), as: UTF8.self)
-                .trimmingCharacters(in: .whitespacesAndNewlines)
-        }
-        return UploadTarget(baseURL: URL(string: to)!, bucket: bucket, prefix: prefix, bearerToken: token, chunkSize: chunkSize)
+    func target() async throws -> UploadTarget {
+        var target = UploadTarget(baseURL: URL(string: to)!, bucket: bucket, prefix: prefix, chunkSize: chunkSize)
+        target.credentials = try await resolveCredentials(credentials: credentials, tokenFile: tokenFile, forGoogle: target.isGoogle)
+        return target
     }
 
     var policy: RetryPolicy { RetryPolicy(deadline: .seconds(deadline)) }
@@ -95,7 +100,7 @@ func printStates(_ states: [OutboxState], json: Bool) {
 
 /// 0 when every package is acknowledged, 1 when any was rejected, 2 when any is still pending.
 func exitStatus(_ states: [OutboxState]) -> ExitCode {
-    if states.contains(where: { $0.phase == .rejected }) { return ExitStatus.invalid }
+    if states.contains(where: { $0.phase == .rejected || $0.phase == .existsUnverified }) { return ExitStatus.invalid }
     if states.contains(where: { $0.phase != .acknowledged }) { return ExitStatus.usageOrIO }
     return ExitStatus.ok
 }
@@ -125,7 +130,7 @@ extension ContinuonPackNetCommand {
             var ids: [String] = []
             for package in packages { ids.append(try outbox.add(packageAt: package).packageID) }
             let progress = UploadProgressLine()
-            let uploader = Uploader(outbox: outbox, target: try target.target(), policy: target.policy,
+            let uploader = Uploader(outbox: outbox, target: try await target.target(), policy: target.policy,
                                     onEvent: { progress.show($0) })
             var states: [OutboxState] = []
             for id in ids { states.append(try await uploader.upload(packageID: id)) }
@@ -181,7 +186,7 @@ extension ContinuonPackNetCommand {
             func run() async throws {
                 let outbox = try outboxOption.open()
                 let progress = UploadProgressLine()
-                let uploader = Uploader(outbox: outbox, target: try target.target(), policy: target.policy,
+                let uploader = Uploader(outbox: outbox, target: try await target.target(), policy: target.policy,
                                         onEvent: { progress.show($0) })
                 if once {
                     let states = try await uploader.drain()
@@ -209,7 +214,7 @@ extension ContinuonPackNetCommand {
             @Argument(help: "Package IDs of rejected entries.")
             var packageIDs: [String] = []
 
-            @Flag(name: .long, help: "Every rejected entry.")
+            @Flag(name: .long, help: "Every rejected (or exists_unverified) entry.")
             var rejected = false
 
             @OptionGroup var outboxOption: OutboxOption
@@ -225,7 +230,9 @@ extension ContinuonPackNetCommand {
 
             func run() throws {
                 let outbox = try outboxOption.open()
-                let ids = rejected ? try outbox.entries().filter { $0.phase == .rejected }.map(\.packageID) : packageIDs
+                let ids = rejected
+                    ? try outbox.entries().filter { $0.phase == .rejected || $0.phase == .existsUnverified }.map(\.packageID)
+                    : packageIDs
                 var states: [OutboxState] = []
                 for id in ids { states.append(try outbox.retry(packageID: id)) }
                 if json {

@@ -1,0 +1,78 @@
+import ContinuonPack
+import Foundation
+
+/// The one Cloud Storage JSON API client of the project: every request the uploader, the ingestion service's
+/// gs:// store and promotion send goes through it, with a current access token and, on a `401`, once more with a
+/// new one. It never sends a DELETE: nothing in this project removes objects from a bucket.
+public struct CloudStorageClient: Sendable {
+    public let target: UploadTarget
+    let transport: any HTTPTransport
+
+    public init(target: UploadTarget, transport: (any HTTPTransport)? = nil, timeout: Duration = .seconds(60)) {
+        self.target = target
+        self.transport = transport ?? URLSessionTransport(timeout: timeout)
+    }
+
+    /// A request that could not be completed: the connection failed or timed out, or the credentials' issuer was
+    /// unreachable. Worth retrying.
+    public struct TransportFailure: Error, Sendable, CustomStringConvertible {
+        public let message: String
+        public var description: String { message }
+    }
+
+    /// Sends one request. A second `401` (after a fresh token) is not a refusal of the package: it throws
+    /// `credentials.refused`; so does a token endpoint that refuses the credentials.
+    /// - Throws: `TransportFailure` (retryable), `ContinuonPackError` (`credentials.*`).
+    public func send(_ method: String, _ url: URL, headers: [String: String] = [:], body: Data? = nil) async throws -> HTTPResponse {
+        precondition(method != "DELETE", "continuon-pack never deletes from a bucket")
+        let response = try await sendOnce(method, url, headers: headers, body: body, refresh: false)
+        guard response.status == 401, let credentials = target.credentials else { return response }
+        let again = try await sendOnce(method, url, headers: headers, body: body, refresh: true)
+        guard again.status == 401 else { return again }
+        let reason = Uploader.RejectionReason(body: Array(again.body.prefix(16 * 1024)))
+        throw ContinuonPackError(.credentialsRefused, "\(target.baseURL.host ?? "The server") refused \(credentials.summary) "
+            + "(HTTP 401\(reason.detail.map { ": " + $0 } ?? "")).")
+    }
+
+    private func sendOnce(_ method: String, _ url: URL, headers: [String: String], body: Data?, refresh: Bool) async throws -> HTTPResponse {
+        var headers = headers
+        if let credentials = target.credentials {
+            do {
+                headers["Authorization"] = "Bearer " + (try await credentials.accessToken(refresh: refresh)).value
+            } catch let unavailable as CredentialsUnavailable {
+                throw TransportFailure(message: unavailable.message)
+            }
+        }
+        do {
+            return try await transport.send(method: method, url: url, headers: headers, body: body)
+        } catch {
+            throw TransportFailure(message: "\(method) \(url.path): \(error.localizedDescription)")
+        }
+    }
+
+    /// What a read of an object's metadata found.
+    public enum ObjectLookup: Sendable {
+        case found(JSONValue)
+        case notFound
+        /// The credentials may not read objects (an objectCreator-only identity): `403`.
+        case forbidden
+    }
+
+    /// `GET {base}/storage/v1/b/{bucket}/o/{name}`.
+    /// - Throws: `TransportFailure` for connection failures and `408`, `429`, `5xx`; `credentials.refused`.
+    public func object(named name: String) async throws -> ObjectLookup {
+        guard let url = target.objectURL(objectName: name) else { return .notFound }
+        let response = try await send("GET", url)
+        switch response.status {
+        case 200:
+            guard let value = try? StrictJSONParser.parse(Array(response.body)) else {
+                throw TransportFailure(message: "the object's metadata is not JSON")
+            }
+            return .found(value)
+        case 404: return .notFound
+        case 403: return .forbidden
+        case 408, 429, 500...: throw TransportFailure(message: "HTTP \(response.status) while reading the object's metadata")
+        default: return .notFound
+        }
+    }
+}
