@@ -81,7 +81,7 @@ public actor Uploader {
                 let before = session.state.confirmed
                 try await step(&session)
                 if session.state.confirmed > before { attempt = 0 }
-                if session.state.phase == .acknowledged || session.state.phase == .rejected { break }
+                if session.state.phase != .queued && session.state.phase != .uploading { break }
             } catch let failure as Retryable {
                 session.state.attempts += 1
                 session.state.lastError = failure.message
