@@ -81,7 +81,7 @@ extension IngestServer {
 
     /// A session for one request: refused at once when the object exists (create-only), held by this request.
     private func openSingle(_ name: PackageObjectName, metadata: UploadMetadata) async throws -> UploadSession {
-        if try await store.lookup(name) != nil {
+        if try await existingObject(name) != nil {
             logger.info("upload refused: object exists", metadata: ["object": "\(name)"])
             throw IngestProblem(412, "upload.object_exists", "The object already exists; this service only creates objects.")
                 .closingConnection()

@@ -162,7 +162,7 @@ public struct IngestServer: Sendable {
             }
             total = value
         }
-        if try await store.lookup(name) != nil {
+        if try await existingObject(name) != nil {
             logger.info("upload refused: object exists", metadata: ["object": "\(name)"])
             throw IngestProblem(412, "upload.object_exists", "The object already exists (ifGenerationMatch=0).")
         }
@@ -176,6 +176,18 @@ public struct IngestServer: Sendable {
     }
 
     static let uploadContentLength = HTTPField.Name("X-Upload-Content-Length")!
+
+    /// The store's record of `name`; a store that cannot answer (a bucket unreachable, credentials refused) is a
+    /// `503 server.store_unavailable`, logged, not an internal error.
+    func existingObject(_ name: PackageObjectName) async throws -> StoredObject? {
+        let found = await Result { try await store.lookup(name) }
+        guard case let .success(object) = found else {
+            logger.error("the store cannot be read", metadata: ["object": "\(name)", "error": "\(found)"])
+            throw IngestProblem(503, "server.store_unavailable", "The store cannot be reached right now; try again.")
+                .adding(header: "Retry-After", "5").closingConnection()
+        }
+        return object
+    }
 
     /// The initiation body, at most 64 KiB.
     static func metadataBytes(_ request: Request) async throws -> [UInt8] {

@@ -221,7 +221,19 @@ public struct CloudStorageStore: IngestStore {
 
     public func commit(spoolPath: String, object: StoredObject) async throws -> CommitOutcome {
         let outbox = try Outbox(directory: forwardingOutbox)
-        var entry = try outbox.add(packageAt: spoolPath)
+        let added = Result { try outbox.add(packageAt: spoolPath) }
+        if case let .failure(error as ContinuonPackError) = added, error.code == .outboxConflict,
+           let name = PackageObjectName(object.name), let receipt = try? outbox.state(of: name.packageID) {
+            // The service's own receipt: the bucket holds other bytes under this package ID.
+            var existing = object
+            existing.size = receipt.size
+            existing.sha256 = receipt.sha256
+            existing.md5Base64 = receipt.md5Base64
+            existing.crc32cBase64 = receipt.crc32cBase64
+            existing.keyIDs = []
+            return .conflict(existing)
+        }
+        var entry = try added.get()
         // A client's new commit is a new attempt: an earlier refusal by the bucket (rights, an outage's 4xx) is not
         // the final word for it.
         if entry.phase == .rejected { entry = try outbox.retry(packageID: entry.packageID) }

@@ -51,16 +51,22 @@ final class SpoolFile: @unchecked Sendable {
         }
     }
 
-    /// Makes the held bytes durable and closes the file for writing; the verifier then sees the end.
+    /// Makes the held bytes durable and closes the file for writing; the verifier then sees the end. Idempotent: a
+    /// commit tried again (the store was unavailable) gets the same checksums.
     func finishWriting() throws -> TransferChecksums.Result {
+        if let finished { return finished }
         if let output {
             try output.sync()
             try output.close()
             self.output = nil
         }
         verification.follower.finish()
-        return checksums.finalize()
+        let result = checksums.finalize()
+        finished = result
+        return result
     }
+
+    private var finished: TransferChecksums.Result?
 
     /// Stops the verifier, closes the file and removes it. Idempotent.
     func discard() {

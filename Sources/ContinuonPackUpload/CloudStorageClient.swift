@@ -26,7 +26,14 @@ public struct CloudStorageClient: Sendable {
     public func send(_ method: String, _ url: URL, headers: [String: String] = [:], body: Data? = nil) async throws -> HTTPResponse {
         precondition(method != "DELETE", "continuon-pack never deletes from a bucket")
         let response = try await sendOnce(method, url, headers: headers, body: body, refresh: false)
-        guard response.status == 401, let credentials = target.credentials else { return response }
+        guard response.status == 401 else { return response }
+        guard let credentials = target.credentials, carriesToken(url) else {
+            // Not the package's fault: the server wants credentials that were not sent.
+            let why = target.credentials == nil
+                ? "give --credentials FILE or --credentials metadata"
+                : "tokens are sent only over https (or http to a loopback address) and only to the --to host"
+            throw ContinuonPackError(.credentialsNotFound, "\(url.host ?? "The server") answered 401: it needs credentials (\(why)).")
+        }
         let again = try await sendOnce(method, url, headers: headers, body: body, refresh: true)
         guard again.status == 401 else { return again }
         let reason = Uploader.RejectionReason(body: Array(again.body.prefix(16 * 1024)))
@@ -34,9 +41,19 @@ public struct CloudStorageClient: Sendable {
             + "(HTTP 401\(reason.detail.map { ": " + $0 } ?? "")).")
     }
 
+    /// Whether a request to `url` may carry the access token: only to the target's own origin (scheme, host and
+    /// port; a session URI on another host gets none), and only over https, or http to a loopback address.
+    func carriesToken(_ url: URL) -> Bool {
+        guard target.credentials != nil, let scheme = url.scheme?.lowercased(), let host = url.host?.lowercased(),
+              scheme == target.baseURL.scheme?.lowercased(), host == target.baseURL.host?.lowercased(),
+              url.port == target.baseURL.port
+        else { return false }
+        return scheme == "https" || (scheme == "http" && UploadTarget.isLoopback(host))
+    }
+
     private func sendOnce(_ method: String, _ url: URL, headers: [String: String], body: Data?, refresh: Bool) async throws -> HTTPResponse {
         var headers = headers
-        if let credentials = target.credentials {
+        if let credentials = target.credentials, carriesToken(url) {
             do {
                 headers["Authorization"] = "Bearer " + (try await credentials.accessToken(refresh: refresh)).value
             } catch let unavailable as CredentialsUnavailable {

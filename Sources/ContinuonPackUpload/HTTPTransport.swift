@@ -19,24 +19,50 @@ public protocol HTTPTransport: Sendable {
     func send(method: String, url: URL, headers: [String: String], body: Data?) async throws -> HTTPResponse
 }
 
-/// `URLSession` (FoundationNetworking on Linux). Redirects are not followed: a `308` is the protocol's
-/// "resume incomplete", not a redirect.
+/// `URLSession` (FoundationNetworking on Linux). Redirects are never followed (a `308` is the protocol's "resume
+/// incomplete", and a redirect would carry the `Authorization` header to another host): the redirect response itself
+/// is returned. Every request has a hard deadline besides URLSession's idle timeout (which FoundationNetworking only
+/// applies to silence, so a server that drips one byte at a time would otherwise hold a request forever).
 public final class URLSessionTransport: NSObject, HTTPTransport, URLSessionTaskDelegate, @unchecked Sendable {
-    private let session: URLSession
+    private var session: URLSession!
+    private let deadline: Duration
 
-    public init(timeout: Duration = .seconds(60)) {
+    /// - Parameters:
+    ///   - timeout: the longest silence within a request.
+    ///   - deadline: the longest a request may take in all; default ten times `timeout`.
+    public init(timeout: Duration = .seconds(60), deadline: Duration? = nil) {
+        self.deadline = deadline ?? timeout * 10
+        super.init()
         let configuration = URLSessionConfiguration.ephemeral
         let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
         configuration.timeoutIntervalForRequest = seconds
-        configuration.timeoutIntervalForResource = seconds * 4
+        configuration.timeoutIntervalForResource = seconds * 10
         configuration.httpMaximumConnectionsPerHost = 2
-        session = URLSession(configuration: configuration)
-        super.init()
+        session = URLSession(configuration: configuration, delegate: self, delegateQueue: nil)
     }
 
     deinit { session.invalidateAndCancel() }
 
+    public func urlSession(_ session: URLSession, task: URLSessionTask, willPerformHTTPRedirection response: HTTPURLResponse,
+                           newRequest request: URLRequest, completionHandler: @escaping (URLRequest?) -> Void) {
+        completionHandler(nil)
+    }
+
     public func send(method: String, url: URL, headers: [String: String], body: Data?) async throws -> HTTPResponse {
+        let deadline = self.deadline
+        return try await withThrowingTaskGroup(of: HTTPResponse?.self) { group in
+            group.addTask { try await self.exchange(method: method, url: url, headers: headers, body: body) }
+            group.addTask {
+                try await Task.sleep(for: deadline)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let response = first else { throw URLError(.timedOut) }
+            return response
+        }
+    }
+
+    private func exchange(method: String, url: URL, headers: [String: String], body: Data?) async throws -> HTTPResponse {
         var request = URLRequest(url: url)
         request.httpMethod = method
         for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }

@@ -110,6 +110,13 @@ public struct OutboxState: Sendable, Equatable {
         }
     }
 
+    /// The record as reports show it (`--json`): everything but `session_uri`, which is a capability (whoever holds
+    /// it may append to the upload) and stays in the entry's 0600 state file.
+    public var reportJSON: JSONValue {
+        guard case let .object(members) = jsonValue else { return jsonValue }
+        return .object(members.filter { $0.0 != "session_uri" })
+    }
+
     public var jsonValue: JSONValue {
         func optional(_ text: String?) -> JSONValue { text.map(JSONValue.string) ?? .null }
         return .object([

@@ -27,8 +27,18 @@ public struct UploadTarget: Sendable {
 
     public func objectName(packageID: String) -> String { prefix + packageID + ".cpkg" }
 
-    /// Google's own endpoint (where Application Default Credentials apply when nothing else is given).
-    public var isGoogle: Bool { baseURL.host == "storage.googleapis.com" }
+    /// Google's own endpoint over https (where Application Default Credentials apply when nothing else is given):
+    /// `storage.googleapis.com` or another `*.googleapis.com` host, in any case, with or without a trailing dot.
+    public var isGoogle: Bool {
+        guard baseURL.scheme?.lowercased() == "https", var host = baseURL.host?.lowercased() else { return false }
+        if host.hasSuffix(".") { host.removeLast() }
+        return host == "storage.googleapis.com" || host.hasSuffix(".googleapis.com")
+    }
+
+    /// `localhost`, `127.0.0.0/8` or `::1`: where tokens may travel over plain http (tests, local stand-ins).
+    static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host == "[::1]" || host.hasPrefix("127.")
+    }
 
     public func initiateURL(objectName: String) -> URL? {
         var components = URLComponents(url: baseURL, resolvingAgainstBaseURL: false)

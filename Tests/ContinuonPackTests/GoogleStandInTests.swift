@@ -67,9 +67,17 @@ struct GoogleStandInTests {
         return packed.lastLine
     }
 
-    /// No access token appears in what the uploader writes or prints.
-    static func expectNoTokens(_ texts: [String]) {
-        for text in texts { #expect(!text.contains("ya29."), "an access token leaked: \(text.prefix(200))") }
+    /// No access token, and none of the secrets in `files` (private key, client secret, refresh token), appears in
+    /// what the uploader writes or prints.
+    static func expectNoTokens(_ texts: [String], files: [String] = []) throws {
+        var secrets = ["ya29.", "PRIVATE KEY"]
+        for file in files {
+            let object = try json(try readBytes(file))
+            secrets += ["client_secret", "refresh_token"].compactMap { object[$0] as? String }
+        }
+        for text in texts {
+            for secret in secrets { #expect(!text.contains(secret), "a secret leaked: \(text.prefix(200))") }
+        }
     }
 
     @Test("A service-account key, tokens that live 2 s: an upload lasting several token lifetimes is acknowledged; tokens never written anywhere")
@@ -90,7 +98,7 @@ struct GoogleStandInTests {
         // Every storage request that was answered carried a live token (at most a few were refreshed after a 401).
         #expect(requests.filter { $0["auth"] as? String != "ok" }.count <= 2)
         let state = try String(decoding: readBytes(outbox + "/" + (URL(fileURLWithPath: package).deletingPathExtension().lastPathComponent) + "/state.json"), as: UTF8.self)
-        Self.expectNoTokens([result.text, result.stderr, state])
+        try Self.expectNoTokens([result.text, result.stderr, state])
     }
 
     @Test("A key the token endpoint does not know: a clear credentials.refused error (exit 2), the entry kept and still queued")
@@ -136,6 +144,24 @@ struct GoogleStandInTests {
         #expect(viaUser.status == 0, "\(viaUser.text) \(viaUser.stderr)")
         let grants = Set(try google.entries().compactMap { $0["event"] as? String == "token" ? $0["grant"] as? String : nil })
         #expect(grants == ["metadata", "refresh_token"])
+        let states = try [dir.file("outbox-metadata"), dir.file("outbox-user")].flatMap { outbox in
+            try FileManager.default.subpathsOfDirectory(atPath: outbox).filter { $0.hasSuffix("state.json") }
+                .map { String(decoding: try readBytes(outbox + "/" + $0), as: UTF8.self) }
+        }
+        try Self.expectNoTokens([viaMetadata.text, viaMetadata.stderr, viaUser.text, viaUser.stderr] + states, files: [userFile])
+    }
+
+    @Test("Application Default Credentials go to Google's endpoint only: with GOOGLE_APPLICATION_CREDENTIALS set, another host gets no token")
+    func noAmbientCredentialsForOtherHosts() throws {
+        let google = try Google()
+        var environment = ProcessInfo.processInfo.environment
+        environment["GOOGLE_APPLICATION_CREDENTIALS"] = google.keyFile
+        let result = try google.upload(Repo.path("TestVectors/valid/package-none.cpkg"), outbox: google.dir.file("outbox"),
+                                       credentials: [], environment: environment)
+        #expect(result.status == 2 && result.stderr.contains("credentials.not_found"), "\(result.text) \(result.stderr)")
+        let entries = try google.entries()
+        #expect(!entries.contains { $0["event"] as? String == "token" }, "a token was fetched for a non-Google host")
+        #expect(entries.filter { $0["path"] != nil && $0["auth"] is String }.allSatisfy { $0["auth"] as? String == "missing" })
     }
 
     @Test("objectCreator only: a 412 whose object cannot be read is exists_unverified (kept); a reader's retry settles it")
@@ -187,6 +213,6 @@ struct GoogleStandInTests {
         let state = try #require(try Outbox(directory: dir.file("b")).entries().first)
         #expect(state.phase == .existsUnverified, "\(state.phase) \(state.rejectionCode ?? "")")
         let log = String(decoding: try readBytes(dir.file("serve.log")), as: UTF8.self)
-        Self.expectNoTokens([log, first.text, second.text])
+        try Self.expectNoTokens([log, first.text, second.text])
     }
 }

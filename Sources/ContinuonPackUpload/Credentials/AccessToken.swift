@@ -6,7 +6,7 @@ import Glibc
 
 /// An OAuth 2.0 access token. Its text is a secret: it is sent as `Authorization: Bearer …` and nowhere else (its
 /// description is redacted, and no state file, log line or `--json` output carries it).
-public struct AccessToken: Sendable, CustomStringConvertible {
+public struct AccessToken: Sendable, CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
     public let value: String
     /// When the issuer said it expires; nil when unknown (a token read from a file).
     public let expiresAt: ContinuousClock.Instant?
@@ -17,6 +17,8 @@ public struct AccessToken: Sendable, CustomStringConvertible {
     }
 
     public var description: String { "AccessToken(<redacted>)" }
+    public var debugDescription: String { description }
+    public var customMirror: Mirror { Mirror(self, children: ["value": "<redacted>"], displayStyle: .struct) }
 }
 
 /// Where access tokens come from: a service-account key, a gcloud user login, the metadata server, or a file an

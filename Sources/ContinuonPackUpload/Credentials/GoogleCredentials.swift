@@ -103,7 +103,9 @@ public actor GoogleCredentials: AccessTokenProvider {
         }
         var seconds: UInt64 = 3600
         if let given = value["expires_in"] {
-            guard let number = given.safeUnsignedInteger, number >= 1, number <= 86_400 else {
+            var number = given.safeUnsignedInteger
+            if case let .string(text) = given { number = UInt64(text) } // some issuers send it as a string
+            guard let number, number >= 1, number <= 86_400 else {
                 throw ContinuonPackError(.credentialsRefused, "\(endpoint) answered with an unusable expires_in.")
             }
             seconds = number
@@ -142,12 +144,17 @@ public struct CredentialsUnavailable: Error, Sendable, CustomStringConvertible {
 // MARK: - Key files
 
 /// A service-account key file (`"type": "service_account"`), as `gcloud iam service-accounts keys create` writes it.
-public struct ServiceAccountKey: Sendable {
+/// Its description, debug description and mirror (`dump`) show the identity, never the key.
+public struct ServiceAccountKey: Sendable, CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
     public let file: String
     public let clientEmail: String
     public let privateKeyID: String
     public let tokenURI: String
     let privateKey: RSASigningKey
+
+    public var description: String { "ServiceAccountKey(\(clientEmail), key file \(file))" }
+    public var debugDescription: String { description }
+    public var customMirror: Mirror { Mirror(self, children: ["clientEmail": clientEmail, "file": file], displayStyle: .struct) }
 
     /// The JWT the token endpoint exchanges for an access token: header `{"alg":"RS256","kid":…,"typ":"JWT"}`, claims
     /// `iss` (the client email), `scope`, `aud` (the token URI), `iat`, `exp` = `iat` + 3600; RS256-signed.
@@ -178,8 +185,12 @@ public struct ServiceAccountKey: Sendable {
 }
 
 /// A gcloud user login (`"type": "authorized_user"`), as `gcloud auth application-default login` writes it.
-public struct AuthorizedUser: Sendable {
+/// Its description, debug description and mirror (`dump`) never show the client secret or the refresh token.
+public struct AuthorizedUser: Sendable, CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
     public let file: String
+    public var description: String { "AuthorizedUser(file \(file))" }
+    public var debugDescription: String { description }
+    public var customMirror: Mirror { Mirror(self, children: ["file": file], displayStyle: .struct) }
     let clientID: String
     let clientSecret: String
     let refreshToken: String
@@ -195,7 +206,9 @@ extension GoogleCredentials {
         guard stat(path, &info) == 0 else {
             throw ContinuonPackError(.credentialsInvalid, "Cannot read the credentials file \(path).", cause: String(cString: strerror(errno)))
         }
-        guard info.st_mode & 0o077 == 0 else {
+        // ssh's rule for private keys: a file this user owns must not be readable by group or others. A file owned by
+        // another user (a Kubernetes or Cloud Run secret mount, root-owned and group-readable) is that owner's choice.
+        guard info.st_uid != geteuid() || info.st_mode & 0o077 == 0 else {
             throw ContinuonPackError(.credentialsInvalid, "The credentials file \(path) is readable by group or others "
                 + "(mode \(String(info.st_mode & 0o777, radix: 8))); it holds a secret: chmod 600 it, as ssh requires of private keys.")
         }
@@ -213,16 +226,22 @@ extension GoogleCredentials {
             if case let .string(text)? = value[name], !text.isEmpty { return text }
             return nil
         }
+        let tokenURI = optional("token_uri") ?? googleTokenURI
+        guard let uri = URL(string: tokenURI), let host = uri.host?.lowercased(),
+              uri.scheme == "https" || (uri.scheme == "http" && UploadTarget.isLoopback(host))
+        else {
+            throw ContinuonPackError(.credentialsInvalid, "The credentials file \(path) names a token_uri that is not https.")
+        }
         switch optional("type") {
         case "service_account":
             let key = try RSASigningKey(pemRepresentation: Array(try field("private_key").utf8))
             return GoogleCredentials(source: .serviceAccount(ServiceAccountKey(
                 file: path, clientEmail: try field("client_email"), privateKeyID: try field("private_key_id"),
-                tokenURI: optional("token_uri") ?? googleTokenURI, privateKey: key)), transport: transport)
+                tokenURI: tokenURI, privateKey: key)), transport: transport)
         case "authorized_user":
             return GoogleCredentials(source: .authorizedUser(AuthorizedUser(
                 file: path, clientID: try field("client_id"), clientSecret: try field("client_secret"),
-                refreshToken: try field("refresh_token"), tokenURI: optional("token_uri") ?? googleTokenURI)),
+                refreshToken: try field("refresh_token"), tokenURI: tokenURI)),
                 transport: transport)
         case let other:
             throw ContinuonPackError(.credentialsInvalid, "The credentials file \(path) is of type "
@@ -255,8 +274,11 @@ extension GoogleCredentials {
         tried.append("\(adcFile) (no such file)")
         let metadata = metadataServer(environment: environment, transport: transport)
         if case let .metadataServer(host) = metadata.source {
-            if await ping(host: host) { return metadata }
-            tried.append("the metadata server at \(host) (no answer)")
+            // Google's libraries ping the metadata server's IP (no DNS lookup) unless told otherwise.
+            let probe = environment["GCE_METADATA_IP"].flatMap { $0.isEmpty ? nil : $0 }
+                ?? (environment["GCE_METADATA_HOST"] != nil || environment["GCE_METADATA_ROOT"] != nil ? host : "169.254.169.254")
+            if await ping(host: probe) { return metadata }
+            tried.append("the metadata server at \(probe) (no answer)")
         }
         throw ContinuonPackError(.credentialsNotFound, "No Google credentials found; tried " + tried.joined(separator: ", ")
             + ". Give --credentials FILE (a service-account key or gcloud ADC file) or --credentials metadata.")

@@ -79,7 +79,7 @@ final class UploadProgressLine: @unchecked Sendable {
 
 func printStates(_ states: [OutboxState], json: Bool) {
     if json {
-        printJSON(.array(states.map(\.jsonValue)))
+        printJSON(.array(states.map(\.reportJSON)))
         return
     }
     for state in states {
@@ -236,7 +236,7 @@ extension ContinuonPackNetCommand {
                 var states: [OutboxState] = []
                 for id in ids { states.append(try outbox.retry(packageID: id)) }
                 if json {
-                    printJSON(.array(states.map(\.jsonValue)))
+                    printJSON(.array(states.map(\.reportJSON)))
                 } else {
                     for state in states { print("\(state.packageID)  \(state.summary)") }
                 }
