@@ -68,7 +68,8 @@ public struct IngestServer: Sendable {
         self.store = store
         self.logger = logger
         self.sessions = UploadSessions(limits: configuration.sessions)
-        try FileManager.default.createDirectory(atPath: configuration.spoolDirectory, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: configuration.spoolDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         spool = try SpoolDirectory(path: configuration.spoolDirectory)
         let leftovers = spool.removeLeftovers()
         if leftovers > 0 {

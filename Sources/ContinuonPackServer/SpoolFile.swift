@@ -87,6 +87,16 @@ final class SpoolDirectory: @unchecked Sendable {
     /// - Throws: `io.error` when the directory cannot be locked, or another process holds it.
     init(path: String) throws {
         self.path = path
+        // Another local user must not be able to plant, rename or remove upload bytes: the directory is this user's
+        // own and nobody else may write into it (a predictable default under $TMPDIR could be pre-created by anyone).
+        var info = stat()
+        guard lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+            throw ContinuonPackError(.ioError, "The spool \(path) is not a directory.")
+        }
+        guard info.st_uid == geteuid(), info.st_mode & 0o022 == 0 else {
+            throw ContinuonPackError(.ioError, "The spool \(path) must belong to this user and be writable by it alone "
+                + "(mode \(String(info.st_mode & 0o777, radix: 8))); give another --spool or chmod go-w it.")
+        }
         let fd = open(path + "/.lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else {
             throw ContinuonPackError(.ioError, "Cannot open \(path)/.lock.", cause: String(cString: strerror(errno)))

@@ -228,6 +228,16 @@ struct ServeTests {
         #expect(try run("curl", ["-sf", server.baseURL.absoluteString + "/healthz"]).status == 0)
     }
 
+    @Test("A spool directory that others may write into is refused at start (a predictable path could be planted)")
+    func spoolOwnership() throws {
+        let dir = try TemporaryDirectory()
+        let spool = try dir.subdirectory("shared-spool")
+        chmod(spool, 0o777)
+        let result = try cli(["serve", "--listen", "127.0.0.1:0", "--store", dir.file("store"), "--spool", spool,
+                              "--trusted-key", Repo.testPublicKey])
+        #expect(result.status == 2 && result.stderr.contains("writable by it alone"), "\(result.stderr)")
+    }
+
     @Test("SIGTERM stops the service")
     func gracefulStop() async throws {
         let dir = try TemporaryDirectory()
