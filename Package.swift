@@ -1,14 +1,23 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 let package = Package(
     name: "continuon-pack",
     products: [
-        .library(name: "ContinuonPack", targets: ["ContinuonPack", "ContinuonPackUpload"]),
+        // Pack, verify, inspect, keys: no Foundation, no package dependencies.
+        .library(name: "ContinuonPack", targets: ["ContinuonPack"]),
+        // The outbox and uploader, Google credentials, the Cloud Storage client (Foundation, URLSession).
+        .library(name: "ContinuonPackUpload", targets: ["ContinuonPackUpload"]),
         // The ingestion protocol's request parsing and arithmetic, without I/O (the service and its fuzz target).
         .library(name: "ContinuonPackIngest", targets: ["ContinuonPackIngest"]),
         .executable(name: "continuon-pack", targets: ["continuon-pack"]),
         .executable(name: "continuon-pack-net", targets: ["continuon-pack-net"]),
+    ],
+    // The CLI and the ingestion service need swift-argument-parser, Hummingbird, NIO and friends; the libraries need
+    // none of them. A runtime that depends on this package with `traits: []` resolves, fetches and builds none.
+    traits: [
+        .default(enabledTraits: ["Tools"]),
+        .trait(name: "Tools", description: "The continuon-pack executables and the ingestion service (serve)."),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -56,21 +65,21 @@ let package = Package(
                 "ContinuonPack",
                 "ContinuonPackIngest",
                 "ContinuonPackUpload",
-                .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "HTTPTypes", package: "swift-http-types"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "Hummingbird", package: "hummingbird", condition: .when(traits: ["Tools"])),
+                .product(name: "Logging", package: "swift-log", condition: .when(traits: ["Tools"])),
+                .product(name: "HTTPTypes", package: "swift-http-types", condition: .when(traits: ["Tools"])),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle", condition: .when(traits: ["Tools"])),
+                .product(name: "NIOCore", package: "swift-nio", condition: .when(traits: ["Tools"])),
+                .product(name: "NIOPosix", package: "swift-nio", condition: .when(traits: ["Tools"])),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio", condition: .when(traits: ["Tools"])),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras", condition: .when(traits: ["Tools"])),
             ],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         // What both executables share: exit codes, output, key loading.
         .target(
             name: "ContinuonPackCLI",
-            dependencies: ["ContinuonPack", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["ContinuonPack", .product(name: "ArgumentParser", package: "swift-argument-parser", condition: .when(traits: ["Tools"]))],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         // keygen, pack, verify, inspect, sign-blob, verify-blob; hands upload, outbox and serve to continuon-pack-net.
@@ -79,7 +88,7 @@ let package = Package(
             dependencies: [
                 "ContinuonPack",
                 "ContinuonPackCLI",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser", condition: .when(traits: ["Tools"])),
             ],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
@@ -91,8 +100,8 @@ let package = Package(
                 "ContinuonPackUpload",
                 "ContinuonPackServer",
                 "ContinuonPackCLI",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser", condition: .when(traits: ["Tools"])),
+                .product(name: "Logging", package: "swift-log", condition: .when(traits: ["Tools"])),
             ],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),

@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 // libFuzzer targets for the parsers that face untrusted input. A separate package, so that the main build never
 // links them without the fuzzer runtime. Run them with scripts/fuzz.
 import Foundation
@@ -9,7 +9,8 @@ let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingL
 
 let package = Package(
     name: "continuon-pack-fuzz",
-    dependencies: [.package(path: "..")],
+    // Only the libraries: none of the CLI's or the service's packages are resolved or built.
+    dependencies: [.package(path: "..", traits: [])],
     targets: [
         .executableTarget(name: "FuzzVerifier", dependencies: [.product(name: "ContinuonPack", package: root)]),
         .executableTarget(name: "FuzzJSON", dependencies: [.product(name: "ContinuonPack", package: root)]),
