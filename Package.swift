@@ -105,11 +105,6 @@ let package = Package(
             ],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
-        .executableTarget(
-            name: "runtime-example",
-            dependencies: ["ContinuonPack"],
-            path: "Examples/RuntimeExample"
-        ),
         .testTarget(
             name: "ContinuonPackTests",
             dependencies: ["ContinuonPack", "ContinuonPackUpload", "ContinuonPackIngest", "ContinuonPackServer"],

@@ -1,19 +1,61 @@
 import ContinuonPack
 import Foundation
 
-/// What the uploader reports as it goes (for progress bars and logs).
-public struct UploadEvent: Sendable {
-    public let packageID: String
-    public let phase: OutboxState.Phase
-    public let confirmed: UInt64
-    public let size: UInt64
-    public let message: String?
+/// What happens to a package while it is uploaded, as values a runtime can switch on (never message text).
+///
+/// `progress` only grows within one session; when the server no longer holds what it confirmed (its session
+/// expired), `sessionRestarted` comes first and progress starts again from what the new session holds.
+public enum UploadEvent: Sendable, Equatable {
+    /// A resumable session was started (its URI saved before the first byte).
+    case started(packageID: String, size: UInt64)
+    /// The server confirmed holding `confirmed` of `size` bytes.
+    case progress(packageID: String, confirmed: UInt64, size: UInt64)
+    /// A transient failure; the next attempt follows after `delay`.
+    case retrying(packageID: String, attempt: Int, delay: Duration, cause: UploadFailure)
+    /// The server no longer knows the session (`404`/`410`): a new one starts from byte 0.
+    case sessionRestarted(packageID: String, status: Int)
+    /// The server holds the object, with our size and hashes. Final.
+    case acknowledged(packageID: String, size: UInt64)
+    /// The server refused the package; it stays in the outbox (`Outbox.retry`, or add re-signed bytes).
+    case rejected(packageID: String, rejection: Rejection)
+    /// An object of that name exists and these credentials may not read it to compare (`exists_unverified`).
+    case existsUnverified(packageID: String)
+    /// Still failing when the policy's deadline came: left `queued`/`uploading` for a later run.
+    case deferred(packageID: String, cause: UploadFailure)
+
+    public var packageID: String {
+        switch self {
+        case let .started(id, _), let .progress(id, _, _), let .retrying(id, _, _, _), let .sessionRestarted(id, _),
+             let .acknowledged(id, _), let .rejected(id, _), let .existsUnverified(id), let .deferred(id, _):
+            id
+        }
+    }
+}
+
+/// Why the server refused a package: the HTTP status, the stable code (`signature.untrusted`, Cloud Storage's
+/// `reason`) and the sentence, as `OutboxState` keeps them.
+public struct Rejection: Sendable, Equatable {
+    public let status: Int
+    public let code: String?
+    public let detail: String?
+}
+
+/// A transient failure: `status` is the HTTP status, or nil when no answer came (connection refused, reset,
+/// timeout, the token issuer unreachable).
+public struct UploadFailure: Sendable, Equatable, CustomStringConvertible {
+    public let status: Int?
+    public let message: String
+    public var description: String { message }
 }
 
 /// Uploads outbox entries with the Cloud Storage JSON API resumable protocol, resuming where the server says it
 /// stopped, retrying transient failures with full-jitter backoff, and writing every transition to the entry's
 /// state record before acting on it. An entry is `acknowledged` only after the server reported the object's size
 /// and hashes equal to ours; a refusal (4xx) makes it `rejected`, with the package kept on disk.
+///
+/// Results are awaited (`upload(packageID:)`, `uploadQueued()`); what happens on the way comes as `UploadEvent`s
+/// from `events()`. Cancelling the calling task stops at the next request boundary with `CancellationError`; the
+/// entry's state is saved, so the next run resumes.
 ///
 /// Memory: one chunk (`UploadTarget.chunkSize`) per upload in flight.
 public actor Uploader {
@@ -23,46 +65,81 @@ public actor Uploader {
     private let client: CloudStorageClient
     private let sleep: @Sendable (Duration) async throws -> Void
     private let random: @Sendable () -> Double
-    private let onEvent: (@Sendable (UploadEvent) -> Void)?
+    private var subscribers: [UInt64: AsyncStream<UploadEvent>.Continuation] = [:]
+    private var nextSubscriber: UInt64 = 0
+    /// The highest byte count reported per package in its current session (progress never goes backwards).
+    private var reported: [String: UInt64] = [:]
 
-    /// - Parameters:
-    ///   - transport: defaults to `URLSessionTransport` with the policy's request timeout.
-    ///   - sleep, random: injectable for tests (the backoff's clock and jitter).
-    public init(
-        outbox: Outbox, target: UploadTarget, policy: RetryPolicy = RetryPolicy(), transport: (any HTTPTransport)? = nil,
-        sleep: @escaping @Sendable (Duration) async throws -> Void = { try await Task.sleep(for: $0) },
-        random: @escaping @Sendable () -> Double = { Double.random(in: 0...1) },
-        onEvent: (@Sendable (UploadEvent) -> Void)? = nil
-    ) {
+    /// - Parameter transport: defaults to `URLSessionTransport` with the policy's request timeout.
+    public init(outbox: Outbox, target: UploadTarget, policy: RetryPolicy = RetryPolicy(), transport: (any HTTPTransport)? = nil) {
+        self.init(outbox: outbox, target: target, policy: policy, transport: transport,
+                  sleep: { try await Task.sleep(for: $0) }, random: { Double.random(in: 0...1) })
+    }
+
+    /// Tests: the backoff's clock and jitter.
+    init(outbox: Outbox, target: UploadTarget, policy: RetryPolicy, transport: (any HTTPTransport)?,
+         sleep: @escaping @Sendable (Duration) async throws -> Void, random: @escaping @Sendable () -> Double) {
         self.outbox = outbox
         self.target = target
         self.policy = policy
         self.client = CloudStorageClient(target: target, transport: transport, timeout: policy.requestTimeout)
         self.sleep = sleep
         self.random = random
-        self.onEvent = onEvent
     }
 
-    /// Uploads every queued or uploading entry once (each until acknowledged, rejected or its deadline).
-    public func drain() async throws -> [OutboxState] {
+    /// A new stream of every event from now on, until the uploader is released or the consumer stops iterating.
+    /// Each call is its own subscriber. A consumer that falls behind loses the oldest events beyond the newest
+    /// 1024 (the outcome of every upload is also the awaited result).
+    public func events() -> AsyncStream<UploadEvent> {
+        let (stream, continuation) = AsyncStream.makeStream(of: UploadEvent.self, bufferingPolicy: .bufferingNewest(1024))
+        let id = nextSubscriber
+        nextSubscriber += 1
+        subscribers[id] = continuation
+        continuation.onTermination = { [weak self] _ in
+            Task { await self?.unsubscribe(id) }
+        }
+        return stream
+    }
+
+    private func unsubscribe(_ id: UInt64) { subscribers[id] = nil }
+
+    private func emit(_ event: UploadEvent) {
+        if case let .progress(id, confirmed, _) = event {
+            guard confirmed > reported[id] ?? 0 else { return }
+            reported[id] = confirmed
+        }
+        for continuation in subscribers.values { continuation.yield(event) }
+    }
+
+    deinit {
+        for continuation in subscribers.values { continuation.finish() }
+    }
+
+    /// Uploads every queued or uploading entry once (each until acknowledged, rejected, `exists_unverified` or its
+    /// deadline) and returns their states.
+    /// - Throws: `CancellationError` when the task is cancelled; `credentials.*` and I/O errors.
+    public func uploadQueued() async throws -> [OutboxState] {
         var results: [OutboxState] = []
         for entry in try outbox.entries() where entry.phase == .queued || entry.phase == .uploading {
-            if Task.isCancelled { break }
+            try Task.checkCancellation()
             results.append(try await upload(packageID: entry.packageID))
         }
         return results
     }
 
-    /// Drains, then looks for new entries every `pollInterval`, until the task is cancelled.
-    public func run(pollInterval: Duration = .seconds(5)) async throws {
-        while !Task.isCancelled {
-            _ = try await drain()
-            try? await sleep(pollInterval)
+    /// Uploads what is queued, then looks for new entries every `pollInterval`, until the task is cancelled.
+    /// - Throws: `CancellationError` when cancelled (its normal end); `credentials.*` and I/O errors.
+    public func run(pollInterval: Duration = .seconds(5)) async throws -> Never {
+        while true {
+            _ = try await uploadQueued()
+            try await Task.sleep(for: pollInterval)
         }
     }
 
-    /// Uploads one entry. Returns its state: `acknowledged`, `rejected`, or still `queued`/`uploading` when the
-    /// deadline passed, the task was cancelled or another process holds the entry.
+    /// Uploads one entry. Returns its state: `acknowledged`, `rejected`, `exists_unverified`, or still
+    /// `queued`/`uploading` when the deadline passed or another process holds the entry.
+    /// - Throws: `CancellationError` when the task is cancelled (the state is saved: the next run resumes);
+    ///   `credentials.*` when the credentials are refused; I/O errors.
     public func upload(packageID: String) async throws -> OutboxState {
         guard let lock = try outbox.lock(packageID) else { return try outbox.state(of: packageID) }
         defer { withExtendedLifetime(lock) {} }
@@ -72,11 +149,13 @@ public actor Uploader {
         state.objectName = target.objectName(packageID: packageID)
         let file = try FileDescriptor.openForReading(outbox.packagePath(packageID))
         var session = Session(state: state, file: file, askStatus: state.phase == .uploading)
+        reported[packageID] = state.confirmed
+        defer { reported[packageID] = nil }
         let clock = ContinuousClock()
         let start = clock.now
         var attempt = 0
         while true {
-            if Task.isCancelled { break }
+            try Task.checkCancellation()
             do {
                 let before = session.state.confirmed
                 try await step(&session)
@@ -89,12 +168,15 @@ public actor Uploader {
                 try save(session.state)
                 let delay = policy.delay(attempt: attempt, retryAfter: failure.retryAfter, random: random())
                 attempt += 1
+                let cause = UploadFailure(status: failure.status, message: failure.message)
                 if clock.now - start + delay > policy.deadline {
                     session.state.lastError = "gave up for this run after \(policy.deadline): \(failure.message)"
                     try save(session.state)
+                    emit(.deferred(packageID: packageID, cause: cause))
                     break
                 }
-                try? await sleep(delay)
+                emit(.retrying(packageID: packageID, attempt: attempt, delay: delay, cause: cause))
+                try await sleep(delay)
             }
         }
         return session.state
@@ -112,14 +194,22 @@ public actor Uploader {
     private struct Retryable: Error {
         let message: String
         var retryAfter: Duration?
+        var status: Int?
     }
 
+    /// Saves the state, then tells subscribers what it means.
     private func save(_ state: OutboxState) throws {
         try outbox.save(state)
         CrashPoint.reach("upload.saved." + state.phase.rawValue)
-        onEvent?(UploadEvent(
-            packageID: state.packageID, phase: state.phase, confirmed: state.confirmed, size: state.size,
-            message: state.lastError))
+        switch state.phase {
+        case .acknowledged: emit(.acknowledged(packageID: state.packageID, size: state.size))
+        case .rejected:
+            emit(.rejected(packageID: state.packageID, rejection: Rejection(
+                status: state.rejectionStatus ?? 0, code: state.rejectionCode, detail: state.rejectionDetail ?? state.lastError)))
+        case .existsUnverified: emit(.existsUnverified(packageID: state.packageID))
+        case .uploading, .queued:
+            if state.confirmed > 0 { emit(.progress(packageID: state.packageID, confirmed: state.confirmed, size: state.size)) }
+        }
     }
 
     private func step(_ session: inout Session) async throws {
@@ -175,6 +265,8 @@ public actor Uploader {
             session.state.lastError = nil
             session.askStatus = false
             try save(session.state)
+            reported[state.packageID] = 0
+            emit(.started(packageID: state.packageID, size: state.size))
         case 412:
             try await settleExisting(&session, response)
         default:
@@ -206,6 +298,7 @@ public actor Uploader {
             session.state.confirmed = 0
             session.state.lastError = "the upload session expired (HTTP \(response.status)); starting a new one"
             try save(session.state)
+            emit(.sessionRestarted(packageID: session.state.packageID, status: response.status))
         case 412:
             try await settleExisting(&session, response)
         default:
@@ -217,7 +310,8 @@ public actor Uploader {
     private func reject(_ response: HTTPResponse, _ session: inout Session, during: String) throws {
         if response.status == 408 || response.status == 429 || response.status >= 500 {
             throw Retryable(
-                message: "HTTP \(response.status) while \(during)", retryAfter: Self.retryAfter(response.header("Retry-After")))
+                message: "HTTP \(response.status) while \(during)", retryAfter: Self.retryAfter(response.header("Retry-After")),
+                status: response.status)
         }
         session.state.phase = .rejected
         session.state.rejectionStatus = response.status

@@ -227,14 +227,3 @@ struct MemoryTests {
     }
 }
 
-@Suite("Examples")
-struct ExampleTests {
-    @Test("The runtime example packs and verifies the bundled episodes")
-    func runtimeExample() throws {
-        let out = try TemporaryDirectory()
-        let binary = URL(fileURLWithPath: Repo.cli).deletingLastPathComponent().appendingPathComponent("runtime-example").path
-        let result = try run(binary, [Repo.path("Examples/episodes"), out.path])
-        #expect(result.status == 0, "\(result.text) \(result.stderr)")
-        #expect(result.text.contains("verified: package "))
-    }
-}

@@ -66,6 +66,13 @@ public struct PackageWriter: Sendable {
         return timestamp(secondsSinceEpoch: Int64(time(nil)))
     }
 
+    /// The manifest time from this process's `SOURCE_DATE_EPOCH` when set, else now (no Foundation needed).
+    public static func createdAt() throws -> String {
+        var environment: [String: String] = [:]
+        if let value = getenv("SOURCE_DATE_EPOCH") { environment["SOURCE_DATE_EPOCH"] = String(cString: value) }
+        return try createdAt(environment: environment)
+    }
+
     /// Formats seconds since 1970 as `YYYY-MM-DDTHH:MM:SSZ` (UTC, independent of TZ and locale).
     public static func timestamp(secondsSinceEpoch seconds: Int64) -> String {
         var value = time_t(seconds)

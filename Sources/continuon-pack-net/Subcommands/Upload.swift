@@ -61,19 +61,32 @@ struct OutboxOption: ParsableArguments {
     func open() throws -> Outbox { try Outbox(directory: outbox ?? Outbox.defaultDirectory()) }
 }
 
-/// A one-line progress display on a terminal; silent otherwise.
-final class UploadProgressLine: @unchecked Sendable {
-    private let enabled = isatty(2) == 1
-    private let lock = NSLock()
-
-    func show(_ event: UploadEvent) {
-        guard enabled else { return }
-        lock.lock()
-        defer { lock.unlock() }
-        let percent = event.size == 0 ? 100 : Int(event.confirmed * 100 / event.size)
-        let line = "\r\(event.packageID.prefix(12))… \(event.phase.rawValue) \(percent)% (\(event.confirmed)/\(event.size) bytes)\u{1b}[K"
-        FileHandle.standardError.write(Data(line.utf8))
-        if event.phase == .acknowledged || event.phase == .rejected { FileHandle.standardError.write(Data("\n".utf8)) }
+/// The uploader's events drawn as one line on standard error when it is a terminal; nothing otherwise. Returns the
+/// task that draws (cancel it when the work is done).
+func drawProgress(of uploader: Uploader) async -> Task<Void, Never>? {
+    guard isatty(2) == 1 else { return nil }
+    let events = await uploader.events()
+    return Task {
+        for await event in events {
+            let id = event.packageID.prefix(12) + "…"
+            var text: String
+            var final = false
+            switch event {
+            case let .started(_, size): text = "\(id) started (\(size) bytes)"
+            case let .progress(_, confirmed, size):
+                text = "\(id) \(size == 0 ? 100 : confirmed * 100 / size)% (\(confirmed)/\(size) bytes)"
+            case let .retrying(_, attempt, delay, cause):
+                text = "\(id) retrying in \(delay.components.seconds) s (attempt \(attempt)): \(cause.message)"
+            case let .sessionRestarted(_, status): text = "\(id) the session is gone (HTTP \(status)); starting again"
+            case .acknowledged: text = "\(id) acknowledged"; final = true
+            case let .rejected(_, rejection):
+                text = "\(id) rejected \(rejection.status) \(rejection.code ?? "")"; final = true
+            case .existsUnverified: text = "\(id) exists_unverified"; final = true
+            case let .deferred(_, cause): text = "\(id) left for a later run: \(cause.message)"; final = true
+            }
+            let line = "\r" + String(text.prefix(160)) + "\u{1b}[K" + (final ? "\n" : "")
+            FileHandle.standardError.write(Data(line.utf8))
+        }
     }
 }
 
@@ -129,11 +142,11 @@ extension ContinuonPackNetCommand {
             let outbox = try outboxOption.open()
             var ids: [String] = []
             for package in packages { ids.append(try outbox.add(packageAt: package).packageID) }
-            let progress = UploadProgressLine()
-            let uploader = Uploader(outbox: outbox, target: try await target.target(), policy: target.policy,
-                                    onEvent: { progress.show($0) })
+            let uploader = Uploader(outbox: outbox, target: try await target.target(), policy: target.policy)
+            let progress = await drawProgress(of: uploader)
             var states: [OutboxState] = []
             for id in ids { states.append(try await uploader.upload(packageID: id)) }
+            progress?.cancel()
             printStates(states, json: json)
             throw exitStatus(states)
         }
@@ -185,17 +198,17 @@ extension ContinuonPackNetCommand {
 
             func run() async throws {
                 let outbox = try outboxOption.open()
-                let progress = UploadProgressLine()
-                let uploader = Uploader(outbox: outbox, target: try await target.target(), policy: target.policy,
-                                        onEvent: { progress.show($0) })
+                let uploader = Uploader(outbox: outbox, target: try await target.target(), policy: target.policy)
+                let progress = await drawProgress(of: uploader)
+                defer { progress?.cancel() }
                 if once {
-                    let states = try await uploader.drain()
+                    let states = try await uploader.uploadQueued()
                     if retention == .remove { try outbox.removeAcknowledged() }
                     printStates(states, json: json)
                     throw exitStatus(states)
                 }
                 while true {
-                    _ = try await uploader.drain()
+                    _ = try await uploader.uploadQueued()
                     if retention == .remove { try outbox.removeAcknowledged() }
                     try await Task.sleep(for: .seconds(interval))
                 }
