@@ -29,13 +29,13 @@ public struct IngestConfiguration: Sendable {
     /// The service's public base URL (`https://ingest.example.com`), used in `Location` instead of the `Host`
     /// header.
     public var publicURL: String?
-    public var limits: Limits
+    public var limits: PackageLimits
 
     public init(host: String, port: Int, trustedKeys: [Ed25519PublicKey], threshold: Int = 1, bucket: String = "staging",
                 spoolDirectory: String, maxPackageBytes: UInt64 = 64 << 30, sessions: SessionLimits = .init(),
                 connections: ConnectionLimits = .init(), idleTimeout: Duration = .seconds(120),
                 shutdownTimeout: Duration = .seconds(5), publicURL: String? = nil,
-                limits: Limits = .default) {
+                limits: PackageLimits = .default) {
         self.host = host
         self.port = port
         self.trustedKeys = trustedKeys

@@ -6,9 +6,9 @@ import Foundation
 /// new one. It never sends a DELETE: nothing in this project removes objects from a bucket.
 public struct CloudStorageClient: Sendable {
     public let target: UploadTarget
-    let transport: any HTTPTransport
+    let transport: any CloudStorageTransport
 
-    public init(target: UploadTarget, transport: (any HTTPTransport)? = nil, timeout: Duration = .seconds(60)) {
+    public init(target: UploadTarget, transport: (any CloudStorageTransport)? = nil, timeout: Duration = .seconds(60)) {
         self.target = target
         self.transport = transport ?? URLSessionTransport(timeout: timeout)
     }
@@ -23,7 +23,21 @@ public struct CloudStorageClient: Sendable {
     /// Sends one request. A second `401` (after a fresh token) is not a refusal of the package: it throws
     /// `credentials.refused`; so does a token endpoint that refuses the credentials.
     /// - Throws: `TransportFailure` (retryable), `ContinuonPackError` (`credentials.*`).
-    public func send(_ method: String, _ url: URL, headers: [String: String] = [:], body: Data? = nil) async throws -> HTTPResponse {
+    public func send(_ method: String, _ url: URL, headers: [String: String] = [:], body: Data? = nil) async throws -> CloudStorageResponse {
+        try await send(method, url, headers: headers, payload: body.map(Payload.bytes))
+    }
+
+    /// Sends `body` streamed from a file (an upload chunk).
+    public func send(_ method: String, _ url: URL, headers: [String: String] = [:], body: FileRange) async throws -> CloudStorageResponse {
+        try await send(method, url, headers: headers, payload: .file(body))
+    }
+
+    enum Payload {
+        case bytes(Data)
+        case file(FileRange)
+    }
+
+    private func send(_ method: String, _ url: URL, headers: [String: String], payload body: Payload?) async throws -> CloudStorageResponse {
         precondition(method != "DELETE", "continuon-pack never deletes from a bucket")
         let response = try await sendOnce(method, url, headers: headers, body: body, refresh: false)
         guard response.status == 401 else { return response }
@@ -51,7 +65,7 @@ public struct CloudStorageClient: Sendable {
         return scheme == "https" || (scheme == "http" && UploadTarget.isLoopback(host))
     }
 
-    private func sendOnce(_ method: String, _ url: URL, headers: [String: String], body: Data?, refresh: Bool) async throws -> HTTPResponse {
+    private func sendOnce(_ method: String, _ url: URL, headers: [String: String], body: Payload?, refresh: Bool) async throws -> CloudStorageResponse {
         var headers = headers
         if let credentials = target.credentials, carriesToken(url) {
             do {
@@ -61,7 +75,11 @@ public struct CloudStorageClient: Sendable {
             }
         }
         do {
-            return try await transport.send(method: method, url: url, headers: headers, body: body)
+            switch body {
+            case let .file(range)?: return try await transport.send(method: method, url: url, headers: headers, body: range)
+            case let .bytes(data)?: return try await transport.send(method: method, url: url, headers: headers, body: data)
+            case nil: return try await transport.send(method: method, url: url, headers: headers, body: nil as Data?)
+            }
         } catch {
             throw TransportFailure(message: "\(method) \(url.path): \(error.localizedDescription)")
         }

@@ -71,13 +71,13 @@ public actor Uploader {
     private var reported: [String: UInt64] = [:]
 
     /// - Parameter transport: defaults to `URLSessionTransport` with the policy's request timeout.
-    public init(outbox: Outbox, target: UploadTarget, policy: RetryPolicy = RetryPolicy(), transport: (any HTTPTransport)? = nil) {
+    public init(outbox: Outbox, target: UploadTarget, policy: RetryPolicy = RetryPolicy(), transport: (any CloudStorageTransport)? = nil) {
         self.init(outbox: outbox, target: target, policy: policy, transport: transport,
                   sleep: { try await Task.sleep(for: $0) }, random: { Double.random(in: 0...1) })
     }
 
     /// Tests: the backoff's clock and jitter.
-    init(outbox: Outbox, target: UploadTarget, policy: RetryPolicy, transport: (any HTTPTransport)?,
+    init(outbox: Outbox, target: UploadTarget, policy: RetryPolicy, transport: (any CloudStorageTransport)?,
          sleep: @escaping @Sendable (Duration) async throws -> Void, random: @escaping @Sendable () -> Double) {
         self.outbox = outbox
         self.target = target
@@ -228,14 +228,13 @@ public actor Uploader {
             session.askStatus = true
             return
         }
-        let length = Int(min(UInt64(target.chunkSize), size - offset))
-        var chunk = Data(count: length)
-        let read = try chunk.withUnsafeMutableBytes { try readFully(session.file, into: $0, at: Int64(offset)) }
-        guard read == length else {
-            throw ContinuonPackError(.ioError, "The outbox copy of \(session.state.packageID) is shorter than recorded.")
-        }
+        // The first chunk of a session is one granule (256 KiB): a service that refuses the package from its
+        // envelope (an untrusted key) answers after that, not after a whole chunk.
+        let chunk = offset == 0 ? UploadTarget.chunkGranularity : target.chunkSize
+        let length = Int(min(UInt64(chunk), size - offset))
         let range = size == 0 ? "bytes */0" : "bytes \(offset)-\(offset + UInt64(length) - 1)/\(size)"
-        let response = try await send("PUT", sessionURL, headers: ["Content-Range": range], body: chunk)
+        let body = FileRange(path: outbox.packagePath(session.state.packageID), offset: offset, length: length)
+        let response = try await send("PUT", sessionURL, headers: ["Content-Range": range], body: body)
         try await handle(response, &session, sentUpTo: offset + UInt64(length))
     }
 
@@ -275,7 +274,7 @@ public actor Uploader {
     }
 
     /// Interprets the answer to a chunk or a status query.
-    private func handle(_ response: HTTPResponse, _ session: inout Session, sentUpTo: UInt64?) async throws {
+    private func handle(_ response: CloudStorageResponse, _ session: inout Session, sentUpTo: UInt64?) async throws {
         switch response.status {
         case 308:
             // "Resume incomplete": Range bytes=0-N means the server holds N+1 bytes; no Range means none.
@@ -307,7 +306,7 @@ public actor Uploader {
     }
 
     /// Retryable statuses throw; every other status is a rejection.
-    private func reject(_ response: HTTPResponse, _ session: inout Session, during: String) throws {
+    private func reject(_ response: CloudStorageResponse, _ session: inout Session, during: String) throws {
         if response.status == 408 || response.status == 429 || response.status >= 500 {
             throw Retryable(
                 message: "HTTP \(response.status) while \(during)", retryAfter: Self.retryAfter(response.header("Retry-After")),
@@ -325,7 +324,7 @@ public actor Uploader {
 
     /// The upload finished: acknowledge only if the server's size and hashes are ours (from the final response, which
     /// needs no read permission; else from the object's metadata).
-    private func acknowledge(_ response: HTTPResponse, _ session: inout Session) async throws {
+    private func acknowledge(_ response: CloudStorageResponse, _ session: inout Session) async throws {
         if let object = try? StrictJSONParser.parse(Array(response.body)), Self.hashes(object).hasHash {
             try settle(object, &session, status: response.status)
             return
@@ -339,7 +338,7 @@ public actor Uploader {
 
     /// `412`: an object of that name exists. Equal size and hashes: it is ours (acknowledged); other bytes: rejected;
     /// not readable with these credentials (objectCreator only): `exists_unverified`.
-    private func settleExisting(_ session: inout Session, _ response: HTTPResponse) async throws {
+    private func settleExisting(_ session: inout Session, _ response: CloudStorageResponse) async throws {
         // The ingestion service in front of an objectCreator-only bucket already tried to read it.
         if RejectionReason(body: Array(response.body.prefix(16 * 1024))).code == "upload.object_unverified" {
             try unverified(&session, status: 412)
@@ -398,7 +397,15 @@ public actor Uploader {
         try save(session.state)
     }
 
-    private func send(_ method: String, _ url: URL, headers: [String: String], body: Data?) async throws -> HTTPResponse {
+    private func send(_ method: String, _ url: URL, headers: [String: String], body: Data?) async throws -> CloudStorageResponse {
+        do {
+            return try await client.send(method, url, headers: headers, body: body)
+        } catch let failure as CloudStorageClient.TransportFailure {
+            throw Retryable(message: failure.message)
+        }
+    }
+
+    private func send(_ method: String, _ url: URL, headers: [String: String], body: FileRange) async throws -> CloudStorageResponse {
         do {
             return try await client.send(method, url, headers: headers, body: body)
         } catch let failure as CloudStorageClient.TransportFailure {

@@ -190,13 +190,13 @@ struct CredentialsTests {
     }
 
     /// Answers from a script; counts the tokens asked for and the Authorization headers seen.
-    final class ScriptedTransport: HTTPTransport, @unchecked Sendable {
+    final class ScriptedTransport: CloudStorageTransport, @unchecked Sendable {
         var statuses: [Int]
         var authorizations: [String?] = []
         init(_ statuses: [Int]) { self.statuses = statuses }
-        func send(method: String, url: URL, headers: [String: String], body: Data?) async throws -> HTTPResponse {
+        func send(method: String, url: URL, headers: [String: String], body: Data?) async throws -> CloudStorageResponse {
             authorizations.append(headers["Authorization"])
-            return HTTPResponse(status: statuses.isEmpty ? 200 : statuses.removeFirst(), headers: [:], body: Data("{}".utf8))
+            return CloudStorageResponse(status: statuses.isEmpty ? 200 : statuses.removeFirst(), headers: [:], body: Data("{}".utf8))
         }
     }
 

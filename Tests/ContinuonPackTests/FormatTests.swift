@@ -140,7 +140,7 @@ struct ValidationTests {
         (String(repeating: "a", count: 129), false), ("ünï", false), ("new\nline", false),
     ])
     func identifiers(_ text: String, _ valid: Bool) {
-        #expect(Validation.isValidIdentifier(text) == valid)
+        #expect(FormatRules.isValidIdentifier(text) == valid)
     }
 
     @Test("Blob paths", arguments: [
@@ -153,21 +153,21 @@ struct ValidationTests {
         ("a/..", false), ("/", false),
     ])
     func paths(_ path: String, _ valid: Bool) {
-        #expect((Validation.pathProblem(Array(path.utf8)) == nil) == valid, "\(path.debugDescription)")
+        #expect((FormatRules.pathProblem(Array(path.utf8)) == nil) == valid, "\(path.debugDescription)")
     }
 
     @Test("The collision key is the lowercase mapping, kept as is when nothing changes")
     func collisionKeys() {
         for path in ["a/b.bin", "A/B.BIN", "readme", "Readme", "\u{212A}elvin", "caf\u{E9}", "CAF\u{C9}", "\u{130}", "x_1-2.~"] {
-            #expect(Validation.collisionKey(path) == path.lowercased(), "\(path.debugDescription)")
-            #expect(Array(Validation.collisionKey(path).utf8) == Array(path.lowercased().utf8))
+            #expect(FormatRules.collisionKey(path) == path.lowercased(), "\(path.debugDescription)")
+            #expect(Array(FormatRules.collisionKey(path).utf8) == Array(path.lowercased().utf8))
         }
     }
 
     @Test("Non-UTF-8 paths are refused")
     func nonUTF8Path() {
-        #expect(Validation.pathProblem([0x63, 0x61, 0x66, 0xe9]) == "the path is not valid UTF-8")
-        #expect(Validation.pathProblem([0xed, 0xa0, 0x80]) != nil) // an encoded surrogate
+        #expect(FormatRules.pathProblem([0x63, 0x61, 0x66, 0xe9]) == "the path is not valid UTF-8")
+        #expect(FormatRules.pathProblem([0xed, 0xa0, 0x80]) != nil) // an encoded surrogate
     }
 
     @Test("Timestamps", arguments: [
@@ -176,7 +176,7 @@ struct ValidationTests {
         ("2024-01-01 00:00:00Z", false), ("2024-01-01T00:00:00.5Z", false), ("1900-02-29T00:00:00Z", false),
     ])
     func timestamps(_ text: String, _ valid: Bool) {
-        #expect(Validation.isValidTimestamp(text) == valid)
+        #expect(FormatRules.isValidTimestamp(text) == valid)
     }
 
     @Test("SOURCE_DATE_EPOCH sets created_at, in UTC, whatever TZ says")
@@ -184,7 +184,7 @@ struct ValidationTests {
         #expect(try PackageWriter.createdAt(environment: ["SOURCE_DATE_EPOCH": "1704067200", "TZ": "Asia/Tokyo"])
             == "2024-01-01T00:00:00Z")
         #expect(throws: ContinuonPackError.self) { try PackageWriter.createdAt(environment: ["SOURCE_DATE_EPOCH": "soon"]) }
-        #expect(Validation.isValidTimestamp(try PackageWriter.createdAt(environment: [:])))
+        #expect(FormatRules.isValidTimestamp(try PackageWriter.createdAt(environment: [:])))
     }
 
     @Test("Base64 decoding is canonical")
@@ -265,7 +265,7 @@ struct ValidationTests {
                 + "\"provenance\":{\"ai_app_version\":\"1\",\"brain_runtime_version\":\"1\",\"environment_id\":\"e\"},"
                 + "\"schema\":\"\(schema)\"" + end).utf8)
         }
-        func code(_ bytes: [UInt8], limits: Limits = .default) -> (ContinuonPackError.Code?, String) {
+        func code(_ bytes: [UInt8], limits: PackageLimits = .default) -> (ContinuonPackError.Code?, String) {
             do {
                 _ = try Manifest.decode(bytes, limits: limits)
                 return (nil, "")
@@ -279,7 +279,7 @@ struct ValidationTests {
         #expect(code(manifest(blobs: bad, end: "}}")).0 == .manifestJSON)
         #expect(code(manifest(blobs: bad, extra: #""zzz":1,"#)).0 == .manifestUnknownField)
         #expect(code(manifest(blobs: bad, schema: "other")).0 == .manifestSchema)
-        var limits = Limits()
+        var limits = PackageLimits()
         limits.maxBlobCount = 1
         #expect(code(manifest(blobs: [bad, good].joined(separator: ",")), limits: limits).0 == .manifestLimit)
         let (first, message) = code(manifest(blobs: [good, bad, #"{"x":1}"#].joined(separator: ",")))

@@ -2,7 +2,7 @@ import Foundation
 import Testing
 @testable import ContinuonPack
 
-/// `Validation.nfc` (the standard library's NFC, so that ContinuonPack needs no Foundation) against Foundation's
+/// `FormatRules.nfc` (the standard library's NFC, so that ContinuonPack needs no Foundation) against Foundation's
 /// `precomposedStringWithCanonicalMapping`, which the packer and verifier used before.
 @Suite("NFC without Foundation")
 struct NFCTests {
@@ -23,9 +23,9 @@ struct NFCTests {
     @Test("Agrees with Foundation on the corpus", arguments: corpus)
     func corpusAgrees(_ text: String) {
         let foundation = text.precomposedStringWithCanonicalMapping
-        #expect(Array(Validation.nfc(text).utf8) == Array(foundation.utf8))
+        #expect(Array(FormatRules.nfc(text).utf8) == Array(foundation.utf8))
         let decomposed = text.decomposedStringWithCanonicalMapping
-        #expect(Array(Validation.nfc(decomposed).utf8) == Array(foundation.utf8))
+        #expect(Array(FormatRules.nfc(decomposed).utf8) == Array(foundation.utf8))
     }
 
     /// Every character of the Basic Multilingual Plane that Foundation's tables know (assigned in Unicode 15 or
@@ -41,7 +41,7 @@ struct NFCTests {
                 text + "\u{3099}",
             ]
             for variant in variants
-            where Array(Validation.nfc(variant).utf8) != Array(variant.precomposedStringWithCanonicalMapping.utf8) {
+            where Array(FormatRules.nfc(variant).utf8) != Array(variant.precomposedStringWithCanonicalMapping.utf8) {
                 disagreements.append(variant.unicodeScalars.map { "U+" + String($0.value, radix: 16) }.joined(separator: " "))
             }
         }
@@ -50,7 +50,7 @@ struct NFCTests {
 
     /// Foundation on Linux composes a supplementary-plane character followed by a combining mark as if it were the
     /// character of its low 16 bits, never composes a precomposed Hangul LV syllable with a trailing jamo, and
-    /// drops or composes a trailing jamo outside U+11A8-U+11C2 after a decomposed syllable. `Validation.nfc` gives
+    /// drops or composes a trailing jamo outside U+11A8-U+11C2 after a decomposed syllable. `FormatRules.nfc` gives
     /// Unicode's answers (those of Python's `unicodedata`, the spec's reference).
     @Test("Where Foundation is wrong, the result is Unicode's", arguments: [
         ("\u{10041}\u{301}", "\u{10041}\u{301}"), ("\u{10041}\u{323}\u{302}", "\u{10041}\u{323}\u{302}"),
@@ -59,16 +59,16 @@ struct NFCTests {
         ("\u{1100}\u{1161}\u{11A7}", "\u{AC00}\u{11A7}"), ("\u{1100}\u{1161}\u{11C3}", "\u{AC00}\u{11C3}"),
     ])
     func foundationBugs(_ text: String, _ expected: String) {
-        #expect(Array(Validation.nfc(text).utf8) == Array(expected.utf8))
+        #expect(Array(FormatRules.nfc(text).utf8) == Array(expected.utf8))
         #expect(Array(text.precomposedStringWithCanonicalMapping.utf8) != Array(expected.utf8))
-        #expect((Validation.pathProblem(Array(text.utf8)) == nil) == (text.utf8.elementsEqual(expected.utf8)))
+        #expect((FormatRules.pathProblem(Array(text.utf8)) == nil) == (text.utf8.elementsEqual(expected.utf8)))
     }
 
     @Test("Paths not in NFC are refused")
     func decomposedPathRefused() {
-        #expect(Validation.pathProblem(Array("cafe\u{301}.bin".utf8)) != nil)
-        #expect(Validation.pathProblem(Array("\u{212B}.bin".utf8)) != nil)
-        #expect(Validation.pathProblem(Array("e\u{302}\u{323}".utf8)) != nil)
-        #expect(Validation.pathProblem(Array("café/한국어.bin".utf8)) == nil)
+        #expect(FormatRules.pathProblem(Array("cafe\u{301}.bin".utf8)) != nil)
+        #expect(FormatRules.pathProblem(Array("\u{212B}.bin".utf8)) != nil)
+        #expect(FormatRules.pathProblem(Array("e\u{302}\u{323}".utf8)) != nil)
+        #expect(FormatRules.pathProblem(Array("café/한국어.bin".utf8)) == nil)
     }
 }

@@ -206,17 +206,17 @@ struct PackVerifyTests {
         #expect(codes(untrusted) == ["signature.untrusted"])
     }
 
-    @Test("Limits are enforced")
+    @Test("PackageLimits are enforced")
     func limits() throws {
         let out = try TemporaryDirectory()
         let result = try writer(.zstd).write(blobs: sampleBlobs(), toDirectory: out.path)
-        var small = Limits()
+        var small = PackageLimits()
         small.maxEnvelopeBytes = 100
         #expect(codes(try PackageVerifier(trustedKeys: [key.publicKey], limits: small).verify(path: result.path)) == ["envelope.too_large"])
-        small = Limits()
+        small = PackageLimits()
         small.maxBlobCount = 2
         #expect(codes(try PackageVerifier(trustedKeys: [key.publicKey], limits: small).verify(path: result.path)) == ["manifest.limit_exceeded"])
-        small = Limits()
+        small = PackageLimits()
         small.maxBlobBytes = 1000
         #expect(codes(try PackageVerifier(trustedKeys: [key.publicKey], limits: small).verify(path: result.path)).contains("manifest.limit_exceeded"))
     }

@@ -202,7 +202,7 @@ struct ServeTests {
             headers: ["X-Upload-Content-Length": String(package.count)], body: Data())
         #expect(initiated.status == 200)
         let session = try #require(initiated.header("Location").flatMap(URL.init(string:)))
-        func put(_ range: String, _ bytes: ArraySlice<UInt8>) async throws -> HTTPResponse {
+        func put(_ range: String, _ bytes: ArraySlice<UInt8>) async throws -> CloudStorageResponse {
             try await transport.send(method: "PUT", url: session, headers: ["Content-Range": range], body: Data(bytes))
         }
         // Nothing held yet: 308 without Range.
@@ -226,6 +226,20 @@ struct ServeTests {
                                      "-X", "POST", server.baseURL.absoluteString + "/upload/storage/v1/b/staging/o?uploadType=resumable&ifGenerationMatch=0&name=" + String(repeating: "f", count: 64) + ".cpkg"])
         #expect(crash.text == "200")
         #expect(try run("curl", ["-sf", server.baseURL.absoluteString + "/healthz"]).status == 0)
+    }
+
+    @Test("Fail fast: a 100 MB package signed by an untrusted key costs the uploader about one 256 KiB chunk, not 100 MB")
+    func failFastCost() throws {
+        let dir = try TemporaryDirectory()
+        let (package, _, _) = try Self.packages(dir, size: 100_000_000)
+        let server = try startServe(dir, trusting: [Repo.secondPublicKey])
+        let proxy = try PeerServer("fault_proxy.py", [String(server.port), "--count", dir.file("count")])
+        let result = try cli(["upload", package, "--to", proxy.baseURL.absoluteString, "--outbox", dir.file("outbox"), "--json"])
+        #expect(result.status == 1, "\(result.text) \(result.stderr)")
+        let sent = Int(String(decoding: try readBytes(dir.file("count")), as: UTF8.self)) ?? .max
+        #expect(sent < 400_000, "the uploader sent \(sent) bytes of a package refused from its envelope")
+        let state = try #require(try Outbox(directory: dir.file("outbox")).entries().first)
+        #expect(state.phase == .rejected && state.rejectionCode == "signature.untrusted")
     }
 
     @Test("A spool directory that others may write into is refused at start (a predictable path could be planted)")

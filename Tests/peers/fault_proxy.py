@@ -4,8 +4,9 @@
     python3 fault_proxy.py UPSTREAM_PORT --cut-after N | --reset-after N | --stall-after N --stall S
 
 After N bytes from clients (counted across connections): --cut-after closes both sides (FIN), --reset-after
-aborts with a TCP reset, --stall-after holds the stream for S seconds. Only the first fault fires. Prints
-"PORT <n>" when listening.
+aborts with a TCP reset, --stall-after holds the stream for S seconds. Only the first fault fires. With none of
+them it only passes traffic. --count FILE keeps the number of client bytes passed in FILE. Prints "PORT <n>" when
+listening.
 """
 import argparse
 import asyncio
@@ -41,6 +42,7 @@ def main():
     parser.add_argument("--reset-after", type=int)
     parser.add_argument("--stall-after", type=int)
     parser.add_argument("--stall", type=float, default=5)
+    parser.add_argument("--count")
     args = parser.parse_args()
     state = {"seen": 0, "fired": False}
 
@@ -48,6 +50,9 @@ def main():
         server_reader, server_writer = await asyncio.open_connection("127.0.0.1", args.upstream)
 
         async def inject(data, writer):
+            if args.count:
+                with open(args.count, "w") as counter:
+                    counter.write(str(state["seen"] + len(data)))
             limit = args.cut_after or args.reset_after or args.stall_after
             if state["fired"] or limit is None or state["seen"] + len(data) < limit:
                 state["seen"] += len(data)

@@ -79,7 +79,7 @@ public struct Envelope: Sendable, Equatable {
     /// Parses an untrusted envelope. The payload type is returned as found; the verifier checks it.
     /// - Throws: `envelope.json_invalid`, `envelope.duplicate_key`, `envelope.shape`, `envelope.base64_invalid`,
     ///   `envelope.too_large`.
-    public static func decode(_ bytes: [UInt8], limits: Limits = .default) throws(ContinuonPackError) -> Envelope {
+    public static func decode(_ bytes: [UInt8], limits: PackageLimits = .default) throws(ContinuonPackError) -> Envelope {
         guard bytes.count <= limits.maxEnvelopeBytes else {
             throw ContinuonPackError(.envelopeTooLarge, "The envelope is \(bytes.count) bytes; the limit is \(limits.maxEnvelopeBytes).")
         }

@@ -29,7 +29,7 @@ public struct Provenance: Sendable, Equatable {
         for (name, value) in [
             ("environment_id", environmentID), ("brain_runtime_version", brainRuntimeVersion),
             ("ai_app_version", aiAppVersion),
-        ] where !Validation.isValidIdentifier(value) {
+        ] where !FormatRules.isValidIdentifier(value) {
             return ContinuonPackError(
                 .manifestIdentifier,
                 "provenance.\(name) \(quoted(value)) does not match [A-Za-z0-9][A-Za-z0-9._+:@-]{0,127}.")
@@ -148,7 +148,7 @@ public struct Manifest: Sendable, Equatable {
     /// Value rules (identifiers, paths, digests, order, package ID) are checked by `problems()`.
     /// - Throws: `manifest.json_invalid`, `manifest.duplicate_key`, `manifest.schema`, `manifest.field_invalid`,
     ///   `manifest.unknown_field`, `manifest.limit_exceeded`.
-    public static func decode(_ bytes: [UInt8], limits: Limits = .default) throws(ContinuonPackError) -> Manifest {
+    public static func decode(_ bytes: [UInt8], limits: PackageLimits = .default) throws(ContinuonPackError) -> Manifest {
         // The blobs are decoded as the parser reads them (never held as JSON); their first shape error waits until
         // the whole text parsed, as JSON errors come first and the blobs' errors last.
         var blobs: [BlobDescriptor] = []
@@ -258,10 +258,10 @@ public struct Manifest: Sendable, Equatable {
 
     /// Every value-level problem: identifiers, created_at, digests, blob paths, order and uniqueness, limits, and
     /// the package ID recomputed from the blobs. An empty result means the manifest is well-formed.
-    public func problems(limits: Limits = .default) -> [ContinuonPackError] {
+    public func problems(limits: PackageLimits = .default) -> [ContinuonPackError] {
         var found: [ContinuonPackError] = []
         if let problem = provenance.problem() { found.append(problem) }
-        if !Validation.isValidTimestamp(createdAt) {
+        if !FormatRules.isValidTimestamp(createdAt) {
             found.append(ContinuonPackError(
                 .manifestCreatedAt, "created_at \(quoted(createdAt)) is not an RFC 3339 UTC time YYYY-MM-DDTHH:MM:SSZ."))
         }
@@ -284,7 +284,7 @@ public struct Manifest: Sendable, Equatable {
         var folded: [String: Int] = [:]
         folded.reserveCapacity(blobs.count)
         for (index, blob) in blobs.enumerated() {
-            if let problem = Validation.pathProblem(blob.path) {
+            if let problem = FormatRules.pathProblem(blob.path) {
                 found.append(ContinuonPackError(.manifestPath, "blobs[\(index)].path \(quoted(blob.path)): \(problem)."))
             }
             if !Hex.isLowercaseDigest(blob.sha256) {
@@ -295,7 +295,7 @@ public struct Manifest: Sendable, Equatable {
                     .manifestLimit, "blobs[\(index)] declares \(blob.size) bytes; the limit is \(limits.maxBlobBytes)."))
             }
             total = total &+ blob.size
-            let key = Validation.collisionKey(blob.path)
+            let key = FormatRules.collisionKey(blob.path)
             if let other = folded[key] {
                 if !blobs[other].path.utf8Equals(blob.path) {
                     found.append(ContinuonPackError(

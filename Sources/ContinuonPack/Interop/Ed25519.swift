@@ -76,6 +76,11 @@ public struct Ed25519PublicKey: Sendable, Hashable {
         try self.init(evpKey: owned)
     }
 
+    /// Loads SPKI PEM text (what `pemRepresentation()` returns).
+    public init(pemRepresentation pem: String) throws {
+        try self.init(pemRepresentation: Array(pem.utf8))
+    }
+
     /// SPKI PEM text, byte-identical to what `openssl pkey -pubout` writes.
     public func pemRepresentation() throws -> String {
         let bio = try MemoryBIO()
@@ -177,6 +182,11 @@ public struct Ed25519PrivateKey: Sendable {
             throw ContinuonPackError(.keyWrongType, "The private key is not an Ed25519 key.")
         }
         try self.init(key: owned)
+    }
+
+    /// Loads PEM text (what `pemRepresentation(passphrase:)` returns).
+    public init(pemRepresentation pem: String, passphrase: [UInt8]? = nil) throws {
+        try self.init(pemRepresentation: Array(pem.utf8), passphrase: passphrase)
     }
 
     /// PKCS#8 PEM text; encrypted with AES-256-CBC under PBKDF2 (PKCS#5 v2) when a passphrase is given.

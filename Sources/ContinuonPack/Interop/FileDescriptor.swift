@@ -123,10 +123,10 @@ package final class FileDescriptor {
 }
 
 /// Whole-file reads and atomic creation of new files (temporary name, fsync, link, fsync directory).
-public enum FileIO {
+package enum FileIO {
     /// Publishes the complete, fsynced file at `temporary` as `final` without replacing anything: `link` fails
     /// when `final` exists. Then removes the temporary name and fsyncs the directory.
-    public static func publish(temporary: String, as final: String, directory: String) throws {
+    package static func publish(temporary: String, as final: String, directory: String) throws {
         if link(temporary, final) != 0 {
             let code = errno
             _ = unlink(temporary)
@@ -142,7 +142,7 @@ public enum FileIO {
 
     /// Creates `path` and any missing parents (as `mkdir -p`; new directories get mode 0755 less the umask).
     /// - Throws: `io.error` naming the directory that could not be made, or when `path` is not a directory.
-    public static func createDirectories(_ path: String) throws {
+    package static func createDirectories(_ path: String) throws {
         var prefix = path.hasPrefix("/") ? "/" : ""
         for part in path.split(separator: "/", omittingEmptySubsequences: true) {
             prefix += part
@@ -157,7 +157,7 @@ public enum FileIO {
         }
     }
 
-    public static func syncDirectory(_ directory: String) throws {
+    package static func syncDirectory(_ directory: String) throws {
         let fd = FileDescriptor.retryOnInterrupt { open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         guard fd >= 0 else { throw FileDescriptor.ioError("Cannot open directory \(directory)", path: directory) }
         defer { _ = close(fd) }
@@ -165,7 +165,7 @@ public enum FileIO {
     }
 
     /// Writes `bytes` to a new file at `path` atomically (temporary name, fsync, link, fsync directory).
-    public static func writeNewFile(_ bytes: [UInt8], to path: String, mode: mode_t) throws {
+    package static func writeNewFile(_ bytes: [UInt8], to path: String, mode: mode_t) throws {
         let directory = parentDirectory(of: path)
         let temporary = FileDescriptor.uniqueTemporaryPath(in: directory, suffix: ".partial")
         let file = try FileDescriptor.createExclusive(temporary, mode: mode)
@@ -182,7 +182,7 @@ public enum FileIO {
     }
 
     /// Replaces (or creates) `path` atomically: temporary name, fsync, rename over, fsync directory.
-    public static func replaceFile(_ bytes: [UInt8], at path: String, mode: mode_t) throws {
+    package static func replaceFile(_ bytes: [UInt8], at path: String, mode: mode_t) throws {
         let directory = parentDirectory(of: path)
         let temporary = FileDescriptor.uniqueTemporaryPath(in: directory, suffix: ".partial")
         let file = try FileDescriptor.createExclusive(temporary, mode: mode)
@@ -199,7 +199,7 @@ public enum FileIO {
     }
 
     /// Reads a file from start to end in 1 MiB chunks, handing each to `body` (bounded memory, one buffer).
-    public static func forEachChunk(of path: String, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+    package static func forEachChunk(of path: String, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
         let input = try FileDescriptor.openForReading(path)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
         defer { buffer.deallocate() }
@@ -211,7 +211,7 @@ public enum FileIO {
     }
 
     /// Copies a file to a new path (never replacing one), fsyncing the copy.
-    public static func copyFile(from source: String, to destination: String) throws {
+    package static func copyFile(from source: String, to destination: String) throws {
         let output = try FileDescriptor.createExclusive(destination, mode: 0o600)
         do {
             try forEachChunk(of: source) { try output.writeAll($0) }
@@ -223,7 +223,7 @@ public enum FileIO {
         }
     }
 
-    public static func readFile(_ path: String, limit: Int) throws -> [UInt8] {
+    package static func readFile(_ path: String, limit: Int) throws -> [UInt8] {
         let file = try FileDescriptor.openForReading(path)
         var out: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 64 * 1024)

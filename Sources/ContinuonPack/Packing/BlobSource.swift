@@ -73,7 +73,7 @@ extension BlobSource {
             }
             let path = directory + "/" + name
             // Blob paths are stored in NFC (file systems may hand out decomposed names).
-            let normalized = nameBytes.allSatisfy({ $0 < 0x80 }) ? name : Validation.nfc(name)
+            let normalized = nameBytes.allSatisfy({ $0 < 0x80 }) ? name : FormatRules.nfc(name)
             let blobPath = (relative + [normalized]).joined(separator: "/")
             let mode: mode_t
             switch Int32(type) {

@@ -45,11 +45,11 @@ public struct PackageResigner: Sendable {
 
     public var signingKeys: [Ed25519PrivateKey]
     public var mode: Mode
-    public var limits: Limits
+    public var limits: PackageLimits
     /// Counts the bytes read and written, for a progress display.
     public var progress: ByteProgress?
 
-    public init(signingKey: Ed25519PrivateKey, mode: Mode = .replace, limits: Limits = .default) {
+    public init(signingKey: Ed25519PrivateKey, mode: Mode = .replace, limits: PackageLimits = .default) {
         self.signingKeys = [signingKey]
         self.mode = mode
         self.limits = limits

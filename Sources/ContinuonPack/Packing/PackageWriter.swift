@@ -92,20 +92,20 @@ public struct PackageWriter: Sendable {
     ///   already exists; `io.error`, `pack.archive_write_failed`, `crypto.failure`.
     public func write(blobs: [BlobSource], toDirectory directory: String) throws -> PackResult {
         if let problem = provenance.problem() { throw problem }
-        guard Validation.isValidTimestamp(createdAt) else {
+        guard FormatRules.isValidTimestamp(createdAt) else {
             throw ContinuonPackError(.manifestCreatedAt, "created_at \(quoted(createdAt)) is not YYYY-MM-DDTHH:MM:SSZ.")
         }
         guard !blobs.isEmpty else { throw ContinuonPackError(.sourceEmpty, "There are no blobs to pack.") }
         let sorted = blobs.sortedByPath()
         var folded: [String: String] = [:]
         for (index, blob) in sorted.enumerated() {
-            if let problem = Validation.pathProblem(blob.path) {
+            if let problem = FormatRules.pathProblem(blob.path) {
                 throw ContinuonPackError(.manifestPath, "Blob path \(quoted(blob.path)): \(problem).")
             }
             if index > 0 && sorted[index - 1].path.utf8Equals(blob.path) {
                 throw ContinuonPackError(.manifestBlobDuplicate, "Blob path \(quoted(blob.path)) is given twice.")
             }
-            if let other = folded.updateValue(blob.path, forKey: Validation.collisionKey(blob.path)) {
+            if let other = folded.updateValue(blob.path, forKey: FormatRules.collisionKey(blob.path)) {
                 throw ContinuonPackError(
                     .manifestPathCollision,
                     "Blob paths \(quoted(other)) and \(quoted(blob.path)) differ only in case or Unicode normalization.")

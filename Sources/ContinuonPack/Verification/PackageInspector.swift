@@ -6,7 +6,7 @@ public enum PackageInspector {
     }
 
     /// - Throws: `io.error`; the structure, envelope and manifest codes when they cannot be read at all.
-    public static func inspect(path: String, limits: Limits = .default) throws -> Contents {
+    public static func inspect(path: String, limits: PackageLimits = .default) throws -> Contents {
         let file = try FileDescriptor.openForReading(path)
         return try withUTF8Locale {
             let reader: ArchiveReader

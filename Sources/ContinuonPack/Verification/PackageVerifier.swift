@@ -11,7 +11,7 @@ public struct PackageVerifier: Sendable {
     public var trustedKeys: [Ed25519PublicKey]
     /// How many distinct trusted keys must have signed.
     public var threshold: Int
-    public var limits: Limits
+    public var limits: PackageLimits
     /// Read buffer size.
     public var bufferSize = 1 << 20
     /// Hash the episode archive on a second thread (faster; one extra thread and about 6 MiB per verification).
@@ -24,7 +24,7 @@ public struct PackageVerifier: Sendable {
     /// Advanced by the bytes read from a file (`verify(path:)`), for a progress display.
     public var progress: ByteProgress?
 
-    public init(trustedKeys: [Ed25519PublicKey], threshold: Int = 1, limits: Limits = .default) {
+    public init(trustedKeys: [Ed25519PublicKey], threshold: Int = 1, limits: PackageLimits = .default) {
         self.trustedKeys = trustedKeys
         self.threshold = threshold
         self.limits = limits
@@ -257,7 +257,7 @@ private struct VerificationRun {
         let taken = auditor.takeMember()
         if taken == nil && reportViolation(auditor, layer: layer) { return nil }
         guard let member = taken,
-              Validation.pathProblem(member.path) != nil
+              FormatRules.pathProblem(member.path) != nil
                 || (Int64(member.size) == info.size ?? -1 && Self.samePath(member.path, info.pathBytes))
         else {
             let (code, _) = layer.code(for: .corrupt(""))
@@ -586,7 +586,7 @@ private struct VerificationRun {
         let hasher = SHA256Hasher()
         while case let .entry(info) = try inner.next() {
             guard let member = bind(info, auditor: &source.auditor, layer: .archive) else { return }
-            if let problem = Validation.pathProblem(member.path) {
+            if let problem = FormatRules.pathProblem(member.path) {
                 // Not trusted further (libarchive may read such a name differently): matched, never read.
                 let path = String(decoding: member.path, as: UTF8.self)
                 note(ContinuonPackError(.blobPath, "The archive member \(quoted(path)) has an invalid path: \(problem)."))

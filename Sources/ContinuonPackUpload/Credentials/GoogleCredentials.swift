@@ -28,11 +28,11 @@ public actor GoogleCredentials: AccessTokenProvider {
     static let googleTokenURI = "https://oauth2.googleapis.com/token"
 
     public nonisolated let source: Source
-    private let transport: any HTTPTransport
+    private let transport: any CloudStorageTransport
     private var cached: (token: AccessToken, refreshAt: ContinuousClock.Instant)?
     private var inFlight: Task<AccessToken, any Error>?
 
-    public init(source: Source, transport: (any HTTPTransport)? = nil) {
+    public init(source: Source, transport: (any CloudStorageTransport)? = nil) {
         self.source = source
         self.transport = transport ?? URLSessionTransport(timeout: .seconds(30))
     }
@@ -55,7 +55,7 @@ public actor GoogleCredentials: AccessTokenProvider {
     }
 
     private func fetch() async throws -> AccessToken {
-        let response: HTTPResponse
+        let response: CloudStorageResponse
         let endpoint: String
         switch source {
         case let .serviceAccount(key):
@@ -113,7 +113,7 @@ public actor GoogleCredentials: AccessTokenProvider {
         return (token, .seconds(Int64(seconds)))
     }
 
-    private func post(_ endpoint: String, form: [(String, String)]) async throws -> HTTPResponse {
+    private func post(_ endpoint: String, form: [(String, String)]) async throws -> CloudStorageResponse {
         var allowed = CharacterSet.alphanumerics
         allowed.insert(charactersIn: "-._~")
         let body = form.map { name, value in
@@ -123,7 +123,7 @@ public actor GoogleCredentials: AccessTokenProvider {
                                   body: Data(body.utf8))
     }
 
-    private func exchange(_ method: String, _ endpoint: String, headers: [String: String], body: Data?) async throws -> HTTPResponse {
+    private func exchange(_ method: String, _ endpoint: String, headers: [String: String], body: Data?) async throws -> CloudStorageResponse {
         guard let url = URL(string: endpoint), url.scheme == "https" || url.scheme == "http", url.host != nil else {
             throw ContinuonPackError(.credentialsInvalid, "The token endpoint \(endpoint) is not an http(s) URL.")
         }
@@ -201,7 +201,7 @@ extension GoogleCredentials {
     /// Loads a credentials file: a service-account key or an authorized-user file.
     /// - Throws: `credentials.invalid` when the file cannot be read, is readable by group or others (as ssh refuses
     ///   such private keys), is not JSON, or is not one of the two types with its fields.
-    public static func load(file path: String, transport: (any HTTPTransport)? = nil) throws -> GoogleCredentials {
+    public static func load(file path: String, transport: (any CloudStorageTransport)? = nil) throws -> GoogleCredentials {
         var info = stat()
         guard stat(path, &info) == 0 else {
             throw ContinuonPackError(.credentialsInvalid, "Cannot read the credentials file \(path).", cause: String(cString: strerror(errno)))
@@ -251,7 +251,7 @@ extension GoogleCredentials {
 
     /// The metadata server named by `GCE_METADATA_HOST` (or the older `GCE_METADATA_ROOT`), else
     /// `metadata.google.internal`.
-    public static func metadataServer(environment: [String: String], transport: (any HTTPTransport)? = nil) -> GoogleCredentials {
+    public static func metadataServer(environment: [String: String], transport: (any CloudStorageTransport)? = nil) -> GoogleCredentials {
         let host = [environment["GCE_METADATA_HOST"], environment["GCE_METADATA_ROOT"]].compactMap { $0 }.first { !$0.isEmpty }
         return GoogleCredentials(source: .metadataServer(host: host ?? "metadata.google.internal"), transport: transport)
     }
@@ -261,7 +261,7 @@ extension GoogleCredentials {
     /// `~/.config/gcloud/application_default_credentials.json`), the metadata server (if it answers within 3 s).
     /// - Throws: `credentials.not_found` naming everything that was tried; `credentials.invalid` for a named file
     ///   that is unusable.
-    public static func applicationDefault(environment: [String: String], transport: (any HTTPTransport)? = nil) async throws -> GoogleCredentials {
+    public static func applicationDefault(environment: [String: String], transport: (any CloudStorageTransport)? = nil) async throws -> GoogleCredentials {
         var tried: [String] = []
         if let path = environment["GOOGLE_APPLICATION_CREDENTIALS"], !path.isEmpty {
             return try load(file: path, transport: transport)

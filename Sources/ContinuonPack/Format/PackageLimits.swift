@@ -1,6 +1,6 @@
 /// Bounds on everything an untrusted package can make large. The defaults are safe for auditors and for the
 /// ingestion service; a caller may raise or lower any of them.
-public struct Limits: Sendable, Equatable {
+public struct PackageLimits: Sendable, Equatable {
     /// Largest `manifest.dsse.json` member accepted (bytes).
     public var maxEnvelopeBytes: Int = 16 * 1024 * 1024
     /// Deepest JSON nesting accepted in the envelope and manifest.
@@ -17,5 +17,5 @@ public struct Limits: Sendable, Equatable {
     public init() {}
 
     /// The defaults.
-    public static let `default` = Limits()
+    public static let `default` = PackageLimits()
 }

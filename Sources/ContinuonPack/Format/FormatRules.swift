@@ -1,5 +1,5 @@
 /// The format's syntactic rules, shared by the packer and the verifier.
-public enum Validation {
+public enum FormatRules {
     /// Largest blob path in UTF-8 bytes.
     public static let maxPathBytes = 1024
 
