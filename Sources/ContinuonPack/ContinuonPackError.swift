@@ -49,6 +49,7 @@ extension ContinuonPackError.Code {
     public static let outboxConflict: Self = "outbox.conflict"
     public static let outboxBusy: Self = "outbox.busy"
     public static let outboxUnknownEntry: Self = "outbox.unknown_entry"
+    public static let outboxNotAcknowledged: Self = "outbox.not_acknowledged"
     public static let uploadIncomplete: Self = "upload.incomplete"
     public static let uploadProtocol: Self = "upload.protocol_error"
 

@@ -234,8 +234,12 @@ public struct Outbox: Sendable {
     /// stays, as a receipt). Nothing of an entry that is not acknowledged is ever removed.
     @discardableResult
     public func removeAcknowledged() throws -> [String] {
+        try removeAcknowledged(only: nil)
+    }
+
+    func removeAcknowledged(only packageID: String?) throws -> [String] {
         var removed: [String] = []
-        for entry in try entries() where entry.phase == .acknowledged {
+        for entry in try entries() where entry.phase == .acknowledged && (packageID == nil || entry.packageID == packageID) {
             guard let lock = try self.lock(entry.packageID) else { continue }
             defer { withExtendedLifetime(lock) {} }
             // Re-read under the lock: only what the server confirmed is given up.
@@ -286,5 +290,31 @@ final class EntryLock {
     deinit {
         flock(fd, LOCK_UN)
         close(fd)
+    }
+}
+
+extension Outbox {
+    /// `add(packageAt:)` on a thread of its own (it hashes the whole package): the cooperative pool keeps serving
+    /// other tasks meanwhile.
+    @discardableResult
+    public func add(packageAt path: String) async throws -> OutboxState {
+        try await runOnOwnThread { try self.add(packageAt: path) }
+    }
+
+    /// Removes the package files of one acknowledged entry (and the rejected bytes it superseded); its state record
+    /// stays as a receipt.
+    /// - Throws: `outbox.unknown_entry`; `outbox.not_acknowledged` for any other state (nothing is removed before
+    ///   the server confirmed the same bytes); `outbox.busy` when an uploader holds it.
+    public func release(packageID: String) throws {
+        guard Hex.isLowercaseDigest(packageID), let state = try? state(of: packageID) else {
+            throw ContinuonPackError(.outboxUnknownEntry, "The outbox has no entry \(ContinuonPackError.quote(packageID)).")
+        }
+        guard state.phase == .acknowledged else {
+            throw ContinuonPackError(.outboxNotAcknowledged, "The entry \(packageID) is \(state.phase.rawValue): its package is kept until the server confirms it.")
+        }
+        guard try lock(packageID) != nil else {
+            throw ContinuonPackError(.outboxBusy, "An uploader is working on the outbox entry \(packageID).")
+        }
+        _ = try removeAcknowledged(only: packageID)
     }
 }

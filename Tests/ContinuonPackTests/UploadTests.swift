@@ -282,3 +282,113 @@ struct UploadTests {
         #expect(Uploader.retryAfter("Wed, 21 Oct 2015 07:28:00 GMT") == nil)
     }
 }
+
+/// The library's typed events and awaited results (what a runtime switches on instead of message text).
+@Suite("Upload events and the async API", .serialized)
+struct UploadEventTests {
+    actor Recorder {
+        var events: [UploadEvent] = []
+        func add(_ event: UploadEvent) { events.append(event) }
+    }
+
+    /// Uploads a 3 MiB file to the scripted fake with `scenario`, recording every event from `events()`.
+    static func record(_ scenario: String) async throws -> (state: OutboxState, events: [UploadEvent]) {
+        let dir = try TemporaryDirectory()
+        let file = try randomFile(dir, "package.cpkg", size: 3 * 1024 * 1024 + 777, seed: 7)
+        let server = try PeerServer("fake_gcs.py", ["--scenario", scenario])
+        let outbox = try Outbox(directory: try dir.subdirectory("outbox"))
+        let id = String(repeating: "d", count: 64)
+        try outbox.add(fileAt: file, packageID: id)
+        let uploader = Uploader(outbox: outbox, target: UploadTarget(baseURL: server.baseURL, chunkSize: 512 * 1024),
+                                policy: quickPolicy, transport: nil, sleep: { _ in }, random: { 0 })
+        let recorder = Recorder()
+        let stream = await uploader.events()
+        let listener = Task { for await event in stream { await recorder.add(event) } }
+        let state = try await uploader.upload(packageID: id)
+        try await Task.sleep(for: .milliseconds(100))
+        listener.cancel()
+        return (state, await recorder.events)
+    }
+
+    @Test("A clean upload: started, progress that only grows, acknowledged last")
+    func clean() async throws {
+        let (state, events) = try await Self.record("ok")
+        #expect(state.phase == .acknowledged)
+        guard case .started? = events.first, case .acknowledged? = events.last else { Issue.record("\(events)"); return }
+        let progress = events.compactMap { event -> UInt64? in
+            if case let .progress(_, confirmed, _) = event { return confirmed }
+            return nil
+        }
+        #expect(!progress.isEmpty && progress == progress.sorted() && Set(progress).count == progress.count, "\(progress)")
+    }
+
+    @Test("Throttled: retrying with the 429 status and the attempt; expired: sessionRestarted (410), then started again")
+    func faults() async throws {
+        let (throttled, throttleEvents) = try await Self.record("throttle")
+        #expect(throttled.phase == .acknowledged)
+        #expect(throttleEvents.contains { if case let .retrying(_, attempt, _, cause) = $0 { return cause.status == 429 && attempt == 1 }; return false },
+                "\(throttleEvents)")
+        let (expired, expireEvents) = try await Self.record("expire")
+        #expect(expired.phase == .acknowledged)
+        let kinds = expireEvents.map { event -> String in
+            switch event {
+            case .started: "started"
+            case .sessionRestarted: "restarted"
+            case .acknowledged: "acknowledged"
+            default: "other"
+            }
+        }.filter { $0 != "other" }
+        #expect(kinds == ["started", "restarted", "started", "acknowledged"], "\(expireEvents)")
+    }
+
+    @Test("Rejected: the event carries the status and the server's code")
+    func rejected() async throws {
+        let (state, events) = try await Self.record("forbidden")
+        #expect(state.phase == .rejected)
+        guard case let .rejected(_, rejection)? = events.last else { Issue.record("\(events)"); return }
+        #expect(rejection.status == 403)
+    }
+
+    @Test("Cancelling the uploading task ends with CancellationError; the saved state resumes later")
+    func cancellation() async throws {
+        let dir = try TemporaryDirectory()
+        let file = try randomFile(dir, "package.cpkg", size: 3 * 1024 * 1024, seed: 8)
+        let server = try PeerServer("fake_gcs.py", ["--scenario", "slow", "--delay", "0.3"])
+        let outbox = try Outbox(directory: try dir.subdirectory("outbox"))
+        let id = String(repeating: "e", count: 64)
+        try outbox.add(fileAt: file, packageID: id)
+        let uploader = Uploader(outbox: outbox, target: UploadTarget(baseURL: server.baseURL, chunkSize: 256 * 1024), policy: quickPolicy)
+        let task = Task { try await uploader.upload(packageID: id) }
+        try await Task.sleep(for: .milliseconds(900))
+        task.cancel()
+        await #expect(throws: CancellationError.self) { try await task.value }
+        let saved = try outbox.state(of: id)
+        #expect(saved.phase == .uploading && saved.sessionURI != nil)
+        let resumed = try await Uploader(outbox: outbox, target: UploadTarget(baseURL: server.baseURL, chunkSize: 1 << 20),
+                                         policy: quickPolicy).upload(packageID: id)
+        #expect(resumed.phase == .acknowledged)
+    }
+
+    @Test("Async pack, verify, collect and add run off the cooperative pool and give the synchronous results; release keeps unacknowledged packages")
+    func asyncAPI() async throws {
+        let dir = try TemporaryDirectory()
+        let key = try loadKey(Repo.testKey)
+        let writer = PackageWriter(provenance: Provenance(brainRuntimeVersion: "1", aiAppVersion: "1", environmentID: "lab"),
+                                   signingKey: key, compression: .zstd, createdAt: "2024-01-01T00:00:00Z")
+        let blobs = try await BlobSource.collect(in: Repo.path("Examples/episodes"))
+        let packed = try await writer.write(blobs: blobs, toDirectory: dir.file("packed"))
+        let report = try await PackageVerifier(trustedKeys: [key.publicKey]).verify(path: packed.path)
+        #expect(report.valid)
+        let outbox = try Outbox(directory: dir.file("outbox"))
+        let state = try await outbox.add(packageAt: packed.path)
+        let digest = try sha256Hex(packed.path)
+        #expect(state.phase == .queued && state.sha256 == digest)
+        #expect { try outbox.release(packageID: state.packageID) } throws: { ($0 as? ContinuonPackError)?.code == .outboxNotAcknowledged }
+        #expect(FileManager.default.fileExists(atPath: outbox.packagePath(state.packageID)))
+        let cancelled = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            return try await PackageVerifier(trustedKeys: [key.publicKey]).verify(path: packed.path)
+        }
+        await #expect(throws: CancellationError.self) { try await cancelled.value }
+    }
+}

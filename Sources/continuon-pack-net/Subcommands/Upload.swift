@@ -141,7 +141,7 @@ extension ContinuonPackNetCommand {
         func run() async throws {
             let outbox = try outboxOption.open()
             var ids: [String] = []
-            for package in packages { ids.append(try outbox.add(packageAt: package).packageID) }
+            for package in packages { ids.append(try await outbox.add(packageAt: package).packageID) }
             let uploader = Uploader(outbox: outbox, target: try await target.target(), policy: target.policy)
             let progress = await drawProgress(of: uploader)
             var states: [OutboxState] = []
