@@ -1,6 +1,9 @@
 import ArgumentParser
 import ContinuonPack
 import ContinuonPackCLI
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @main
 struct ContinuonPackNetCommand: AsyncParsableCommand {
@@ -20,6 +23,10 @@ struct ContinuonPackNetCommand: AsyncParsableCommand {
         // after the first few, which never shrinks (88 MiB peak for a 256 MiB upload); fixed at 1 MiB, every chunk
         // buffer is its own mapping, returned when freed (60 MiB).
         MemoryTuning.returnLargeBuffersToTheSystem()
+        // This process holds access tokens and, with --credentials, private keys in memory: no core file may carry
+        // them to disk.
+        var noCore = rlimit(rlim_cur: 0, rlim_max: 0)
+        _ = setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), &noCore)
         await runMappingExitCodes()
     }
 }

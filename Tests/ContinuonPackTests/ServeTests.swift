@@ -252,6 +252,15 @@ struct ServeTests {
         #expect(result.status == 2 && result.stderr.contains("writable by it alone"), "\(result.stderr)")
     }
 
+    @Test("The network executable never writes a core file (it holds tokens and keys in memory)")
+    func noCoreFiles() throws {
+        let dir = try TemporaryDirectory()
+        let server = try startServe(dir)
+        let limits = String(decoding: try readBytes("/proc/\(server.process.processIdentifier)/limits"), as: UTF8.self)
+        let core = limits.split(separator: "\n").first { $0.hasPrefix("Max core file size") } ?? ""
+        #expect(core.split(separator: " ", omittingEmptySubsequences: true).dropFirst(4).prefix(2) == ["0", "0"], "\(core)")
+    }
+
     @Test("SIGTERM stops the service")
     func gracefulStop() async throws {
         let dir = try TemporaryDirectory()
