@@ -55,17 +55,21 @@ public struct Outbox: Sendable {
     ///   the file is not a package.
     @discardableResult
     public func add(packageAt path: String) throws -> OutboxState {
+        try add(packageAt: path, cancellation: nil)
+    }
+
+    func add(packageAt path: String, cancellation: CancellationFlag?) throws -> OutboxState {
         let packageID = try PackageInspector.inspect(path: path).manifest.packageID
         guard Hex.isLowercaseDigest(packageID) else {
             throw ContinuonPackError(.manifestDigest, "The package ID in \(path) is not 64 lowercase hex digits.")
         }
-        return try add(fileAt: path, packageID: packageID)
+        return try add(fileAt: path, packageID: packageID, cancellation: cancellation)
     }
 
     /// Adds any file under a given ID (the transfer itself does not look inside packages).
     @discardableResult
-    func add(fileAt path: String, packageID: String) throws -> OutboxState {
-        let fresh = try Self.fingerprint(path: path, packageID: packageID)
+    func add(fileAt path: String, packageID: String, cancellation: CancellationFlag? = nil) throws -> OutboxState {
+        let fresh = try Self.fingerprint(path: path, packageID: packageID, cancellation: cancellation)
         if let existing = try? self.state(of: packageID) {
             if existing.sha256 == fresh.sha256 { return existing }
             guard existing.phase == .rejected else { throw Self.conflict(existing) }
@@ -204,9 +208,12 @@ public struct Outbox: Sendable {
     }
 
     /// Size, SHA-256, MD5 and CRC-32C of a file in one pass.
-    static func fingerprint(path: String, packageID: String) throws -> OutboxState {
+    static func fingerprint(path: String, packageID: String, cancellation: CancellationFlag? = nil) throws -> OutboxState {
         var checksums = TransferChecksums()
-        try FileIO.forEachChunk(of: path) { checksums.update($0) }
+        try FileIO.forEachChunk(of: path) {
+            checksums.update($0)
+            try cancellation?.check()
+        }
         let sums = checksums.finalize()
         return OutboxState(
             packageID: packageID, size: sums.size, sha256: sums.sha256, md5Base64: sums.md5Base64,
@@ -295,10 +302,11 @@ final class EntryLock {
 
 extension Outbox {
     /// `add(packageAt:)` on a thread of its own (it hashes the whole package): the cooperative pool keeps serving
-    /// other tasks meanwhile.
+    /// other tasks meanwhile. Cancelling the task stops the hashing at its next buffer (`CancellationError`,
+    /// nothing added).
     @discardableResult
     public func add(packageAt path: String) async throws -> OutboxState {
-        try await runOnOwnThread { try self.add(packageAt: path) }
+        try await runOnOwnThread { flag in try self.add(packageAt: path, cancellation: flag) }
     }
 
     /// Removes the package files of one acknowledged entry (and the rejected bytes it superseded); its state record

@@ -391,4 +391,21 @@ struct UploadEventTests {
         }
         await #expect(throws: CancellationError.self) { try await cancelled.value }
     }
+
+    @Test("Cancelling an async pack stops it at its next buffer: CancellationError and nothing left in the output directory")
+    func cancelledPack() async throws {
+        let dir = try TemporaryDirectory()
+        let episodes = try dir.subdirectory("episodes")
+        let big = episodes + "/big.bin"
+        FileManager.default.createFile(atPath: big, contents: nil)
+        #expect(truncate(big, 1 << 30) == 0) // 1 GiB of zeros, sparse: fast to read, long to hash
+        let writer = PackageWriter(provenance: Provenance(brainRuntimeVersion: "1", aiAppVersion: "1", environmentID: "lab"),
+                                   signingKey: try loadKey(Repo.testKey), compression: .none, createdAt: "2024-01-01T00:00:00Z")
+        let output = try dir.subdirectory("out")
+        let task = Task { try await writer.write(blobs: [BlobSource(path: "big.bin", content: .file(big))], toDirectory: output) }
+        try await Task.sleep(for: .milliseconds(50))
+        task.cancel()
+        await #expect(throws: CancellationError.self) { _ = try await task.value }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: output).isEmpty)
+    }
 }

@@ -2,15 +2,41 @@
 import Glibc
 #endif
 
+import Synchronization
+
+/// Set when the task that awaits blocking work is cancelled; the work checks it between buffers.
+public final class CancellationFlag: Sendable {
+    private let cancelled = Atomic<Bool>(false)
+    public init() {}
+    public var isCancelled: Bool { cancelled.load(ordering: .relaxed) }
+    public func cancel() { cancelled.store(true, ordering: .relaxed) }
+    /// - Throws: `CancellationError` once cancelled.
+    public func check() throws { if isCancelled { throw CancellationError() } }
+}
+
 /// Runs blocking work (reading, hashing, compressing, fsync) on a thread of its own and awaits its result, so the
 /// cooperative pool (one thread per core: two on a small robot) keeps serving other tasks meanwhile.
 ///
-/// Cancellation is checked before the work starts; once started it runs to its end (a package is never left half
-/// written or half verified), and the result is returned.
+/// Cancelling the awaiting task sets the flag `work` receives; work that checks it stops at its next buffer.
 /// - Throws: `CancellationError` when the task was cancelled before the work started; whatever `work` throws.
-public func runOnOwnThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+public func runOnOwnThread<T: Sendable>(_ work: @escaping @Sendable (CancellationFlag) throws -> T) async throws -> T {
     try Task.checkCancellation()
-    return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+    let flag = CancellationFlag()
+    return try await withTaskCancellationHandler {
+        try await startThread { try work(flag) }
+    } onCancel: {
+        flag.cancel()
+    }
+}
+
+/// Runs blocking work on a thread of its own; see the variant that takes a `CancellationFlag`. Work that cannot
+/// stop midway (a verification) runs to its end once started.
+public func runOnOwnThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await runOnOwnThread { (_: CancellationFlag) in try work() }
+}
+
+private func startThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
         let job = ThreadJob { continuation.resume(with: Result { try work() }) }
         let context = Unmanaged.passRetained(job).toOpaque()
         var thread = pthread_t()
@@ -35,9 +61,14 @@ private final class ThreadJob: @unchecked Sendable {
 }
 
 extension PackageWriter {
-    /// `write(blobs:toDirectory:)` on a thread of its own (see `runOnOwnThread`).
+    /// `write(blobs:toDirectory:)` on a thread of its own (see `runOnOwnThread`). Cancelling the task stops the
+    /// packing at its next buffer: nothing is left behind and `CancellationError` is thrown.
     public func write(blobs: [BlobSource], toDirectory directory: String) async throws -> PackResult {
-        try await runOnOwnThread { try self.write(blobs: blobs, toDirectory: directory) }
+        try await runOnOwnThread { flag in
+            var writer = self
+            writer.cancellation = flag
+            return try writer.write(blobs: blobs, toDirectory: directory)
+        }
     }
 }
 

@@ -43,6 +43,8 @@ public struct PackageWriter: Sendable {
     public var compressionThreads = 1
     /// Advanced by the blob bytes read, for a progress display.
     public var progress: ByteProgress?
+    /// Checked between buffers (the async `write` sets it from the task's cancellation).
+    var cancellation: CancellationFlag?
     /// Tests only: reserve this many bytes before the archive instead of the predicted count (forces the copy path
     /// when wrong).
     var reservedOverride: UInt64?
@@ -329,6 +331,7 @@ public struct PackageWriter: Sendable {
                 try writer.writeData(chunk)
                 pipeline.commit(count, of: stream, in: lane)
                 progress?.add(count)
+                try cancellation?.check()
                 remaining -= UInt64(count)
                 if remaining == 0 && count < target.count { break }
             }
