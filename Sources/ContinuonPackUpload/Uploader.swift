@@ -147,8 +147,9 @@ public actor Uploader {
         var state = try outbox.state(of: packageID)
         guard state.phase == .queued || state.phase == .uploading else { return state }
         state.objectName = target.objectName(packageID: packageID)
-        let file = try FileDescriptor.openForReading(outbox.packagePath(packageID))
-        var session = Session(state: state, file: file, askStatus: state.phase == .uploading)
+        // A missing package is an I/O error before any request (chunks are read per request, as `FileRange`s).
+        _ = try FileDescriptor.openForReading(outbox.packagePath(packageID))
+        var session = Session(state: state, askStatus: state.phase == .uploading)
         reported[packageID] = state.confirmed
         defer { reported[packageID] = nil }
         let clock = ContinuousClock()
@@ -186,7 +187,6 @@ public actor Uploader {
 
     private struct Session {
         var state: OutboxState
-        let file: FileDescriptor
         /// Ask the server what it holds before sending (after an error, or when resuming a saved session).
         var askStatus: Bool
     }
@@ -367,11 +367,7 @@ public actor Uploader {
     }
 
     private func lookUp(_ state: OutboxState) async throws -> CloudStorageClient.ObjectLookup {
-        do {
-            return try await client.object(named: state.objectName ?? "")
-        } catch let failure as CloudStorageClient.TransportFailure {
-            throw Retryable(message: failure.message)
-        }
+        try await retryable { try await client.object(named: state.objectName ?? "") }
     }
 
     private func settle(_ object: JSONValue?, _ session: inout Session, status: Int) throws {
@@ -398,29 +394,20 @@ public actor Uploader {
     }
 
     private func send(_ method: String, _ url: URL, headers: [String: String], body: Data?) async throws -> CloudStorageResponse {
-        do {
-            return try await client.send(method, url, headers: headers, body: body)
-        } catch let failure as CloudStorageClient.TransportFailure {
-            throw Retryable(message: failure.message)
-        }
+        try await retryable { try await client.send(method, url, headers: headers, body: body) }
     }
 
     private func send(_ method: String, _ url: URL, headers: [String: String], body: FileRange) async throws -> CloudStorageResponse {
+        try await retryable { try await client.send(method, url, headers: headers, body: body) }
+    }
+
+    /// A transport failure of `request` is a `Retryable`.
+    private func retryable<T>(_ request: () async throws -> T) async throws -> T {
         do {
-            return try await client.send(method, url, headers: headers, body: body)
+            return try await request()
         } catch let failure as CloudStorageClient.TransportFailure {
             throw Retryable(message: failure.message)
         }
-    }
-
-    private func readFully(_ file: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws -> Int {
-        var filled = 0
-        while filled < buffer.count {
-            let count = try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...]), at: offset + Int64(filled))
-            if count == 0 { break }
-            filled += count
-        }
-        return filled
     }
 
     // MARK: - Parsing

@@ -1,9 +1,6 @@
 import ArgumentParser
 import ContinuonPack
 import ContinuonPackCLI
-#if canImport(Glibc)
-import Glibc
-#endif
 
 extension Compression: ExpressibleByArgument {}
 
@@ -66,7 +63,7 @@ extension ContinuonPackCommand {
             var configured = writer
             configured.compressionThreads = max(1, threads)
             let progress = ProgressLine(label: "packing")
-            configured.progress = progress.counter(total: try totalSize(blobs))
+            configured.progress = progress.counter(total: totalSize(blobs))
             let result: PackResult
             do {
                 result = try configured.write(blobs: blobs, toDirectory: output)
@@ -94,13 +91,11 @@ extension ContinuonPackCommand {
         }
 
         /// The bytes the blobs hold (for the progress line; the writer checks each size again as it reads).
-        private func totalSize(_ blobs: [BlobSource]) throws -> UInt64 {
+        private func totalSize(_ blobs: [BlobSource]) -> UInt64 {
             blobs.reduce(UInt64(0)) { sum, blob in
                 switch blob.content {
                 case let .bytes(bytes): return sum + UInt64(bytes.count)
-                case let .file(path):
-                    var info = stat()
-                    return sum + (stat(path, &info) == 0 ? UInt64(info.st_size) : 0)
+                case let .file(path): return sum + fileSize(path)
                 }
             }
         }
