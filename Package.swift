@@ -39,6 +39,11 @@ let package = Package(
             pkgConfig: "libarchive",
             providers: [.apt(["libarchive-dev"])]
         ),
+        .systemLibrary(
+            name: "CCurl",
+            pkgConfig: "libcurl",
+            providers: [.apt(["libcurl4-openssl-dev"])]
+        ),
         .target(name: "CContinuonSystem"),
         .target(
             name: "ContinuonPack",
@@ -49,7 +54,7 @@ let package = Package(
         // Foundation module, so that packing and verifying do not pay for Foundation's memory.
         .target(
             name: "ContinuonPackUpload",
-            dependencies: ["ContinuonPack"],
+            dependencies: ["ContinuonPack", "CCurl"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         // Client text and client numbers of the ingestion protocol: names, Content-Range, queries, metadata, chunk

@@ -289,6 +289,14 @@ public struct IngestServer: Sendable {
         if let total = session.total, session.received == total {
             return try await finish(session)
         }
+        // Before "308, send more": let the verifier catch up with what it was given (it hashes far faster than a
+        // link delivers), so that a package refused from its envelope is refused on this chunk, before the client
+        // sends another.
+        if let verification = session.spool?.verification {
+            if await verification.caughtUp(within: .milliseconds(250)), let verdict = verification.earlyVerdict, !verdict.valid {
+                throw await end(session, IngestProblem(refusing: verdict))
+            }
+        }
         var headers = HTTPFields()
         if session.received > 0 { headers[.range] = "bytes=0-\(session.received - 1)" }
         return Response(status: .init(code: 308, reasonPhrase: "Resume Incomplete"), headers: headers)

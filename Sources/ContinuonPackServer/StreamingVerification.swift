@@ -53,9 +53,21 @@ final class SpoolFollower: PackageStream, @unchecked Sendable {
         condition.unlock()
     }
 
+    /// Whether the verifier has read every byte held so far and waits for more (or stopped reading).
+    var isWaiting: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return waiting || aborted || fd < 0
+    }
+    private var waiting = false
+
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         condition.lock()
-        while position == available && !finished && !aborted { condition.wait() }
+        while position == available && !finished && !aborted {
+            waiting = true
+            condition.wait()
+        }
+        waiting = false
         let isAborted = aborted
         let count = Int(min(UInt64(buffer.count), available - position))
         let start = position
@@ -116,6 +128,17 @@ final class StreamingVerification: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         return report ?? nil
+    }
+
+    /// Waits, up to `limit`, until the verifier has reached a verdict or read all the bytes held so far; true if
+    /// it did.
+    func caughtUp(within limit: Duration) async -> Bool {
+        let deadline = ContinuousClock.now + limit
+        while ContinuousClock.now < deadline {
+            if earlyVerdict != nil || follower.isWaiting { return true }
+            try? await Task.sleep(for: .milliseconds(1))
+        }
+        return earlyVerdict != nil || follower.isWaiting
     }
 
     /// The verdict once the verifier has read everything (`follower.finish()` first).

@@ -64,12 +64,14 @@ extension CloudStorageTransport {
 public final class URLSessionTransport: NSObject, CloudStorageTransport, URLSessionTaskDelegate, @unchecked Sendable {
     private var session: URLSession!
     private let deadline: Duration
+    private let fileSender: FileRangeSender
 
     /// - Parameters:
     ///   - timeout: the longest silence within a request.
     ///   - deadline: the longest a request may take in all; default ten times `timeout`.
     public init(timeout: Duration = .seconds(60), deadline: Duration? = nil) {
         self.deadline = deadline ?? timeout * 10
+        fileSender = FileRangeSender(timeout: timeout, deadline: self.deadline)
         super.init()
         let configuration = URLSessionConfiguration.ephemeral
         let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
@@ -87,16 +89,17 @@ public final class URLSessionTransport: NSObject, CloudStorageTransport, URLSess
     }
 
     public func send(method: String, url: URL, headers: [String: String], body: Data?) async throws -> CloudStorageResponse {
-        try await withDeadline { try await self.exchange(method: method, url: url, headers: headers, body: body.map(Body.bytes)) }
+        try await withDeadline { try await self.exchange(method: method, url: url, headers: headers, body: body) }
     }
 
+    /// Streams the range from the file with libcurl (`FileRangeSender`): memory stays a few buffers whatever the
+    /// chunk size.
     public func send(method: String, url: URL, headers: [String: String], body: FileRange) async throws -> CloudStorageResponse {
-        try await withDeadline { try await self.exchange(method: method, url: url, headers: headers, body: .file(body)) }
-    }
-
-    private enum Body {
-        case bytes(Data)
-        case file(FileRange)
+        do {
+            return try await fileSender.send(method: method, url: url, headers: headers, body: body)
+        } catch let failure as FileRangeSender.Failure where failure.timedOut {
+            throw URLError(.timedOut)
+        }
     }
 
     private func withDeadline(_ work: @escaping @Sendable () async throws -> CloudStorageResponse) async throws -> CloudStorageResponse {
@@ -113,19 +116,14 @@ public final class URLSessionTransport: NSObject, CloudStorageTransport, URLSess
         }
     }
 
-    private func exchange(method: String, url: URL, headers: [String: String], body: Body?) async throws -> CloudStorageResponse {
+    private func exchange(method: String, url: URL, headers: [String: String], body: Data?) async throws -> CloudStorageResponse {
         var request = URLRequest(url: url)
         request.httpMethod = method
         for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
         let (data, response): (Data, URLResponse)
-        switch body {
-        case let .bytes(bytes)?:
-            (data, response) = try await session.upload(for: request, from: bytes)
-        case let .file(range)?:
-            // Read whole: FoundationNetworking sends a body stream with "Transfer-Encoding: chunked" beside any
-            // Content-Length, which servers rightly refuse (request smuggling), and offers no way to drop it.
-            (data, response) = try await session.upload(for: request, from: try range.read())
-        case nil:
+        if let body {
+            (data, response) = try await session.upload(for: request, from: body)
+        } else {
             (data, response) = try await session.data(for: request)
         }
         guard let http = response as? HTTPURLResponse else { throw URLError(.badServerResponse) }

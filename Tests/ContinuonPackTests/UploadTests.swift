@@ -392,20 +392,42 @@ struct UploadEventTests {
         await #expect(throws: CancellationError.self) { try await cancelled.value }
     }
 
+    /// A sparse blob of zeros and a writer for it.
+    static func sparseBlob(_ dir: TemporaryDirectory, size: Int) throws -> (String, PackageWriter) {
+        let big = try dir.subdirectory("episodes") + "/big.bin"
+        FileManager.default.createFile(atPath: big, contents: nil)
+        #expect(truncate(big, off_t(size)) == 0)
+        let writer = PackageWriter(provenance: Provenance(brainRuntimeVersion: "1", aiAppVersion: "1", environmentID: "lab"),
+                                   signingKey: try loadKey(Repo.testKey), compression: .none, createdAt: "2024-01-01T00:00:00Z")
+        return (big, writer)
+    }
+
     @Test("Cancelling an async pack stops it at its next buffer: CancellationError and nothing left in the output directory")
     func cancelledPack() async throws {
         let dir = try TemporaryDirectory()
-        let episodes = try dir.subdirectory("episodes")
-        let big = episodes + "/big.bin"
-        FileManager.default.createFile(atPath: big, contents: nil)
-        #expect(truncate(big, 1 << 30) == 0) // 1 GiB of zeros, sparse: fast to read, long to hash
-        let writer = PackageWriter(provenance: Provenance(brainRuntimeVersion: "1", aiAppVersion: "1", environmentID: "lab"),
-                                   signingKey: try loadKey(Repo.testKey), compression: .none, createdAt: "2024-01-01T00:00:00Z")
+        let (big, writer) = try Self.sparseBlob(dir, size: 1 << 30) // 1 GiB of zeros, sparse: fast to read, long to hash
         let output = try dir.subdirectory("out")
         let task = Task { try await writer.write(blobs: [BlobSource(path: "big.bin", content: .file(big))], toDirectory: output) }
         try await Task.sleep(for: .milliseconds(50))
         task.cancel()
         await #expect(throws: CancellationError.self) { _ = try await task.value }
         #expect(try FileManager.default.contentsOfDirectory(atPath: output).isEmpty)
+    }
+
+    @Test("Cancelling an async verify stops it at its next read: CancellationError, never a verdict")
+    func cancelledVerify() async throws {
+        let dir = try TemporaryDirectory()
+        let (big, writer) = try Self.sparseBlob(dir, size: 512 << 20)
+        let packed = try await writer.write(blobs: [BlobSource(path: "big.bin", content: .file(big))], toDirectory: try dir.subdirectory("out"))
+        let verifier = PackageVerifier(trustedKeys: [try loadKey(Repo.testKey).publicKey])
+        let progress = ByteProgress()
+        var watched = verifier
+        watched.progress = progress
+        let task = Task { try await watched.verify(path: packed.path) }
+        while progress.completed < 4 << 20 { try await Task.sleep(for: .milliseconds(1)) }
+        task.cancel()
+        await #expect(throws: CancellationError.self) { _ = try await task.value }
+        #expect(progress.completed < 512 << 20, "stopped before the end")
+        #expect(try await verifier.verify(path: packed.path).valid, "the same verification, not cancelled, holds")
     }
 }

@@ -21,11 +21,16 @@ extension UnsafeMutableRawBufferPointer {
 final class FileByteSource: ArchiveByteSource {
     let file: FileDescriptor
     let progress: ByteProgress?
-    init(file: FileDescriptor, progress: ByteProgress? = nil) {
+    let cancellation: CancellationFlag?
+    init(file: FileDescriptor, progress: ByteProgress? = nil, cancellation: CancellationFlag? = nil) {
         self.file = file
         self.progress = progress
+        self.cancellation = cancellation
     }
     func readChunk(scratch: UnsafeMutableRawBufferPointer) throws -> UnsafeRawBufferPointer {
+        // An I/O error is the one kind every reader passes up untouched (never a verdict); the async caller turns it
+        // back into CancellationError.
+        if cancellation?.isCancelled == true { throw ContinuonPackError(.ioError, "The read was cancelled.") }
         let count = try file.read(into: scratch)
         progress?.add(count)
         return scratch.prefix(filled: count)

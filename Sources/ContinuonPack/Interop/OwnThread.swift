@@ -73,9 +73,22 @@ extension PackageWriter {
 }
 
 extension PackageVerifier {
-    /// `verify(path:)` on a thread of its own (see `runOnOwnThread`).
+    /// `verify(path:)` on a thread of its own (see `runOnOwnThread`). Cancelling the task stops the verification at
+    /// its next read with `CancellationError` (never a verdict).
     public func verify(path: String) async throws -> VerificationReport {
-        try await runOnOwnThread { try self.verify(path: path) }
+        try await runOnOwnThread { flag in
+            var verifier = self
+            verifier.cancellation = flag
+            let report: VerificationReport
+            do {
+                report = try verifier.verify(path: path)
+            } catch where flag.isCancelled {
+                throw CancellationError()
+            }
+            // A read refused after the cancellation may have been taken for damage somewhere: no such verdict leaves.
+            try flag.check()
+            return report
+        }
     }
 }
 

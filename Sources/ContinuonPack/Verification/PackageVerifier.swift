@@ -23,6 +23,8 @@ public struct PackageVerifier: Sendable {
     public var failFast = false
     /// Advanced by the bytes read from a file (`verify(path:)`), for a progress display.
     public var progress: ByteProgress?
+    /// Checked before each read (the async `verify(path:)` sets it from the task's cancellation).
+    var cancellation: CancellationFlag?
 
     public init(trustedKeys: [Ed25519PublicKey], threshold: Int = 1, limits: PackageLimits = .default) {
         self.trustedKeys = trustedKeys
@@ -35,7 +37,7 @@ public struct PackageVerifier: Sendable {
     /// - Throws: `io.error` only, when the file cannot be opened or read.
     public func verify(path: String) throws -> VerificationReport {
         let file = try FileDescriptor.openForReading(path)
-        return try verify(source: FileByteSource(file: file, progress: progress), name: path)
+        return try verify(source: FileByteSource(file: file, progress: progress, cancellation: cancellation), name: path)
     }
 
     /// Verifies a package read from `stream` as it arrives (the ingestion service verifies uploads while they are
@@ -288,7 +290,7 @@ private struct VerificationRun {
             report.fail(.structure, ContinuonPackError(.packageNotTar, "The file is not a tar archive.", cause: "\(error)"))
             return
         }
-        guard verifyMembers(outer, source: source, buffer: buffer) else { return }
+        guard try verifyMembers(outer, source: source, buffer: buffer) else { return }
         do {
             try source.drain(using: buffer)
         } catch let error as ContinuonPackError where error.code == .ioError {
@@ -298,7 +300,8 @@ private struct VerificationRun {
     }
 
     /// Reads the two members; false when the structure is broken (already reported).
-    private mutating func verifyMembers(_ outer: ArchiveReader, source: AuditedSource, buffer: UnsafeMutableRawBufferPointer) -> Bool {
+    /// - Throws: `io.error` when the file cannot be read (never reported as damage).
+    private mutating func verifyMembers(_ outer: ArchiveReader, source: AuditedSource, buffer: UnsafeMutableRawBufferPointer) throws -> Bool {
         do {
             // Member 1: the envelope.
             guard case let .entry(first) = try outer.next() else {
@@ -308,7 +311,7 @@ private struct VerificationRun {
                 return false
             }
             guard bind(first, auditor: &source.auditor, layer: .package) != nil,
-                  let envelopeBytes = readEnvelopeMember(first, outer)
+                  let envelopeBytes = try readEnvelopeMember(first, outer)
             else { return false }
             let manifest = checkEnvelopeAndManifest(consume envelopeBytes)
             if verifier.failFast && !report.failures.isEmpty { return false }
@@ -334,6 +337,8 @@ private struct VerificationRun {
                 return false
             }
             return true
+        } catch let error as ContinuonPackError where error.code == .ioError {
+            throw error
         } catch {
             if !reportViolation(source.auditor, layer: .package) {
                 report.fail(.structure, ContinuonPackError(.packageCorrupt, "The package tar is damaged or truncated.", cause: "\(error)"))
@@ -344,7 +349,7 @@ private struct VerificationRun {
 
     // MARK: - Envelope and manifest
 
-    private mutating func readEnvelopeMember(_ first: ArchiveEntryInfo, _ outer: ArchiveReader) -> [UInt8]? {
+    private mutating func readEnvelopeMember(_ first: ArchiveEntryInfo, _ outer: ArchiveReader) throws -> [UInt8]? {
         let name = String(decoding: first.pathBytes, as: UTF8.self)
         guard first.pathBytes.elementsEqual(Self.envelopeName.utf8) else {
             let detail = Compression(archiveName: name) != nil ? " (the members are swapped)" : ""
@@ -369,6 +374,8 @@ private struct VerificationRun {
                 if block.isEmpty { break }
                 bytes.append(contentsOf: block)
             }
+        } catch let error as ContinuonPackError where error.code == .ioError {
+            throw error
         } catch {
             report.fail(.structure, ContinuonPackError(.packageCorrupt, "\(Self.envelopeName) is truncated.", cause: "\(error)"))
             return nil
