@@ -81,6 +81,13 @@ let package = Package(
             ],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
+        // Promotion from staging into training storage: verification plus a sink that writes each blob as it is
+        // checked.
+        .target(
+            name: "ContinuonPackPromote",
+            dependencies: ["ContinuonPack", "CContinuonSystem"],
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
         // What both executables share: exit codes, output, key loading.
         .target(
             name: "ContinuonPackCLI",
@@ -103,6 +110,7 @@ let package = Package(
             dependencies: [
                 "ContinuonPack",
                 "ContinuonPackUpload",
+                "ContinuonPackPromote",
                 "ContinuonPackServer",
                 "ContinuonPackCLI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser", condition: .when(traits: ["Tools"])),
@@ -112,7 +120,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ContinuonPackTests",
-            dependencies: ["ContinuonPack", "ContinuonPackUpload", "ContinuonPackIngest", "ContinuonPackServer"],
+            dependencies: ["ContinuonPack", "ContinuonPackUpload", "ContinuonPackIngest", "ContinuonPackServer", "ContinuonPackPromote"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
     ]

@@ -106,6 +106,12 @@ extension ContinuonPackError.Code {
     public static let blobMetadata: Self = "blob.metadata"
     public static let blobSize: Self = "blob.size_mismatch"
     public static let blobDigest: Self = "blob.digest_mismatch"
+    /// A TFRecord blob's framing is broken (a length or data CRC, or a record cut short).
+    public static let tfrecordCorrupt: Self = "promote.tfrecord_corrupt"
+    /// Training storage holds other bytes where a promoted blob or marker would go; nothing is overwritten.
+    public static let promoteConflict: Self = "promote.conflict"
+    /// A staged file's name is not the package ID its manifest gives.
+    public static let promoteNameMismatch: Self = "promote.name_mismatch"
     public static let blobOrder: Self = "blob.out_of_order"
     public static let blobDuplicate: Self = "blob.duplicate_member"
 }

@@ -6,7 +6,7 @@ import Darwin
 
 /// The thin syscall layer: one owner per file descriptor, errors mapped to `io.error` with the errno text.
 package final class FileDescriptor {
-    let raw: Int32
+    package let raw: Int32
     let path: String
     private var closed = false
 
@@ -55,7 +55,7 @@ package final class FileDescriptor {
     }
 
     /// Reads up to `buffer.count` bytes; 0 at end of file.
-    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+    package func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         let count = Self.retryOnInterrupt { Glibc.read(raw, buffer.baseAddress, buffer.count) }
         guard count >= 0 else { throw Self.ioError("Cannot read \(path)", path: path) }
         return count
@@ -67,7 +67,7 @@ package final class FileDescriptor {
         return count
     }
 
-    func writeAll(_ buffer: UnsafeRawBufferPointer) throws {
+    package func writeAll(_ buffer: UnsafeRawBufferPointer) throws {
         var offset = 0
         while offset < buffer.count {
             let count = Self.retryOnInterrupt {
@@ -238,7 +238,7 @@ package enum FileIO {
         return out
     }
 
-    static func parentDirectory(of path: String) -> String {
+    package static func parentDirectory(of path: String) -> String {
         guard let slash = path.lastIndex(of: "/") else { return "." }
         let parent = String(path[..<slash])
         return parent.isEmpty ? "/" : parent

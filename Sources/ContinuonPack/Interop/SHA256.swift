@@ -8,7 +8,7 @@ public struct SHA256Digest: Hashable, Sendable, CustomStringConvertible {
     public var description: String { hex }
 
     /// True when `text` is exactly this digest's lowercase hex (compared as written, without building a string).
-    func matches(hex text: String) -> Bool {
+    package func matches(hex text: String) -> Bool {
         var text = text
         return text.withUTF8 { chars in
             guard chars.count == 2 * bytes.count else { return false }

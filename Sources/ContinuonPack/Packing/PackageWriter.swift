@@ -45,6 +45,9 @@ public struct PackageWriter: Sendable {
     public var progress: ByteProgress?
     /// Checked between buffers (the async `write` sets it from the task's cancellation).
     var cancellation: CancellationFlag?
+    /// Check every TFRecord blob's framing as it is read (`TFRecordFramer`): a device never signs a corrupt
+    /// episode. A broken one fails the pack with `promote.tfrecord_corrupt` and nothing is written.
+    public var checkTFRecords = true
     /// Tests only: reserve this many bytes before the archive instead of the predicted count (forces the copy path
     /// when wrong).
     var reservedOverride: UInt64?
@@ -306,11 +309,13 @@ public struct PackageWriter: Sendable {
     ) throws -> HashPipeline.Stream {
         let stream = HashPipeline.Stream()
         try writer.beginEntry(path: blob.path, size: size)
+        var framer = checkTFRecords && TFRecordFramer.applies(to: blob.path) ? TFRecordFramer(path: blob.path, size: size) : nil
         switch blob.content {
         case let .bytes(bytes):
             try bytes.withUnsafeBytes { raw in
                 try writer.writeData(raw)
                 pipeline.update(stream, raw, in: lane)
+                framer?.update(raw)
                 progress?.add(raw.count)
             }
         case let .file(path):
@@ -329,6 +334,7 @@ public struct PackageWriter: Sendable {
                 if count == 0 { break }
                 let chunk = UnsafeRawBufferPointer(rebasing: target[0..<count])
                 try writer.writeData(chunk)
+                framer?.update(chunk)
                 pipeline.commit(count, of: stream, in: lane)
                 progress?.add(count)
                 try cancellation?.check()
@@ -340,6 +346,7 @@ public struct PackageWriter: Sendable {
             }
         }
         pipeline.finish(stream, in: lane)
+        if let problem = framer?.finish() { throw problem }
         return stream
     }
 }

@@ -48,6 +48,9 @@ extension ContinuonPackCommand {
         @Flag(name: .long, help: "Leave out FIFOs, sockets and devices instead of refusing them.")
         var skipSpecial = false
 
+        @Flag(name: .long, help: "Do not check the framing of *.tfrecord blobs (checked by default: a corrupt TFRecord is never signed).")
+        var noCheckTfrecord = false
+
         @Flag(name: .long, help: "Print a JSON summary instead of text.")
         var json = false
 
@@ -62,6 +65,7 @@ extension ContinuonPackCommand {
                 createdAt: try PackageWriter.createdAt(environment: processEnvironment()))
             var configured = writer
             configured.compressionThreads = max(1, threads)
+            configured.checkTFRecords = !noCheckTfrecord
             let progress = ProgressLine(label: "packing")
             configured.progress = progress.counter(total: totalSize(blobs))
             let result: PackResult

@@ -20,6 +20,9 @@ extension ContinuonPackCommand {
         @Option(name: .long, help: "How many distinct trusted keys must have signed.")
         var threshold = 1
 
+        @Flag(name: .long, help: "Also check every *.tfrecord blob record by record (promote.tfrecord_corrupt).")
+        var checkTfrecord = false
+
         @Flag(name: .long, help: "Print a JSON report (one object for one package, an array for several).")
         var json = false
 
@@ -37,6 +40,7 @@ extension ContinuonPackCommand {
                 throw ValidationError("--threshold \(threshold) is more than the \(Set(keys).count) distinct trusted keys.")
             }
             var verifier = PackageVerifier(trustedKeys: keys, threshold: threshold)
+            verifier.checkTFRecords = checkTfrecord
             var reports: [VerificationReport] = []
             for package in packages {
                 let progress = ProgressLine(label: "verifying \(package)")

@@ -1,0 +1,240 @@
+import Foundation
+import Testing
+@testable import ContinuonPack
+@testable import ContinuonPackPromote
+
+/// `promote`, directory to directory: staged packages verified again, record by record, and published create-only.
+@Suite("Promotion to training storage", .serialized)
+struct PromoteTests {
+    /// A staging directory: one valid package per environment in `valid`, and the refused kinds.
+    struct Staged {
+        let dir: TemporaryDirectory
+        let staging: String
+        let training: String
+        /// Package ID -> its episode directory, for the valid ones.
+        var valid: [String: String] = [:]
+        /// Package ID -> the code promotion must refuse it with.
+        var refused: [String: String] = [:]
+    }
+
+    static func pack(_ episodes: String, into output: String, environment: String, key: String = Repo.testKey,
+                     extra: [String] = []) throws -> String {
+        let result = try cli(["pack", episodes, "--key", key, "--runtime-version", "1", "--app-version", "1",
+                              "--environment-id", environment, "--output", output] + extra)
+        #expect(result.status == 0, "\(result.stderr)")
+        return result.lastLine
+    }
+
+    static func stage(valid count: Int, refusedKinds: Bool) throws -> Staged {
+        let dir = try TemporaryDirectory()
+        var staged = Staged(dir: dir, staging: try dir.subdirectory("staging"), training: dir.path + "/training")
+        let fixtures = try TFRecordTests.fixtures(try TemporaryDirectory())
+        let good = try #require(fixtures.first { $0.name == "valid.tfrecord" }).bytes
+        let bad = try #require(fixtures.first { $0.name == "flipped-data-byte.tfrecord" }).bytes
+        for index in 0..<count {
+            let episodes = try dir.subdirectory("episodes-\(index)")
+            _ = try dir.write("episodes-\(index)/steps.tfrecord-00000-of-00001", good)
+            _ = try dir.write("episodes-\(index)/camera/frame-\(index).bin", Array("frame \(index)".utf8))
+            let path = try pack(episodes, into: staged.staging, environment: "robot-\(index % 3)")
+            staged.valid[URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent] = episodes
+        }
+        guard refusedKinds else { return staged }
+        func id(_ path: String) -> String { URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent }
+        // A corrupt TFRecord, signed anyway (--no-check-tfrecord).
+        let corrupt = try dir.subdirectory("corrupt")
+        _ = try dir.write("corrupt/steps.tfrecord", bad)
+        staged.refused[id(try pack(corrupt, into: staged.staging, environment: "robot-0", extra: ["--no-check-tfrecord"]))] =
+            "promote.tfrecord_corrupt"
+        // Signed by a key promotion does not trust.
+        let untrusted = try dir.subdirectory("untrusted")
+        _ = try dir.write("untrusted/a.bin", Array("untrusted".utf8))
+        staged.refused[id(try pack(untrusted, into: staged.staging, environment: "robot-0", key: Repo.secondKey))] =
+            "signature.untrusted"
+        // A byte of the archive changed after signing (written straight into staging, as objectCreator could).
+        let tampered = try dir.subdirectory("tampered")
+        _ = try dir.write("tampered/a.bin", [UInt8](repeating: 7, count: 5000))
+        let tamperedPath = try pack(tampered, into: try dir.subdirectory("elsewhere"), environment: "robot-0",
+                                    extra: ["--compression", "none"])
+        var bytes = try readBytes(tamperedPath)
+        bytes[bytes.count - 2048 - 600] ^= 1
+        _ = try dir.write("staging/" + URL(fileURLWithPath: tamperedPath).lastPathComponent, bytes)
+        staged.refused[id(tamperedPath)] = "blob.digest_mismatch"
+        return staged
+    }
+
+    static func promote(_ staged: Staged, _ extra: [String] = [], environment: [String: String]? = nil) throws -> (Int32, [[String: Any]]) {
+        let result = try cli(["promote", "--from", staged.staging, "--to", staged.training, "--trusted-key", Repo.testPublicKey,
+                              "--json"] + extra, environment: environment)
+        let data = Data(result.stdout)
+        let outcomes = (try? JSONSerialization.jsonObject(with: data) as? [[String: Any]]) ?? []
+        #expect(!outcomes.isEmpty || result.status == 2, "\(result.text) \(result.stderr)")
+        return (result.status, outcomes)
+    }
+
+    static func sha256(_ path: String) throws -> String {
+        let hasher = SHA256Hasher()
+        hasher.update(try readBytes(path))
+        return hasher.finalize().hex
+    }
+
+    /// Every file under `root` (relative paths) and its SHA-256, skipping the promoter's own `.promote/`.
+    static func tree(_ root: String) throws -> [String: String] {
+        var files: [String: String] = [:]
+        guard let walker = FileManager.default.enumerator(atPath: root) else { return [:] }
+        for case let relative as String in walker where !relative.hasPrefix(".promote") {
+            var isDirectory: ObjCBool = false
+            if FileManager.default.fileExists(atPath: root + "/" + relative, isDirectory: &isDirectory), !isDirectory.boolValue {
+                files[relative] = try sha256(root + "/" + relative)
+            }
+        }
+        return files
+    }
+
+    /// Checks the training tree holds exactly the valid packages, byte for byte, each with its marker.
+    static func expectPromoted(_ staged: Staged) throws {
+        let tree = try tree(staged.training)
+        var expected = 0
+        for (id, episodes) in staged.valid {
+            let marker = try #require(tree.keys.first { $0.hasSuffix(id + "/_provenance.json") }, "no marker for \(id)")
+            let environment = String(marker.split(separator: "/")[0])
+            let frame = "camera/" + (try #require(try FileManager.default.contentsOfDirectory(atPath: episodes + "/camera").first))
+            for name in ["steps.tfrecord-00000-of-00001", frame] {
+                #expect(tree["\(environment)/\(id)/\(name)"] == (try sha256(episodes + "/" + name)), "\(id)/\(name)")
+            }
+            let value = try json(try readBytes(staged.training + "/" + marker))
+            #expect(value["schema"] as? String == "continuon.promotion/v1")
+            #expect(value["package_id"] as? String == id)
+            #expect(value["package_sha256"] as? String == (try sha256(staged.staging + "/" + id + ".cpkg")))
+            #expect(value["key_ids"] as? [String] == ["74c181c7ad8a0855d4b55e44d2ba87aabdddb196832571f15f92fece332e4916"])
+            expected += 3
+        }
+        #expect(tree.count == expected, "only the valid packages: \(tree.keys.sorted())")
+        #expect((try? FileManager.default.contentsOfDirectory(atPath: staged.training + "/.promote"))?.allSatisfy { $0.hasSuffix(".lock") } ?? true,
+                "no partial directory left")
+    }
+
+    @Test("Staging to training: valid packages promoted byte for byte with their marker; corrupt TFRecord, untrusted and tampered packages promoted nowhere; staging unchanged; a second run changes nothing")
+    func story() throws {
+        let staged = try Self.stage(valid: 3, refusedKinds: true)
+        let before = try Self.tree(staged.staging)
+        let (status, outcomes) = try Self.promote(staged)
+        #expect(status == 1)
+        for outcome in outcomes {
+            let id = try #require(outcome["package_id"] as? String)
+            if let code = staged.refused[id] {
+                #expect(outcome["status"] as? String == "refused")
+                let codes = (outcome["errors"] as? [[String: Any]])?.compactMap { $0["code"] as? String } ?? []
+                #expect(codes.contains(code), "\(id): \(codes)")
+            } else {
+                #expect(outcome["status"] as? String == "promoted", "\(outcome)")
+            }
+        }
+        #expect(outcomes.count == 6)
+        try Self.expectPromoted(staged)
+        #expect(try Self.tree(staged.staging) == before, "staging is never changed")
+
+        let (again, second) = try Self.promote(staged)
+        #expect(again == 1)
+        #expect(second.filter { $0["status"] as? String == "already_promoted" }.count == 3)
+        try Self.expectPromoted(staged)
+
+        // TensorFlow reads every record of every promoted TFRecord.
+        let files = try Self.tree(staged.training).keys.filter { $0.contains(".tfrecord") }.map { staged.training + "/" + $0 }
+        #expect(files.count == 3)
+        let read = try run("/usr/bin/env", ["python3", Repo.path("Tests/peers/tfrecord_fixtures.py"), "tensorflow"] + files)
+        let verdicts = try json(Array(read.text.utf8))
+        for file in files {
+            let verdict = try #require(verdicts[file] as? [String: Any])
+            #expect(verdict["error"] is NSNull && verdict["records"] as? Int == 5, "\(file): \(verdict)")
+        }
+    }
+
+    @Test("Create-only: the same bytes already in place count as done; other bytes are promote.conflict, never overwritten, no marker")
+    func conflicts() throws {
+        let staged = try Self.stage(valid: 1, refusedKinds: false)
+        let (id, episodes) = try #require(staged.valid.first)
+        let place = staged.training + "/robot-0/" + id
+        try FileManager.default.createDirectory(atPath: place, withIntermediateDirectories: true)
+        _ = try FileManager.default.copyItem(atPath: episodes + "/steps.tfrecord-00000-of-00001", toPath: place + "/steps.tfrecord-00000-of-00001")
+        try FileManager.default.createDirectory(atPath: place + "/camera", withIntermediateDirectories: true)
+        try Data("someone else's frame".utf8).write(to: URL(fileURLWithPath: place + "/camera/frame-0.bin"))
+        let (status, outcomes) = try Self.promote(staged)
+        #expect(status == 1)
+        let codes = (outcomes.first?["errors"] as? [[String: Any]])?.compactMap { $0["code"] as? String }
+        #expect(codes == ["promote.conflict"])
+        #expect(try String(contentsOfFile: place + "/camera/frame-0.bin", encoding: .utf8) == "someone else's frame")
+        #expect(!FileManager.default.fileExists(atPath: place + "/_provenance.json"))
+
+        try FileManager.default.removeItem(atPath: place + "/camera/frame-0.bin")
+        try FileManager.default.copyItem(atPath: episodes + "/camera/frame-0.bin", toPath: place + "/camera/frame-0.bin")
+        let (fixed, after) = try Self.promote(staged)
+        #expect(fixed == 0 && after.first?["status"] as? String == "promoted")
+        try Self.expectPromoted(staged)
+    }
+
+    @Test("kill -9 at every step: no marker without its blobs, and the next run finishes the package",
+          arguments: ["promote.verified", "promote.blob", "promote.blobs_synced", "promote.marked"])
+    func crashes(_ point: String) throws {
+        let staged = try Self.stage(valid: 2, refusedKinds: false)
+        var environment = ProcessInfo.processInfo.environment
+        environment["CONTINUON_PACK_TEST_CRASH_AT"] = point
+        let crashed = try cli(["promote", "--from", staged.staging, "--to", staged.training, "--trusted-key", Repo.testPublicKey],
+                              environment: environment)
+        #expect(crashed.status == 9 || crashed.status == -9 || crashed.status == 137, "killed: \(crashed.status)")
+        // Whatever is there, a marker never stands without every blob of its package.
+        for (relative, _) in try Self.tree(staged.training) where relative.hasSuffix("_provenance.json") {
+            let directory = staged.training + "/" + (relative as NSString).deletingLastPathComponent
+            #expect(FileManager.default.fileExists(atPath: directory + "/steps.tfrecord-00000-of-00001"))
+        }
+        let (status, _) = try Self.promote(staged)
+        #expect(status == 0)
+        try Self.expectPromoted(staged)
+    }
+
+    @Test("Four promoters at once, sharded and overlapping: each package promoted exactly once, nothing torn")
+    func concurrent() throws {
+        let staged = try Self.stage(valid: 12, refusedKinds: false)
+        let shards = [["--shard", "0/2"], ["--shard", "1/2"], [], []]
+        let processes = try shards.enumerated().map { index, shard -> (Process, URL) in
+            let output = URL(fileURLWithPath: staged.dir.file("out-\(index).json"))
+            FileManager.default.createFile(atPath: output.path, contents: nil)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: Repo.cli)
+            process.arguments = ["promote", "--from", staged.staging, "--to", staged.training, "--trusted-key", Repo.testPublicKey, "--json"] + shard
+            process.standardOutput = try FileHandle(forWritingTo: output)
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            return (process, output)
+        }
+        var promoted: [String: Int] = [:]
+        for (process, output) in processes {
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 0)
+            let outcomes = try JSONSerialization.jsonObject(with: Data(contentsOf: output)) as? [[String: Any]] ?? []
+            for outcome in outcomes where outcome["status"] as? String == "promoted" {
+                promoted[outcome["package_id"] as? String ?? "", default: 0] += 1
+            }
+        }
+        #expect(promoted.count == 12 && promoted.values.allSatisfy { $0 == 1 }, "\(promoted)")
+        try Self.expectPromoted(staged)
+    }
+
+    @Test("Shards split package IDs disjointly and completely; the environment of Cloud Run and Kubernetes names them")
+    func shards() {
+        let ids = (0..<200).map { index in String(repeating: String(format: "%02x", index % 256), count: 32) }
+        for count in [1, 2, 3, 7] {
+            var taken = [Int](repeating: 0, count: ids.count)
+            for index in 0..<count {
+                let shard = Shard(index: index, count: count)
+                for (position, id) in ids.enumerated() where shard.contains(packageID: id) { taken[position] += 1 }
+            }
+            #expect(taken.allSatisfy { $0 == 1 })
+        }
+        #expect(Shard("1/4") == Shard(index: 1, count: 4))
+        for bad in ["4/4", "-1/2", "1/0", "1", "a/b", "1/2/3"] { #expect(Shard(bad) == nil, "\(bad)") }
+        #expect(Shard.fromEnvironment(["CLOUD_RUN_TASK_INDEX": "2", "CLOUD_RUN_TASK_COUNT": "5"], count: nil) == Shard(index: 2, count: 5))
+        #expect(Shard.fromEnvironment(["JOB_COMPLETION_INDEX": "3"], count: 4) == Shard(index: 3, count: 4))
+        #expect(Shard.fromEnvironment(["JOB_COMPLETION_INDEX": "3"], count: nil) == nil)
+        #expect(Shard.fromEnvironment([:], count: 4) == nil)
+    }
+}
