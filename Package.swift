@@ -99,6 +99,7 @@ let package = Package(
             name: "continuon-pack",
             dependencies: [
                 "ContinuonPack",
+                "ContinuonPackPromote",
                 "ContinuonPackCLI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser", condition: .when(traits: ["Tools"])),
             ],
@@ -110,7 +111,6 @@ let package = Package(
             dependencies: [
                 "ContinuonPack",
                 "ContinuonPackUpload",
-                "ContinuonPackPromote",
                 "ContinuonPackServer",
                 "ContinuonPackCLI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser", condition: .when(traits: ["Tools"])),

@@ -113,6 +113,14 @@ def main():
             ("sha256sum", lambda: ["sha256sum", package("pack-big")]),
             ("continuon-pack verify", lambda: [args.binary, "verify", package("pack-big"), "--trusted-key", pub]),
         ]),
+        ("promote, %d MiB package, directory to directory" % args.size_mb, [
+            ("continuon-pack verify", lambda: [args.binary, "verify", package("pack-big"), "--trusted-key", pub]),
+            ("cp + sync -f (the same bytes written durably)", lambda: "cp %s %s/ && sync -f %s" % (
+                package("pack-big"), fresh("cp-training"), os.path.join(out, "cp-training"))),
+            ("continuon-pack promote (verify + write + sync)", lambda: [
+                args.binary, "promote", "--from", os.path.dirname(package("pack-big")), "--to", fresh("training"),
+                "--trusted-key", pub]),
+        ]),
         ("pack none, %d small blobs (1-16 KiB)" % args.small, [
             ("tar cf", lambda: ["tar", "cf", os.path.join(fresh("tar-small"), "x.tar"), "-C", small, "."]),
             ("tar cf + sync", lambda: "tar cf %s/x.tar -C %s . && sync -f %s/x.tar" % (fresh("tarsync-small"), small, os.path.join(out, "tarsync-small"))),

@@ -34,7 +34,7 @@ def main():
     pub = os.path.join(ROOT, "TestVectors/keys/test-ed25519.pub")
     episodes = os.path.join(work, "episodes")
     os.makedirs(episodes)
-    with open(os.path.join(episodes, "steps.tfrecord"), "wb") as f:
+    with open(os.path.join(episodes, "steps.bin"), "wb") as f:
         f.write(os.urandom(args.blob_kib * 1024))
     packages = []
     for index in range(args.valid + args.hostile):

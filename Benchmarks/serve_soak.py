@@ -397,9 +397,9 @@ def make_packages(binary, work, count, package_mib, bomb_mib):
     """(the honest pool, the bomb, the tampered package)."""
     bomb_episodes = os.path.join(work, "bomb-episodes")
     os.makedirs(bomb_episodes)
-    with open(os.path.join(bomb_episodes, "episode.tfrecord"), "wb"):
+    with open(os.path.join(bomb_episodes, "episode.bin"), "wb"):
         pass
-    os.truncate(os.path.join(bomb_episodes, "episode.tfrecord"), bomb_mib * MIB)  # zeros, sparse
+    os.truncate(os.path.join(bomb_episodes, "episode.bin"), bomb_mib * MIB)  # zeros, sparse
     bomb = {}
     bomb_thread = threading.Thread(target=lambda: bomb.update(path=pack(
         binary, bomb_episodes, UNTRUSTED_KEY, os.path.join(work, "bomb"), "soak-bomb", "zstd")))
@@ -409,7 +409,7 @@ def make_packages(binary, work, count, package_mib, bomb_mib):
     for index in range(count + 1):  # the last one becomes the tampered package
         episodes = os.path.join(work, "episodes", str(index))
         os.makedirs(episodes)
-        with open(os.path.join(episodes, "steps.tfrecord"), "wb") as f:
+        with open(os.path.join(episodes, "steps.bin"), "wb") as f:
             f.write(os.urandom(package_mib * MIB))
         paths.append(pack(binary, episodes, TRUSTED_KEY, os.path.join(work, "packed", str(index)),
                           f"soak-{index}", "none"))

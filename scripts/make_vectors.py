@@ -137,11 +137,33 @@ def tar(*members, end=b"\0" * 1024):
 
 # MARK: - The fixed inputs
 
+def crc32c(data):
+    """CRC-32C (Castagnoli), bit by bit: slow and obviously right, for a few kilobytes."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def tfrecord(records):
+    """TFRecord framing (spec section 13.2) around each record."""
+    def masked(data):
+        crc = crc32c(data)
+        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+    out = b""
+    for data in records:
+        length = len(data).to_bytes(8, "little")
+        out += length + masked(length).to_bytes(4, "little") + data + masked(data).to_bytes(4, "little")
+    return out
+
+
 BLOBS = {
     "empty.bin": b"",
-    "episode-0001/steps.tfrecord": bytes(range(256)) * 20,
+    "episode-0001/steps.tfrecord": tfrecord([bytes(range(256)) * 4, b"", bytes(range(256)) * 16]),
     "episode-0001/camera/front.bin": hashlib.sha256(b"front").digest() * 300,
-    "episode-0002/steps.tfrecord": b"step\n" * 777,
+    "episode-0002/steps.tfrecord": tfrecord([b"step\n" * 777]),
     "notes/caf\u00e9-\u65e5\u672c.txt": "Pick and place, \u65e5\u672c.\n".encode(),
 }
 
@@ -642,6 +664,14 @@ listed twice, so that one listing has no member), both codes are listed.
 |---|---|---|
 {rows}
 
+## TFRecord framing (`tfrecord/`)
+
+Spec section 13.2. Written by `Tests/peers/tfrecord_fixtures.py` (Python, CRC-32C from google-crc32c; deterministic),
+five records of 0, 1, 10240, 13000 and 70000 bytes: `valid.tfrecord`, `empty.tfrecord` (no records: valid), and
+six broken copies. `expected.json` gives, for each file, `corrupt`: null, or the record index and the byte offset of
+the record start that `promote.tfrecord_corrupt` must name. TensorFlow's reader fails on each broken file but
+`truncated-header.tfrecord` (a partial header at the end, which it drops silently and the format refuses).
+
 ## Third-party vectors (`rfc8032/`)
 
 `rfc8032/ed25519.json`: the four Ed25519 test vectors of RFC 8032 section 7.1 (TEST 1, 2, 3 and SHA(abc)),
@@ -675,6 +705,9 @@ def main():
     base_path = make_valid(sys.argv[1])
     index = write_invalid(make_invalid(base_path))
     write_readme(index)
+    subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "peers",
+                    "tfrecord_fixtures.py"), "write", os.path.join(VECTORS, "tfrecord")], check=True,
+                   stdout=subprocess.DEVNULL)
     print("valid: 3 packages; invalid: %d packages" % len(index))
 
 

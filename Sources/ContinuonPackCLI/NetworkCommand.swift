@@ -2,7 +2,7 @@
 /// `continuon-pack-net` executable, so that `continuon-pack` (keygen, pack, verify, …) stays small in memory;
 /// `continuon-pack` lists them in its help with these abstracts and hands them over to `continuon-pack-net`.
 public enum NetworkCommand: String, CaseIterable, Sendable {
-    case upload, outbox, serve, promote
+    case upload, outbox, serve
 
     /// The executable that runs these commands, installed beside `continuon-pack`.
     public static let executableName = "continuon-pack-net"
@@ -13,7 +13,6 @@ public enum NetworkCommand: String, CaseIterable, Sendable {
         case .upload: "Upload packages with the resumable Cloud Storage protocol, retrying until acknowledged."
         case .outbox: "A durable queue of packages to upload."
         case .serve: "Run the ingestion endpoint: resumable uploads, verified before anything is stored."
-        case .promote: "Promote verified packages from staging into training storage, record by record."
         }
     }
 }

@@ -54,7 +54,7 @@ public struct IngestConfiguration: Sendable {
 
 /// The ingestion endpoint: the Cloud Storage resumable-upload subset of docs/signed-ingestion.md section 12,
 /// strictly, and a complete verification of every package before it is committed to the store. A refused upload
-/// gets a 4xx with problem details and leaves nothing in the store. Section 13 of the spec is its threat model.
+/// gets a 4xx with problem details and leaves nothing in the store. Section 12.2 of the spec is its threat model.
 public struct IngestServer: Sendable {
     public let configuration: IngestConfiguration
     public let store: any IngestStore

@@ -9,12 +9,12 @@ struct ContinuonPackCommand: AsyncParsableCommand {
         discussion: """
             Exit codes: 0 success; 1 the package (or signature) is invalid; 2 usage or I/O error.
             The format is specified in docs/signed-ingestion.md.
-            upload, outbox, serve and promote are run by \(NetworkCommand.executableName), installed beside this executable.
+            upload, outbox and serve are run by \(NetworkCommand.executableName), installed beside this executable.
             """,
         version: continuonPackVersion,
         subcommands: [
             Keygen.self, Pack.self, Verify.self, Resign.self, Inspect.self, SignBlob.self, VerifyBlob.self,
-            Upload.self, Outbox.self, Serve.self, Promote.self,
+            Promote.self, Upload.self, Outbox.self, Serve.self,
         ]
     )
 

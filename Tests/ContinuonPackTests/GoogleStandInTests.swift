@@ -60,7 +60,7 @@ struct GoogleStandInTests {
     static func package(_ dir: TemporaryDirectory, size: Int) throws -> String {
         let episodes = try dir.subdirectory("episodes")
         let random = try #require(FileHandle(forReadingAtPath: "/dev/urandom"))
-        _ = try dir.write("episodes/steps.tfrecord", [UInt8](random.readData(ofLength: size)))
+        _ = try dir.write("episodes/steps.bin", [UInt8](random.readData(ofLength: size)))
         let packed = try cli(["pack", episodes, "--key", Repo.testKey, "--runtime-version", "1", "--app-version", "1",
                               "--environment-id", "lab", "--compression", "none", "--output", dir.file("packed")])
         #expect(packed.status == 0)

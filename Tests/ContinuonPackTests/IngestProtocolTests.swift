@@ -6,7 +6,7 @@ import ContinuonPackIngest
 /// is digits only and checked, every name is `<64 hex>.cpkg` or refused, and the size limit holds for bytes held.
 @Suite("Ingestion protocol: client text and client numbers")
 struct IngestProtocolTests {
-    static let name = "767e166376752cb640429ccc51e902807e24292e40eee8eef5834be7977ff0d7.cpkg"
+    static let name = "c7d7adb8f983eaba86ec4a57ed08fb22dfc98deb08e20a7d066ea9b8c619e267.cpkg"
     static let mib: UInt64 = 1 << 20
     static let chunk = ChunkPlan.granularity
 

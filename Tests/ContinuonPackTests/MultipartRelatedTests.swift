@@ -7,7 +7,7 @@ import Testing
 struct MultipartRelatedTests {
     static let boundary = "===============1234567890123456789=="
     static let contentType = #"multipart/related; boundary="===============1234567890123456789==""#
-    static let metadataJSON = #"{"name": "767e166376752cb640429ccc51e902807e24292e40eee8eef5834be7977ff0d7.cpkg"}"#
+    static let metadataJSON = #"{"name": "c7d7adb8f983eaba86ec4a57ed08fb22dfc98deb08e20a7d066ea9b8c619e267.cpkg"}"#
 
     // MARK: - Helpers
 
@@ -106,7 +106,7 @@ struct MultipartRelatedTests {
     static let pythonContentType = #"multipart/related; boundary="===============3465830872745122588==""#
     static let pythonBody: [UInt8] = Array(
         "--===============3465830872745122588==\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n".utf8)
-        + Array(#"{"name": "767e166376752cb640429ccc51e902807e24292e40eee8eef5834be7977ff0d7.cpkg", "crc32c": "pLFKGg=="}"#.utf8)
+        + Array(#"{"name": "c7d7adb8f983eaba86ec4a57ed08fb22dfc98deb08e20a7d066ea9b8c619e267.cpkg", "crc32c": "pLFKGg=="}"#.utf8)
         + Array("\r\n--===============3465830872745122588==\r\ncontent-type: application/octet-stream\r\n\r\n".utf8)
         + [0x00] + Array("\r\n--===============\r\n-\r\n--".utf8) + [0xFF] + Array("tail".utf8)
         + Array("\r\n--===============3465830872745122588==--".utf8)

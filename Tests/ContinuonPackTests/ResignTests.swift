@@ -35,7 +35,7 @@ struct ResignTests {
             let resigned = try Self.members(result.path)
             #expect(resigned.envelope["payload"] as? String == original.envelope["payload"] as? String)
             #expect(resigned.archive == original.archive)
-            #expect(result.packageID == "767e166376752cb640429ccc51e902807e24292e40eee8eef5834be7977ff0d7")
+            #expect(result.packageID == "c7d7adb8f983eaba86ec4a57ed08fb22dfc98deb08e20a7d066ea9b8c619e267")
             #expect(UInt64(try readBytes(result.path).count) == result.packageSize)
         }
         let testKeyID = try loadKey(Repo.testKey).publicKey.keyID
@@ -98,7 +98,7 @@ struct ResignTests {
         let dir = try TemporaryDirectory()
         let ok = try cli(["resign", Self.source, "--key", Repo.secondKey, "--output", dir.file("out"), "--json"])
         #expect(ok.status == 0, "\(ok.stderr)")
-        #expect(ok.lastLine == dir.file("out") + "/767e166376752cb640429ccc51e902807e24292e40eee8eef5834be7977ff0d7.cpkg")
+        #expect(ok.lastLine == dir.file("out") + "/c7d7adb8f983eaba86ec4a57ed08fb22dfc98deb08e20a7d066ea9b8c619e267.cpkg")
         #expect(ok.stderr.isEmpty) // no progress line when standard error is not a terminal
         let exists = try cli(["resign", Self.source, "--key", Repo.secondKey, "--output", dir.file("out")])
         #expect(exists.status == 2 && exists.stderr.contains("io.output_exists"))

@@ -9,7 +9,7 @@ import Testing
 /// released. And the same with a `kill -9` at every durable step.
 @Suite("The re-upload lifecycle (rejected, re-signed, re-uploaded)", .serialized)
 struct ReuploadLifecycleTests {
-    static let packageID = "767e166376752cb640429ccc51e902807e24292e40eee8eef5834be7977ff0d7"
+    static let packageID = "c7d7adb8f983eaba86ec4a57ed08fb22dfc98deb08e20a7d066ea9b8c619e267"
     static let original = Repo.path("TestVectors/valid/package-zstd.cpkg") // signed by the test key
     static let enrolledKey = Repo.path("TestVectors/keys/second-ed25519.pem")
     static let enrolledPublicKey = Repo.path("TestVectors/keys/second-ed25519.pub")

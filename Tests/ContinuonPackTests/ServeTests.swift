@@ -38,7 +38,7 @@ struct ServeTests {
         #expect(storedPackages(dir).count == 1)
         #expect(try run("curl", ["-sf", server.baseURL.absoluteString + "/healthz"]).text == "ok\n")
         let log = String(decoding: try readBytes(dir.file("serve.log")), as: UTF8.self)
-        #expect(log.contains("upload accepted") && log.contains("package_id=767e1663"))
+        #expect(log.contains("upload accepted") && log.contains("package_id=c7d7adb8"))
     }
 
     struct Hostile: Sendable, CustomTestStringConvertible {
@@ -82,7 +82,7 @@ struct ServeTests {
     func googleClient() throws {
         let valid = try TemporaryDirectory()
         let server = try startServe(valid)
-        let name = "767e166376752cb640429ccc51e902807e24292e40eee8eef5834be7977ff0d7.cpkg"
+        let name = "c7d7adb8f983eaba86ec4a57ed08fb22dfc98deb08e20a7d066ea9b8c619e267.cpkg"
         let accepted = try json(try peer("gcs_client_upload.py", [server.baseURL.absoluteString, "staging", name,
                                                                   Repo.path("TestVectors/valid/package-none.cpkg"), "--mode", "resumable"]).stdout)
         #expect(accepted["ok"] as? Bool == true, "\(accepted)")
@@ -101,7 +101,7 @@ struct ServeTests {
     static func packages(_ dir: TemporaryDirectory, size: Int) throws -> (valid: String, tampered: String, name: String) {
         let episodes = try dir.subdirectory("episodes-\(size)")
         let random = try #require(FileHandle(forReadingAtPath: "/dev/urandom"))
-        _ = try dir.write("episodes-\(size)/steps.tfrecord", [UInt8](random.readData(ofLength: size)))
+        _ = try dir.write("episodes-\(size)/steps.bin", [UInt8](random.readData(ofLength: size)))
         let packed = try cli(["pack", episodes, "--key", Repo.testKey, "--runtime-version", "1", "--app-version", "1",
                               "--environment-id", "lab", "--compression", "none", "--output", dir.file("packed-\(size)")])
         let valid = packed.lastLine
@@ -143,7 +143,7 @@ struct ServeTests {
     func curlSingleRequest() throws {
         let dir = try TemporaryDirectory()
         let server = try startServe(dir)
-        let name = "767e166376752cb640429ccc51e902807e24292e40eee8eef5834be7977ff0d7.cpkg"
+        let name = "c7d7adb8f983eaba86ec4a57ed08fb22dfc98deb08e20a7d066ea9b8c619e267.cpkg"
         let base = server.baseURL.absoluteString + "/upload/storage/v1/b/staging/o"
         func curl(_ query: String, _ body: String, _ headers: [String] = []) throws -> (status: Int, body: [String: Any]) {
             let result = try run("curl", ["-s", "-X", "POST", "--data-binary", "@" + body, "-w", "\n%{http_code}",
@@ -195,7 +195,7 @@ struct ServeTests {
         let server = try startServe(dir)
         let transport = URLSessionTransport()
         let package = try readBytes(Repo.path("TestVectors/valid/package-none.cpkg")) // 28160 bytes
-        let name = "767e166376752cb640429ccc51e902807e24292e40eee8eef5834be7977ff0d7.cpkg"
+        let name = "c7d7adb8f983eaba86ec4a57ed08fb22dfc98deb08e20a7d066ea9b8c619e267.cpkg"
         let target = UploadTarget(baseURL: server.baseURL)
         let initiated = try await transport.send(
             method: "POST", url: try #require(target.initiateURL(objectName: name)),
@@ -281,7 +281,7 @@ struct ServeTests {
         let result = try cli(["upload", package, "--to", server.baseURL.absoluteString, "--outbox", dir.file("outbox")])
         #expect(result.status == 0, "\(result.text) \(result.stderr)")
         let bucket = UploadTarget(baseURL: emulator.baseURL)
-        let stored = try await download(bucket, "accepted/767e166376752cb640429ccc51e902807e24292e40eee8eef5834be7977ff0d7.cpkg")
+        let stored = try await download(bucket, "accepted/c7d7adb8f983eaba86ec4a57ed08fb22dfc98deb08e20a7d066ea9b8c619e267.cpkg")
         #expect(stored == (try readBytes(package)))
     }
 }

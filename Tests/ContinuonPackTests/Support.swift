@@ -145,7 +145,7 @@ func sampleBlobs() -> [BlobSource] {
         big[index] = UInt8(truncatingIfNeeded: state)
     }
     return [
-        BlobSource(path: "episode-0001/steps.tfrecord", content: .bytes(big)),
+        BlobSource(path: "episode-0001/steps.bin", content: .bytes(big)),
         BlobSource(path: "empty.bin", content: .bytes([])),
         BlobSource(path: "ünïcødé/日本語.txt", content: .bytes(Array("robot\n".utf8))),
         BlobSource(path: String(repeating: "deep/", count: 40) + "leaf.bin", content: .bytes([1, 2, 3])),

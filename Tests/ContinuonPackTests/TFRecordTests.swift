@@ -48,6 +48,19 @@ struct TFRecordTests {
         }
     }
 
+    @Test("TestVectors/tfrecord holds exactly what the independent writer makes, and expected.json is its verdict")
+    func vectors() throws {
+        let dir = try TemporaryDirectory()
+        let fresh = try Self.fixtures(dir)
+        let committed = Repo.path("TestVectors/tfrecord")
+        let names = try FileManager.default.contentsOfDirectory(atPath: committed).filter { $0.hasSuffix(".tfrecord") }.sorted()
+        #expect(names == fresh.map(\.name))
+        for fixture in fresh {
+            #expect(try readBytes(committed + "/" + fixture.name) == fixture.bytes, "\(fixture.name)")
+        }
+        #expect(try readBytes(committed + "/expected.json") == (try readBytes(dir.path + "/expected.json")))
+    }
+
     @Test("A declared length beyond the blob is refused at its header, before its data is awaited")
     func lengthBeyondBlob() {
         var header = [UInt8](repeating: 0, count: 8)

@@ -140,7 +140,7 @@ TEST_KEY = os.path.join(KEYS, "test-ed25519.pem")
 TEST_PUB = os.path.join(KEYS, "test-ed25519.pub")
 SECOND_KEY = os.path.join(KEYS, "second-ed25519.pem")
 VALID_PACKAGE = os.path.join(REPO, "TestVectors", "valid", "package-none.cpkg")
-VALID_NAME = "767e166376752cb640429ccc51e902807e24292e40eee8eef5834be7977ff0d7.cpkg"
+VALID_NAME = "c7d7adb8f983eaba86ec4a57ed08fb22dfc98deb08e20a7d066ea9b8c619e267.cpkg"
 
 BUCKET_UPLOAD = "/upload/storage/v1/b/staging/o"
 BUCKET_OBJECTS = "/storage/v1/b/staging/o/"
@@ -1121,7 +1121,7 @@ def media_memory(check):
     episodes = os.path.join(work, "episodes")
     os.makedirs(episodes)
     for index in range(4):
-        with open(os.path.join(episodes, f"episode-{index}.tfrecord"), "wb") as f:
+        with open(os.path.join(episodes, f"episode-{index}.bin"), "wb") as f:
             f.write(os.urandom(16 * MIB))
     package = pack(check.binary, episodes, TEST_KEY, os.path.join(work, "out"), "none")
     name = os.path.basename(package)
@@ -1149,9 +1149,9 @@ def decompression_bomb_untrusted_signer(check):
     work = check.tmpdir()
     bomb = os.path.join(work, "bomb")
     os.makedirs(bomb)
-    with open(os.path.join(bomb, "episode.tfrecord"), "wb"):
+    with open(os.path.join(bomb, "episode.bin"), "wb"):
         pass
-    os.truncate(os.path.join(bomb, "episode.tfrecord"), 2 << 30)  # 2 GiB of zeros, sparse
+    os.truncate(os.path.join(bomb, "episode.bin"), 2 << 30)  # 2 GiB of zeros, sparse
     package = pack(check.binary, bomb, SECOND_KEY, os.path.join(work, "out"), "zstd")
     with open(package, "rb") as f:
         data = f.read()
@@ -1856,9 +1856,9 @@ def single_request_fail_fast(check):
     work = check.tmpdir()
     source = os.path.join(work, "episodes")
     os.makedirs(source)
-    with open(os.path.join(source, "episode.tfrecord"), "wb"):
+    with open(os.path.join(source, "episode.bin"), "wb"):
         pass
-    os.truncate(os.path.join(source, "episode.tfrecord"), 32 * MIB)  # zeros, sparse
+    os.truncate(os.path.join(source, "episode.bin"), 32 * MIB)  # zeros, sparse
     path = pack(check.binary, source, SECOND_KEY, os.path.join(work, "out"), "none")
     name = os.path.basename(path)
     size = os.path.getsize(path)

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """TFRecord fixtures written independently of the project (CRC-32C from google-crc32c), and TensorFlow's own verdict.
 
-    tfrecord_fixtures.py write DIR     writes valid and corrupt TFRecord files into DIR and prints a JSON object:
+    tfrecord_fixtures.py write DIR     writes valid and corrupt TFRecord files (TestVectors/tfrecord/) and
+                                       DIR/expected.json into DIR, and prints the same JSON object:
                                        {name: {"records": n, "corrupt": null | {"record": i, "offset": o}}}
     tfrecord_fixtures.py tensorflow FILE...
                                        reads each file with tf.data.TFRecordDataset and prints a JSON object:
                                        {file: {"records": n, "error": null | "DataLossError: ..."}}
 """
+import hashlib
 import json
 import os
 import struct
@@ -26,7 +28,9 @@ def record(data):
 
 def write(directory):
     os.makedirs(directory, exist_ok=True)
-    payloads = [b"", b"x", bytes(range(256)) * 40, b"episode step " * 1000, os.urandom(70000)]
+    # Deterministic (TestVectors/tfrecord/ holds these very files): 70000 bytes from a SHA-256 chain last.
+    chain = b"".join(hashlib.sha256(b"tfrecord vector %d" % i).digest() for i in range(2188))[:70000]
+    payloads = [b"", b"x", bytes(range(256)) * 40, b"episode step " * 1000, chain]
     good = b"".join(record(p) for p in payloads)
     starts = []
     offset = 0
@@ -49,6 +53,8 @@ def write(directory):
         with open(os.path.join(directory, name), "wb") as f:
             f.write(data)
         summary[name] = {"records": len(payloads) if corrupt is None and data else 0, "corrupt": corrupt}
+    with open(os.path.join(directory, "expected.json"), "w") as f:
+        f.write(json.dumps(summary, sort_keys=True, indent=1) + "\n")
     print(json.dumps(summary, sort_keys=True))
 
 

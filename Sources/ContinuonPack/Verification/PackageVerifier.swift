@@ -61,10 +61,10 @@ public struct PackageVerifier: Sendable {
     /// Verifies a package held in memory (small packages, fuzzing). `name` only labels the report.
     public func verify(bytes: [UInt8], name: String = "<memory>") -> VerificationReport {
         // A memory source cannot fail with an I/O error, and nothing else throws.
-        (try? verify(source: MemoryByteSource(bytes), name: name)) ?? VerificationReport(path: name)
+        (try? verify(source: MemoryByteSource(bytes), name: name, sink: nil)) ?? VerificationReport(path: name)
     }
 
-    func verify(source: any ArchiveByteSource, name: String, sink: (any BlobSink)? = nil) throws -> VerificationReport {
+    func verify(source: any ArchiveByteSource, name: String, sink: (any BlobSink)?) throws -> VerificationReport {
         try withUTF8Locale {
             var run = VerificationRun(verifier: self, report: VerificationReport(path: name), sink: sink)
             try run.verify(source: source)

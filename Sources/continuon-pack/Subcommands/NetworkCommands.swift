@@ -1,7 +1,7 @@
 import ArgumentParser
 import ContinuonPackCLI
 
-// `upload`, `outbox`, `serve` and `promote` as this executable's help lists them. `main` hands them (and `help upload` etc.)
+// `upload`, `outbox` and `serve` as this executable's help lists them. `main` hands them (and `help upload` etc.)
 // over to continuon-pack-net before any parsing (NetworkHandover), so these types are never run.
 extension ContinuonPackCommand {
     struct Upload: ParsableCommand {
@@ -14,10 +14,6 @@ extension ContinuonPackCommand {
 
     struct Serve: ParsableCommand {
         static let configuration = NetworkCommand.serve.listing
-    }
-
-    struct Promote: ParsableCommand {
-        static let configuration = NetworkCommand.promote.listing
     }
 }
 

@@ -6,10 +6,11 @@ import ContinuonPackPromote
 import Glibc
 #endif
 
+extension ContinuonPackCommand {
 struct Promote: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: NetworkCommand.promote.rawValue,
-        abstract: NetworkCommand.promote.abstract,
+        commandName: "promote",
+        abstract: "Promote verified packages from staging into training storage, checked again record by record.",
         discussion: """
             Every staged <package_id>.cpkg not yet promoted is read once: fully verified (TFRecord blobs record by \
             record) while its blobs are written to TRAINING/<environment_id>/<package_id>/, then \
@@ -77,4 +78,5 @@ struct Promote: ParsableCommand {
         }
         if outcomes.contains(where: { $0.status == .refused }) { throw ExitStatus.invalid }
     }
+}
 }
