@@ -85,7 +85,7 @@ let package = Package(
         // checked.
         .target(
             name: "ContinuonPackPromote",
-            dependencies: ["ContinuonPack", "CContinuonSystem"],
+            dependencies: ["ContinuonPack"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         // What both executables share: exit codes, output, key loading.

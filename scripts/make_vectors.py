@@ -271,6 +271,23 @@ class Base:
         return m
 
 
+def make_promotion(cli, base_path):
+    """TestVectors/promotion/training: what promoting package-none.cpkg writes (spec section 13), with
+    promoted_at fixed by SOURCE_DATE_EPOCH; the promoter's own .promote/ directory is left out."""
+    with open(os.path.join(VECTORS, "valid", "expected.json")) as f:
+        package = json.load(f)["package_id"]
+    root = os.path.join(VECTORS, "promotion")
+    shutil.rmtree(root, ignore_errors=True)
+    staging = os.path.join(root, "staging")
+    os.makedirs(staging)
+    shutil.copyfile(base_path, os.path.join(staging, package + ".cpkg"))
+    training = os.path.join(root, "training")
+    run_cli(cli, "promote", "--from", staging, "--to", training, "--trusted-key",
+            os.path.join(VECTORS, "keys", "test-ed25519.pub"))
+    shutil.rmtree(os.path.join(training, ".promote"))
+    shutil.rmtree(staging)
+
+
 def outer(env_bytes, archive_bytes, archive_name="episodes.tar", extra=b"", end=b"\0" * 1024):
     return tar(member("manifest.dsse.json", env_bytes), member(archive_name, archive_bytes), end=end) + extra
 
@@ -664,6 +681,13 @@ listed twice, so that one listing has no member), both codes are listed.
 |---|---|---|
 {rows}
 
+## Promotion (`promotion/`)
+
+Spec section 13. `promotion/training/` is exactly what `continuon-pack promote` writes into an empty training
+directory for a staging directory holding `valid/package-none.cpkg` as `<package_id>.cpkg`, trusting the test key,
+with `SOURCE_DATE_EPOCH` set (so `promoted_at` is `{created_at}`): `{environment_id}/<package_id>/` with every blob,
+and `_provenance.json`, the marker, byte for byte (the promoter's own `.promote/` directory left out).
+
 ## TFRecord framing (`tfrecord/`)
 
 Spec section 13.2. Written by `Tests/peers/tfrecord_fixtures.py` (Python, CRC-32C from google-crc32c; deterministic),
@@ -703,6 +727,7 @@ def main():
         sys.exit("usage: make_vectors.py PATH_TO_continuon-pack")
     write_keys()
     base_path = make_valid(sys.argv[1])
+    make_promotion(sys.argv[1], base_path)
     index = write_invalid(make_invalid(base_path))
     write_readme(index)
     subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "peers",

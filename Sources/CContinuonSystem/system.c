@@ -1,7 +1,6 @@
 #define _GNU_SOURCE
 #include "ccontinuon_system.h"
 #include <fcntl.h>
-#include <unistd.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -12,14 +11,6 @@ int csystem_start_writeback(int fd, int64_t offset, int64_t count) {
 #else
     (void)fd; (void)offset; (void)count;
     return 0;
-#endif
-}
-
-int csystem_sync_filesystem(int fd) {
-#if defined(__linux__)
-    return syncfs(fd);
-#else
-    return fsync(fd);
 #endif
 }
 

@@ -112,6 +112,8 @@ extension ContinuonPackError.Code {
     public static let promoteConflict: Self = "promote.conflict"
     /// A staged file's name is not the package ID its manifest gives.
     public static let promoteNameMismatch: Self = "promote.name_mismatch"
+    /// A blob path takes the place of the promotion marker (`_provenance.json`).
+    public static let promoteReservedPath: Self = "promote.reserved_path"
     public static let blobOrder: Self = "blob.out_of_order"
     public static let blobDuplicate: Self = "blob.duplicate_member"
 }

@@ -1,4 +1,3 @@
-import CContinuonSystem
 import ContinuonPack
 #if canImport(Glibc)
 import Glibc
@@ -15,6 +14,8 @@ public struct PromotionOutcome: Sendable {
         case refused
         /// Another promoter holds it right now (overlapping shards); that one finishes it.
         case busy
+        /// Not judged: staging or training could not be read or written (`io.error`); a later run retries it.
+        case failed
     }
 
     public let packageID: String
@@ -43,12 +44,14 @@ public struct PromotionOutcome: Sendable {
 ///     TRAINING/<environment_id>/<package_id>/_provenance.json    written last: its presence means "promoted"
 ///     TRAINING/.promote/<package_id>.lock                        held (flock) by the promoter at work on it
 ///     TRAINING/.promote/<package_id>.partial/                    blobs being verified, before they are published
+///     TRAINING/.promote/<package_id>.marker                      the marker, before it is linked into place
 ///
 /// Each package is read once: full verification (spec section 7, TFRecord framing included) with every blob
 /// handed to a `BlobSink` that writes it under `.partial/`. Only a valid package is published: each blob is
 /// linked into place (create-only: bytes already there count as done when they are the listed ones, anything
-/// else is `promote.conflict`), the file system is synced, then the marker is linked into place. A run killed
+/// else is `promote.conflict`), their directories are synced, then the marker is linked into place. A run killed
 /// anywhere leaves no marker without its blobs; the next run finishes the package. Staging is never written to.
+/// Below the training directory nothing is reached through a symbolic link (`DirectoryHandle`).
 public struct DirectoryPromoter {
     public let staging: String
     public let training: String
@@ -91,102 +94,150 @@ public struct DirectoryPromoter {
     /// Promotes every staged package of the shard; a failure of one package never stops the others.
     /// - Throws: `io.error` only when staging cannot be listed or the training directory cannot be used.
     public func promoteAll() throws -> [PromotionOutcome] {
-        try FileIO.createDirectories(workDirectory)
+        _ = try DirectoryHandle.root(training).descend(".promote")
         return try stagedPackageIDs().map { id in
             do {
                 return try promote(packageID: id)
-            } catch let error as ContinuonPackError {
+            } catch let error as ContinuonPackError where error.code == .promoteConflict {
                 return PromotionOutcome(packageID: id, status: .refused, environmentID: nil, blobs: 0, bytes: 0, errors: [error])
+            } catch let error as ContinuonPackError {
+                return PromotionOutcome(packageID: id, status: .failed, environmentID: nil, blobs: 0, bytes: 0, errors: [error])
+            } catch {
+                return PromotionOutcome(packageID: id, status: .failed, environmentID: nil, blobs: 0, bytes: 0,
+                                        errors: [ContinuonPackError(.ioError, "\(error)")])
             }
         }
     }
 
     /// Promotes `STAGING/<packageID>.cpkg`.
-    /// - Throws: `io.error` when staging or training cannot be read or written.
+    /// - Throws: `io.error` when staging or training cannot be read or written (the package is not judged);
+    ///   `promote.conflict` when a link or a file stands where a directory of the training layout goes.
     public func promote(packageID: String) throws -> PromotionOutcome {
-        try FileIO.createDirectories(workDirectory)
-        guard let lock = try PackageLock(path: workDirectory + "/" + packageID + ".lock") else {
+        guard packageID.utf8.count == 64, packageID.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }) else {
+            throw ContinuonPackError(.promoteNameMismatch, "\(quoted(packageID)) is not a package ID (64 lowercase hex digits).")
+        }
+        let root = try DirectoryHandle.root(training)
+        let work = try root.descend(".promote")
+        guard let lock = try PackageLock(directory: work, name: packageID + ".lock") else {
             return PromotionOutcome(packageID: packageID, status: .busy, environmentID: nil, blobs: 0, bytes: 0, errors: [])
         }
         defer { lock.release() }
-        let staged = staging + "/" + packageID + ".cpkg"
-        let partial = workDirectory + "/" + packageID + ".partial"
-        try removeTree(partial) // a crashed run's, ours to clear: we hold the lock
+        // A crashed run's leftovers, ours to clear: we hold the lock.
+        let partialName = packageID + ".partial", markerName = packageID + ".marker"
+        try work.removeTree(partialName)
+        try work.removeTree(markerName)
 
-        // Already promoted: the marker is where the (unverified) manifest's environment says. Nothing else is read.
-        if let contents = try? PackageInspector.inspect(path: staged),
+        // The staged file: a regular file, not followed, never blocking (a FIFO planted in staging fails here).
+        let stagedPath = staging + "/" + packageID + ".cpkg"
+        let stagedFD = FileDescriptor.retryOnInterrupt { open(stagedPath, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) }
+        guard stagedFD >= 0 else { throw FileDescriptor.ioError("Cannot open \(stagedPath)", path: stagedPath) }
+        let staged = FileDescriptor(raw: stagedFD, path: stagedPath)
+        var info = stat()
+        guard fstat(stagedFD, &info) == 0, info.st_mode & S_IFMT == S_IFREG else {
+            throw ContinuonPackError(.ioError, "\(stagedPath) is not a regular file.")
+        }
+        _ = fcntl(stagedFD, F_SETFL, fcntl(stagedFD, F_GETFL) & ~O_NONBLOCK)
+
+        // Already promoted: the marker is where the (unverified) manifest's environment says. The package ID
+        // covers the environment ID, so a marker there can only be this package's. Nothing else is read.
+        if let contents = try? PackageInspector.inspect(file: staged, path: stagedPath),
            FormatRules.isValidIdentifier(contents.manifest.provenance.environmentID),
            contents.manifest.packageID == packageID,
-           access(destination(contents.manifest.provenance.environmentID, packageID) + "/" + PromotionMarker.fileName, F_OK) == 0 {
+           (try? root.descend(contents.manifest.provenance.environmentID + "/" + packageID, create: false))?
+               .exists(PromotionMarker.fileName) == true {
             return PromotionOutcome(packageID: packageID, status: .alreadyPromoted,
                                     environmentID: contents.manifest.provenance.environmentID, blobs: 0, bytes: 0, errors: [])
         }
+        guard lseek(stagedFD, 0, SEEK_SET) == 0 else { throw FileDescriptor.ioError("Cannot read \(stagedPath)", path: stagedPath) }
 
-        defer { try? removeTree(partial) }
-        try FileIO.createDirectories(partial)
-        let file = try HashingFile(path: staged)
+        let partial = try work.descend(partialName)
+        defer { try? work.removeTree(partialName) }
+        let file = HashingFile(file: staged)
         let stager = BlobStager(directory: partial)
-        let report = try verifier.verify(stream: file, name: staged, sink: stager)
+        let report: VerificationReport
+        do {
+            report = try verifier.verify(stream: file, name: stagedPath, sink: stager)
+        } catch {
+            // The stager's own refusal (two blobs that cannot both be files: `a` and `a/b`) is about the package.
+            if let refusal = stager.refusal { return refused(packageID, nil, [refusal]) }
+            throw error
+        }
         CrashPoint.reach("promote.verified")
         guard report.valid, let manifest = report.manifest else {
-            return refused(packageID, report.manifest?.provenance.environmentID, report.failures)
+            let environment = report.manifest?.provenance.environmentID
+            return refused(packageID, environment.flatMap { FormatRules.isValidIdentifier($0) ? $0 : nil }, report.failures)
         }
         let environment = manifest.provenance.environmentID
         guard manifest.packageID == packageID else {
             return refused(packageID, environment, [ContinuonPackError(
-                .promoteNameMismatch, "\(staged) holds the package \(manifest.packageID), not \(packageID).")])
+                .promoteNameMismatch, "\(stagedPath) holds the package \(manifest.packageID), not \(packageID).")])
+        }
+        // The marker's name is the layout's: no blob may take it (or sit below it).
+        if let blob = manifest.blobs.first(where: { Self.isReserved($0.path) }) {
+            return refused(packageID, environment, [ContinuonPackError(
+                .promoteReservedPath, "The blob \(quoted(blob.path)) would take the place of \(PromotionMarker.fileName).")])
         }
 
-        // Publish the blobs, create-only.
-        let destination = destination(environment, packageID)
-        var directories: Set<String> = [destination]
+        // Publish the blobs, create-only, each directory reached without following a link.
+        let destination = try root.descend(environment + "/" + packageID)
+        var directories: [String: DirectoryHandle] = ["": destination]
         for blob in manifest.blobs {
-            let target = destination + "/" + blob.path
-            let parent = FileIO.parentDirectory(of: target)
-            try FileIO.createDirectories(parent)
-            directories.insert(parent)
-            if link(partial + "/" + blob.path, target) != 0 {
-                guard errno == EEXIST else { throw FileDescriptor.ioError("Cannot create \(target)", path: target) }
-                guard try Self.holds(target, size: blob.size, sha256: blob.sha256) else {
+            let (parent, leaf) = Self.split(blob.path)
+            if directories[parent] == nil { directories[parent] = try destination.descend(parent) }
+            let target = directories[parent]!
+            let source = try partial.descend(parent, create: false)
+            if try !target.link(leaf, from: source, as: leaf) {
+                guard let (existing, size) = try target.openRegularFile(leaf), size == blob.size,
+                      try Self.digest(of: existing).matches(hex: blob.sha256)
+                else {
                     return refused(packageID, environment, [ContinuonPackError(
-                        .promoteConflict, "\(target) exists with other bytes than the blob \(blob.path) of this package; it is never overwritten.")])
+                        .promoteConflict, "\(target.path)/\(leaf) exists with other bytes than the blob \(quoted(blob.path)) of this package; it is never overwritten.")])
                 }
             }
             CrashPoint.reach("promote.blob")
         }
-        // Every blob durable before the marker can be.
-        let training = try FileDescriptor.openForReading(self.training)
-        guard csystem_sync_filesystem(training.raw) == 0 else { throw FileDescriptor.ioError("Cannot sync \(self.training)", path: self.training) }
-        for directory in directories { try FileIO.syncDirectory(directory) }
+        // Every blob's bytes were fsynced as they were staged; now the new names.
+        for directory in directories.values { try directory.sync() }
         CrashPoint.reach("promote.blobs_synced")
 
         let marker = PromotionMarker(
             packageID: packageID, environmentID: environment, packageSHA256: file.digest().hex, packageSize: file.size,
             keyIDs: report.verifiedKeyIDs, promotedAt: try now(), manifest: manifest.jsonValue)
-        let markerPath = destination + "/" + PromotionMarker.fileName
-        do {
-            try FileIO.writeNewFile(marker.bytes, to: markerPath, mode: 0o644)
-        } catch let error as ContinuonPackError where error.code == .outputExists {
+        let temporary = try work.createFile(markerName)
+        try marker.bytes.withUnsafeBytes { try temporary.writeAll($0) }
+        try temporary.sync()
+        try temporary.close()
+        let placed = try destination.link(markerName, from: work, as: PromotionMarker.fileName)
+        try? work.removeTree(markerName)
+        guard placed else {
             // Another promoter finished first (a marker is only ever written after its blobs).
             return PromotionOutcome(packageID: packageID, status: .alreadyPromoted, environmentID: environment,
                                     blobs: 0, bytes: 0, errors: [])
         }
+        try destination.sync()
         CrashPoint.reach("promote.marked")
         return PromotionOutcome(packageID: packageID, status: .promoted, environmentID: environment,
                                 blobs: manifest.blobs.count, bytes: manifest.blobs.reduce(0) { $0 + $1.size }, errors: [])
     }
 
-    private func destination(_ environment: String, _ packageID: String) -> String {
-        training + "/" + environment + "/" + packageID
+    /// Whether a blob path takes the marker's place: `_provenance.json` or below it, compared as a case-insensitive
+    /// file system would.
+    static func isReserved(_ path: String) -> Bool {
+        let first = path.split(separator: "/", maxSplits: 1).first.map(String.init) ?? path
+        return FormatRules.collisionKey(first) == FormatRules.collisionKey(PromotionMarker.fileName)
+    }
+
+    /// `dir/sub/name` → (`dir/sub`, `name`).
+    static func split(_ path: String) -> (String, String) {
+        guard let slash = path.lastIndex(of: "/") else { return ("", path) }
+        return (String(path[..<slash]), String(path[path.index(after: slash)...]))
     }
 
     private func refused(_ packageID: String, _ environment: String?, _ errors: [ContinuonPackError]) -> PromotionOutcome {
         PromotionOutcome(packageID: packageID, status: .refused, environmentID: environment, blobs: 0, bytes: 0, errors: errors)
     }
 
-    /// Whether the regular file at `path` (not followed if a link) holds exactly `size` bytes with that SHA-256.
-    static func holds(_ path: String, size: UInt64, sha256: String) throws -> Bool {
-        guard let (file, actual) = try FileDescriptor.openRegularFile(path), actual == size else { return false }
+    static func digest(of file: FileDescriptor) throws -> SHA256Digest {
         let hasher = SHA256Hasher()
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
         defer { buffer.deallocate() }
@@ -195,29 +246,28 @@ public struct DirectoryPromoter {
             if count == 0 { break }
             hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
         }
-        return hasher.finalize().matches(hex: sha256)
+        return hasher.finalize()
     }
 }
 
-/// An exclusive `flock` on a lock file: one promoter per package at a time, across processes. Released on
-/// `release()` or when the process dies (a `kill -9` leaves no stale lock).
+/// An exclusive `flock` on a lock file (mode 0600: no other user can hold it): one promoter per package at a time,
+/// across processes. Released on `release()` or when the process dies (a `kill -9` leaves no stale lock).
 final class PackageLock {
-    private let fd: Int32
+    private let file: FileDescriptor
 
     /// nil when another process holds it.
-    init?(path: String) throws {
-        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
-        guard fd >= 0 else { throw FileDescriptor.ioError("Cannot open the lock \(path)", path: path) }
+    init?(directory: DirectoryHandle, name: String) throws {
+        let fd = FileDescriptor.retryOnInterrupt { openat(directory.fd, name, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600) }
+        guard fd >= 0 else { throw FileDescriptor.ioError("Cannot open the lock \(directory.path)/\(name)", path: directory.path + "/" + name) }
+        file = FileDescriptor(raw: fd, path: directory.path + "/" + name)
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             let code = errno
-            close(fd)
             if code == EWOULDBLOCK { return nil }
-            throw ContinuonPackError(.ioError, "Cannot lock \(path): \(String(cString: strerror(code))).")
+            throw ContinuonPackError(.ioError, "Cannot lock \(directory.path)/\(name): \(String(cString: strerror(code))).")
         }
-        self.fd = fd
     }
 
-    func release() { close(fd) }
+    func release() { try? file.close() }
 }
 
 /// Reads the staged package for the verifier and hashes every byte it reads: the marker names the bytes verified.
@@ -226,9 +276,7 @@ final class HashingFile: PackageStream {
     private let hasher = SHA256Hasher()
     private(set) var size: UInt64 = 0
 
-    init(path: String) throws {
-        file = try FileDescriptor.openForReading(path, followSymlinks: false)
-    }
+    init(file: FileDescriptor) { self.file = file }
 
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         let count = try file.read(into: buffer)
@@ -241,17 +289,24 @@ final class HashingFile: PackageStream {
     func digest() -> SHA256Digest { hasher.finalize() }
 }
 
-/// Writes each blob the verifier hands over under the package's `.partial/` directory (new files only).
+/// Writes each blob the verifier hands over under the package's `.partial/` directory: new files only, reached
+/// without following links, each fsynced when complete.
 final class BlobStager: BlobSink {
-    private let directory: String
+    private let directory: DirectoryHandle
     private var current: FileDescriptor?
+    /// Set when the package's blobs cannot all be files (`a` and `a/b`): a refusal, not an I/O error.
+    private(set) var refusal: ContinuonPackError?
 
-    init(directory: String) { self.directory = directory }
+    init(directory: DirectoryHandle) { self.directory = directory }
 
     func beginBlob(_ blob: BlobDescriptor) throws {
-        let path = directory + "/" + blob.path
-        try FileIO.createDirectories(FileIO.parentDirectory(of: path))
-        current = try FileDescriptor.createExclusive(path, mode: 0o644)
+        let (parent, leaf) = DirectoryPromoter.split(blob.path)
+        do {
+            current = try directory.descend(parent).createFile(leaf)
+        } catch let error as ContinuonPackError where error.code == .promoteConflict {
+            refusal = ContinuonPackError(.promoteConflict, "The blob \(quoted(blob.path)) cannot be a file beside the package's other blobs (one path is the directory of another).")
+            throw error
+        }
     }
 
     func blobBytes(_ bytes: UnsafeRawBufferPointer) throws {
@@ -259,29 +314,9 @@ final class BlobStager: BlobSink {
     }
 
     func endBlob(_ blob: BlobDescriptor) throws {
+        try current?.sync()
         try current?.close()
         current = nil
     }
 }
 
-/// Removes `path` and everything under it, never following a symbolic link; nothing there is fine.
-func removeTree(_ path: String) throws {
-    var info = stat()
-    guard lstat(path, &info) == 0 else { return }
-    if info.st_mode & S_IFMT == S_IFDIR {
-        if let directory = opendir(path) {
-            var names: [String] = []
-            while let entry = readdir(directory) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-                }
-                if name != "." && name != ".." { names.append(name) }
-            }
-            closedir(directory)
-            for name in names { try removeTree(path + "/" + name) }
-        }
-        guard rmdir(path) == 0 else { throw FileDescriptor.ioError("Cannot remove \(path)", path: path) }
-    } else {
-        guard unlink(path) == 0 else { throw FileDescriptor.ioError("Cannot remove \(path)", path: path) }
-    }
-}

@@ -24,13 +24,21 @@ public struct Shard: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// The shard the environment gives: Cloud Run jobs (`CLOUD_RUN_TASK_INDEX`, `CLOUD_RUN_TASK_COUNT`), else a
-    /// Kubernetes Indexed Job (`JOB_COMPLETION_INDEX`, with `count` from `--shard-count`); nil when neither.
-    public static func fromEnvironment(_ environment: [String: String], count: Int?) -> Shard? {
-        if let index = environment["CLOUD_RUN_TASK_INDEX"].flatMap({ Int($0) }),
-           let total = environment["CLOUD_RUN_TASK_COUNT"].flatMap({ Int($0) }), total >= 1, index >= 0, index < total {
+    /// Kubernetes Indexed Job (`JOB_COMPLETION_INDEX`, with `count` from `--shard-count`); nil when neither is set.
+    /// - Throws: a usage error naming the variables when they are set but do not make a shard (every task would
+    ///   otherwise take every package).
+    public static func fromEnvironment(_ environment: [String: String], count: Int?) throws -> Shard? {
+        func number(_ name: String) -> Int? { environment[name].flatMap { Int($0) } }
+        if environment["CLOUD_RUN_TASK_INDEX"] != nil || environment["CLOUD_RUN_TASK_COUNT"] != nil {
+            guard let index = number("CLOUD_RUN_TASK_INDEX"), let total = number("CLOUD_RUN_TASK_COUNT"),
+                  total >= 1, index >= 0, index < total
+            else { throw ContinuonPackError("usage.shard", "CLOUD_RUN_TASK_INDEX and CLOUD_RUN_TASK_COUNT do not make a shard I/N with 0 <= I < N.") }
             return Shard(index: index, count: total)
         }
-        if let index = environment["JOB_COMPLETION_INDEX"].flatMap({ Int($0) }), let count, count >= 1, index >= 0, index < count {
+        if environment["JOB_COMPLETION_INDEX"] != nil {
+            guard let index = number("JOB_COMPLETION_INDEX"), let count, count >= 1, index >= 0, index < count else {
+                throw ContinuonPackError("usage.shard", "JOB_COMPLETION_INDEX needs --shard-count N greater than it.")
+            }
             return Shard(index: index, count: count)
         }
         return nil

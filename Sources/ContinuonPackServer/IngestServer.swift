@@ -276,6 +276,7 @@ public struct IngestServer: Sendable {
             }
             contentLength = value
         }
+        let heldBefore = session.received
         let plan = try await self.plan(session, range: range, contentLength: contentLength)
         session.total = plan.total
         switch plan.action {
@@ -289,10 +290,10 @@ public struct IngestServer: Sendable {
         if let total = session.total, session.received == total {
             return try await finish(session)
         }
-        // Before "308, send more": let the verifier catch up with what it was given (it hashes far faster than a
-        // link delivers), so that a package refused from its envelope is refused on this chunk, before the client
-        // sends another.
-        if let verification = session.spool?.verification {
+        // Before "308, send more" on a chunk that may have carried the envelope: let the verifier catch up with what
+        // it was given (it hashes far faster than a link delivers), so that a package refused from its envelope is
+        // refused on this chunk, before the client sends another. Later chunks never wait.
+        if heldBefore <= UInt64(verifier.limits.maxEnvelopeBytes) + 2048, let verification = session.spool?.verification {
             if await verification.caughtUp(within: .milliseconds(250)), let verdict = verification.earlyVerdict, !verdict.valid {
                 throw await end(session, IngestProblem(refusing: verdict))
             }

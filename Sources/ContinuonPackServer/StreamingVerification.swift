@@ -35,6 +35,7 @@ final class SpoolFollower: PackageStream, @unchecked Sendable {
     func advance(to total: UInt64) {
         condition.lock()
         available = total
+        if position < available { waiting = false }
         condition.broadcast()
         condition.unlock()
     }
@@ -57,7 +58,7 @@ final class SpoolFollower: PackageStream, @unchecked Sendable {
     var isWaiting: Bool {
         condition.lock()
         defer { condition.unlock() }
-        return waiting || aborted || fd < 0
+        return (waiting && position == available) || aborted || fd < 0
     }
     private var waiting = false
 
@@ -107,8 +108,9 @@ final class StreamingVerification: @unchecked Sendable {
         let threadVerifier = configured
         let thread = Thread { [follower] in
             let result = try? threadVerifier.verify(stream: follower, name: name)
-            follower.close()
+            // The verdict first: a reader that sees the follower closed must find it.
             self.deliver(result)
+            follower.close()
         }
         thread.name = "continuon-pack.verify"
         thread.start()
@@ -134,7 +136,7 @@ final class StreamingVerification: @unchecked Sendable {
     /// it did.
     func caughtUp(within limit: Duration) async -> Bool {
         let deadline = ContinuousClock.now + limit
-        while ContinuousClock.now < deadline {
+        while ContinuousClock.now < deadline && !Task.isCancelled {
             if earlyVerdict != nil || follower.isWaiting { return true }
             try? await Task.sleep(for: .milliseconds(1))
         }

@@ -38,6 +38,14 @@ final class FileRangeSender: Sendable {
 
     private static let globalInit: Void = { curl_global_init(Int(CURL_GLOBAL_DEFAULT)) }()
 
+    /// RFC 9110 token characters (header names, methods).
+    static func isTokenByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"): true
+        default: "!#$%&'*+-.^_`|~".utf8.contains(byte)
+        }
+    }
+
     /// A transfer that failed: the connection, the peer's certificate, a timeout, an oversized response.
     struct Failure: LocalizedError {
         let message: String
@@ -53,14 +61,20 @@ final class FileRangeSender: Sendable {
         guard let scheme = url.scheme?.lowercased(), scheme == "http" || scheme == "https" else {
             throw Failure(message: "only http and https URLs are sent", timedOut: false)
         }
+        guard body.length >= 0, !method.isEmpty, method.utf8.allSatisfy(Self.isTokenByte) else {
+            throw Failure(message: "the request is malformed (method or body length)", timedOut: false)
+        }
         let file = try FileDescriptor.openForReading(body.path)
         let exchange = Exchange(file: file, range: body, flag: flag)
         var list: UnsafeMutablePointer<curl_slist>?
         defer { curl_slist_free_all(list) }
         for (name, value) in headers where name.lowercased() != "content-length" {
-            // Header text comes from this module; a line break in it would still be a second header: refuse.
-            guard !(name + value).contains(where: { $0 == "\r" || $0 == "\n" }) else {
-                throw Failure(message: "a header holds a line break", timedOut: false)
+            // A control byte in a value (CR, LF, NUL: a token from a hostile issuer, say) would make a second header
+            // or cut this one short: refuse. Names are HTTP tokens.
+            guard !name.isEmpty, name.utf8.allSatisfy(Self.isTokenByte),
+                  value.utf8.allSatisfy({ $0 == 0x09 || ($0 >= 0x20 && $0 != 0x7F) })
+            else {
+                throw Failure(message: "a header name or value holds a forbidden byte", timedOut: false)
             }
             list = curl_slist_append(list, "\(name): \(value)")
         }
@@ -87,13 +101,15 @@ final class FileRangeSender: Sendable {
         }
 
         let context = Unmanaged.passUnretained(exchange).toOpaque()
+        // At least 1 ms (0 means "no limit" to libcurl), at most a day (no overflow).
         let milliseconds = { (duration: Duration) -> Int in
-            Int(duration.components.seconds) * 1000 + Int(duration.components.attoseconds / 1_000_000_000_000_000)
+            let seconds = min(max(duration.components.seconds, 0), 86_400)
+            return max(1, Int(seconds) * 1000 + Int(max(duration.components.attoseconds, 0) / 1_000_000_000_000_000))
         }
         var status = CURLE_OK
         func set(_ result: CURLcode) { if status == CURLE_OK { status = result } }
         set(ccurl_setopt_string(handle, CURLOPT_URL, url.absoluteString))
-        set(ccurl_setopt_string(handle, CURLOPT_PROTOCOLS_STR, "http,https"))
+        set(ccurl_restrict_to_http(handle))
         set(ccurl_setopt_long(handle, CURLOPT_FOLLOWLOCATION, 0))
         set(ccurl_setopt_long(handle, CURLOPT_NOSIGNAL, 1))
         set(ccurl_setopt_long(handle, CURLOPT_SSL_VERIFYPEER, 1))
@@ -110,6 +126,11 @@ final class FileRangeSender: Sendable {
         set(ccurl_setopt_pointer(handle, CURLOPT_READDATA, context))
         set(ccurl_setopt_read(handle) { buffer, size, count, context in
             Unmanaged<Exchange>.fromOpaque(context!).takeUnretainedValue().read(into: buffer, size * count)
+        })
+        // A body libcurl must send again (a kept-alive connection found dead) starts over: reads are positional.
+        set(ccurl_setopt_pointer(handle, CURLOPT_SEEKDATA, context))
+        set(ccurl_setopt_seek(handle) { context, offset, origin in
+            Unmanaged<Exchange>.fromOpaque(context!).takeUnretainedValue().seek(to: offset, origin: origin)
         })
         set(ccurl_setopt_pointer(handle, CURLOPT_HEADERDATA, context))
         set(ccurl_setopt_write(handle, CURLOPT_HEADERFUNCTION) { bytes, size, count, context in
@@ -175,6 +196,12 @@ final class FileRangeSender: Sendable {
                 readError = error
                 return Int(CURL_READFUNC_ABORT)
             }
+        }
+
+        func seek(to offset: curl_off_t, origin: Int32) -> Int32 {
+            guard origin == SEEK_SET, offset >= 0, offset <= curl_off_t(range.length) else { return Int32(CURL_SEEKFUNC_CANTSEEK) }
+            sent = Int(offset)
+            return Int32(CURL_SEEKFUNC_OK)
         }
 
         func header(_ bytes: UnsafeMutablePointer<CChar>?, _ count: Int) -> Int {

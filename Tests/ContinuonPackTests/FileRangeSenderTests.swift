@@ -51,6 +51,22 @@ struct FileRangeSenderTests {
         }
     }
 
+    @Test("A header value with CR LF (a hostile token, say) or a NUL is refused before anything is sent")
+    func headerInjection() async throws {
+        let dir = try TemporaryDirectory()
+        let log = dir.path + "/requests.jsonl"
+        let server = try PeerServer("body_server.py", ["record", "--log", log])
+        let file = try randomFile(dir, "package", size: 100)
+        for headers in [["Authorization": "Bearer x\r\nX-Injected: 1"], ["Authorization": "Bearer x\u{0}tail"],
+                        ["Bad Name": "v"], ["X-Ok": "line\nbreak"]] {
+            await #expect(throws: (any Error).self) {
+                _ = try await URLSessionTransport(timeout: .seconds(5)).send(
+                    method: "PUT", url: server.baseURL, headers: headers, body: FileRange(path: file, offset: 0, length: 100))
+            }
+        }
+        #expect(try requestLog(log).isEmpty)
+    }
+
     @Test("A redirect is returned, not followed")
     func redirect() async throws {
         let dir = try TemporaryDirectory()

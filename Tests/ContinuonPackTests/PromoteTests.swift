@@ -219,8 +219,60 @@ struct PromoteTests {
         try Self.expectPromoted(staged)
     }
 
+    @Test("Hostile training and staging directories: a planted link is never written through, a FIFO never read, a blob never takes the marker's place")
+    func hostileDirectories() throws {
+        // A link planted where an environment directory goes.
+        let staged = try Self.stage(valid: 1, refusedKinds: false)
+        let outside = try staged.dir.subdirectory("outside")
+        try FileManager.default.createDirectory(atPath: staged.training, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: staged.training + "/robot-0", withDestinationPath: outside)
+        let (status, outcomes) = try Self.promote(staged)
+        #expect(status == 1)
+        let codes = (outcomes.first?["errors"] as? [[String: Any]])?.compactMap { $0["code"] as? String }
+        #expect(codes == ["promote.conflict"], "\(outcomes)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: outside).isEmpty, "nothing written through the link")
+
+        // A FIFO and a link in staging under package names: failed (exit 2), never a hang, nothing promoted.
+        let other = try Self.stage(valid: 0, refusedKinds: false)
+        #expect(mkfifo(other.staging + "/" + String(repeating: "a", count: 64) + ".cpkg", 0o644) == 0)
+        try FileManager.default.createSymbolicLink(atPath: other.staging + "/" + String(repeating: "b", count: 64) + ".cpkg",
+                                                   withDestinationPath: Repo.path("TestVectors/valid/package-none.cpkg"))
+        let (fifoStatus, fifoOutcomes) = try Self.promote(other)
+        #expect(fifoStatus == 2)
+        #expect(fifoOutcomes.map { $0["status"] as? String } == ["failed", "failed"])
+
+        // A signed package whose blob is named like the marker.
+        let sneaky = try Self.stage(valid: 0, refusedKinds: false)
+        let episodes = try sneaky.dir.subdirectory("sneaky")
+        _ = try sneaky.dir.write("sneaky/_provenance.json", Array("{\"package_id\":\"forged\"}".utf8))
+        _ = try sneaky.dir.write("sneaky/steps.bin", Array("steps".utf8))
+        _ = try Self.pack(episodes, into: sneaky.staging, environment: "robot-0")
+        let (sneakyStatus, sneakyOutcomes) = try Self.promote(sneaky)
+        #expect(sneakyStatus == 1)
+        let sneakyCodes = (sneakyOutcomes.first?["errors"] as? [[String: Any]])?.compactMap { $0["code"] as? String }
+        #expect(sneakyCodes == ["promote.reserved_path"])
+        #expect(try Self.tree(sneaky.training).isEmpty)
+    }
+
+    @Test("TestVectors/promotion: promoting the known-answer package writes exactly those files, marker byte for byte")
+    func vector() throws {
+        let dir = try TemporaryDirectory()
+        let expected = try json(try readBytes(Repo.path("TestVectors/valid/expected.json")))
+        let id = try #require(expected["package_id"] as? String)
+        let staging = try dir.subdirectory("staging")
+        try FileManager.default.copyItem(atPath: Repo.path("TestVectors/valid/package-none.cpkg"), toPath: staging + "/" + id + ".cpkg")
+        var environment = ProcessInfo.processInfo.environment
+        environment["SOURCE_DATE_EPOCH"] = "1704067200"
+        let result = try cli(["promote", "--from", staging, "--to", dir.path + "/training", "--trusted-key", Repo.testPublicKey],
+                             environment: environment)
+        #expect(result.status == 0, "\(result.stderr)")
+        let committed = try Self.tree(Repo.path("TestVectors/promotion/training"))
+        #expect(committed.count == 6)
+        #expect(try Self.tree(dir.path + "/training") == committed)
+    }
+
     @Test("Shards split package IDs disjointly and completely; the environment of Cloud Run and Kubernetes names them")
-    func shards() {
+    func shards() throws {
         let ids = (0..<200).map { index in String(repeating: String(format: "%02x", index % 256), count: 32) }
         for count in [1, 2, 3, 7] {
             var taken = [Int](repeating: 0, count: ids.count)
@@ -232,9 +284,11 @@ struct PromoteTests {
         }
         #expect(Shard("1/4") == Shard(index: 1, count: 4))
         for bad in ["4/4", "-1/2", "1/0", "1", "a/b", "1/2/3"] { #expect(Shard(bad) == nil, "\(bad)") }
-        #expect(Shard.fromEnvironment(["CLOUD_RUN_TASK_INDEX": "2", "CLOUD_RUN_TASK_COUNT": "5"], count: nil) == Shard(index: 2, count: 5))
-        #expect(Shard.fromEnvironment(["JOB_COMPLETION_INDEX": "3"], count: 4) == Shard(index: 3, count: 4))
-        #expect(Shard.fromEnvironment(["JOB_COMPLETION_INDEX": "3"], count: nil) == nil)
-        #expect(Shard.fromEnvironment([:], count: 4) == nil)
+        #expect(try Shard.fromEnvironment(["CLOUD_RUN_TASK_INDEX": "2", "CLOUD_RUN_TASK_COUNT": "5"], count: nil) == Shard(index: 2, count: 5))
+        #expect(try Shard.fromEnvironment(["JOB_COMPLETION_INDEX": "3"], count: 4) == Shard(index: 3, count: 4))
+        #expect(try Shard.fromEnvironment([:], count: 4) == nil)
+        // Set but unusable: an error, not every package for every task.
+        #expect(throws: ContinuonPackError.self) { try Shard.fromEnvironment(["JOB_COMPLETION_INDEX": "3"], count: nil) }
+        #expect(throws: ContinuonPackError.self) { try Shard.fromEnvironment(["CLOUD_RUN_TASK_INDEX": "5", "CLOUD_RUN_TASK_COUNT": "5"], count: nil) }
     }
 }

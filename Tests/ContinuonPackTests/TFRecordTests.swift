@@ -76,10 +76,10 @@ struct TFRecordTests {
 
     @Test("Which blob paths are TFRecord files")
     func names() {
-        for yes in ["a.tfrecord", "dir/ep.tfrecord", "train.tfrecord-00000-of-00010", "x/y.tfrecord-12345-of-99999"] {
+        for yes in ["a.tfrecord", "dir/ep.tfrecord", ".tfrecord", "x/.tfrecord-00000-of-00001", "train.tfrecord-00000-of-00010", "x/y.tfrecord-12345-of-99999"] {
             #expect(TFRecordFramer.applies(to: yes), "\(yes)")
         }
-        for no in ["tfrecord", ".tfrecord", "a.tfrecords", "a.tfrecord-0-of-1", "a.tfrecord-00000-of-0000x", "a.tfrecord.json",
+        for no in ["tfrecord", "a.tfrecords", "a.tfrecord-0-of-1", "a.tfrecord-00000-of-0000x", "a.tfrecord.json",
                    "a.tfrecord-00000-of-000001"] {
             #expect(!TFRecordFramer.applies(to: no), "\(no)")
         }

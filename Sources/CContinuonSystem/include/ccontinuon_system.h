@@ -13,9 +13,6 @@ int csystem_start_writeback(int fd, int64_t offset, int64_t count);
 /// success, 0 on failure; elsewhere a no-op returning 0.
 int csystem_fix_mmap_threshold(int bytes);
 
-/// Commits the file system holding `fd` to disk (Linux syncfs); elsewhere fsyncs `fd`. Returns 0 or -1 (errno).
-int csystem_sync_filesystem(int fd);
-
 /// Whether this CPU has a CRC-32C instruction (x86-64 SSE 4.2, AArch64 CRC32): 1 or 0.
 int csystem_has_crc32c_instruction(void);
 

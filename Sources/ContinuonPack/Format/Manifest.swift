@@ -329,7 +329,7 @@ public struct Manifest: Sendable, Equatable {
 }
 
 /// Quotes untrusted text for a message, escaping anything that could disturb a terminal or a log line.
-func quoted(_ text: String, limit: Int = 200) -> String {
+package func quoted(_ text: String, limit: Int = 200) -> String {
     var out = "\""
     for scalar in text.unicodeScalars.prefix(limit) {
         switch scalar {

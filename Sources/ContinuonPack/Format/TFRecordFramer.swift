@@ -7,9 +7,9 @@ public struct TFRecordFramer: Sendable {
     /// Whether a blob path names a TFRecord file: `*.tfrecord` or a shard `*.tfrecord-NNNNN-of-NNNNN`.
     public static func applies(to path: String) -> Bool {
         let name = Array((path.split(separator: "/").last.map(String.init) ?? path).utf8)
-        if name.count > 9 && name.suffix(9).elementsEqual(".tfrecord".utf8) { return true }
+        if name.count >= 9 && name.suffix(9).elementsEqual(".tfrecord".utf8) { return true }
         // ….tfrecord-NNNNN-of-NNNNN
-        guard name.count > 24 else { return false }
+        guard name.count >= 24 else { return false }
         let tail = Array(name.suffix(24))
         let digit = { (byte: UInt8) in byte >= 0x30 && byte <= 0x39 }
         return tail[0..<10].elementsEqual(".tfrecord-".utf8) && tail[10..<15].allSatisfy(digit)

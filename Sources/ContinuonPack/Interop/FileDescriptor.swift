@@ -10,7 +10,8 @@ package final class FileDescriptor {
     let path: String
     private var closed = false
 
-    private init(raw: Int32, path: String) {
+    /// Takes ownership of `raw` (closed on deinit).
+    package init(raw: Int32, path: String) {
         self.raw = raw
         self.path = path
     }
@@ -102,7 +103,7 @@ package final class FileDescriptor {
 
     // MARK: - Helpers
 
-    static func retryOnInterrupt<T: BinaryInteger>(_ body: () -> T) -> T {
+    package static func retryOnInterrupt<T: BinaryInteger>(_ body: () -> T) -> T {
         while true {
             let result = body()
             if result < 0 && errno == EINTR { continue }

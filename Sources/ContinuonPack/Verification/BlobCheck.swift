@@ -2,9 +2,10 @@ import Glibc
 
 /// Receives the bytes of each blob the manifest lists, in archive order, during verification's single pass
 /// (promotion writes them into training storage as they are checked; no second reader). Called only for a member
-/// that matched its listing with the listed size, and only while the report holds no failure; the bytes are
-/// verified against the manifest when `endBlob` is called, and the whole package when `verify` returns: a consumer
-/// must not publish anything before the report says `valid`.
+/// whose path passed the format's rules and matched its listing with the listed size, and only while the report
+/// holds no failure. `endBlob` means the blob's bytes match the manifest, not that the package is valid: the
+/// archive digest, the tar's end and the outer structure are checked after the last blob, and a blob that fails
+/// gets no `endBlob`. A consumer must not publish anything before `verify` returns a report that says `valid`.
 public protocol BlobSink: AnyObject {
     func beginBlob(_ blob: BlobDescriptor) throws
     func blobBytes(_ bytes: UnsafeRawBufferPointer) throws

@@ -7,8 +7,12 @@ public enum PackageInspector {
 
     /// - Throws: `io.error`; the structure, envelope and manifest codes when they cannot be read at all.
     public static func inspect(path: String, limits: PackageLimits = .default) throws -> Contents {
-        let file = try FileDescriptor.openForReading(path)
-        return try withUTF8Locale {
+        try inspect(file: try FileDescriptor.openForReading(path), path: path, limits: limits)
+    }
+
+    /// Reads from `file`'s current offset (which it moves).
+    package static func inspect(file: FileDescriptor, path: String, limits: PackageLimits = .default) throws -> Contents {
+        try withUTF8Locale {
             let reader: ArchiveReader
             let next: ArchiveReader.Next
             do {

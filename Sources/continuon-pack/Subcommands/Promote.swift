@@ -17,7 +17,7 @@ struct Promote: ParsableCommand {
             _provenance.json last (its presence means promoted). Create-only and restartable: nothing is \
             overwritten, nothing in staging is changed, a killed run is finished by the next. Exit 0 when every \
             package was promoted (or already was, or another promoter holds it), 1 when any was refused, 2 on \
-            usage or I/O errors.
+            usage or I/O errors (a package that could not be read or written is retried by the next run).
             """
     )
 
@@ -60,7 +60,11 @@ struct Promote: ParsableCommand {
         }
         var promoter = DirectoryPromoter(staging: from, training: to,
                                          verifier: PackageVerifier(trustedKeys: keys, threshold: threshold))
-        promoter.shard = shard.flatMap(Shard.init) ?? Shard.fromEnvironment(processEnvironment(), count: shardCount) ?? .all
+        do {
+            promoter.shard = try shard.flatMap(Shard.init) ?? Shard.fromEnvironment(processEnvironment(), count: shardCount) ?? .all
+        } catch let error as ContinuonPackError {
+            throw ValidationError(error.message)
+        }
         let outcomes = try promoter.promoteAll()
         if json {
             printJSON(.array(outcomes.map(\.jsonValue)))
@@ -74,8 +78,9 @@ struct Promote: ParsableCommand {
             }
             let count = { (status: PromotionOutcome.Status) in outcomes.filter { $0.status == status }.count }
             printError("promote (shard \(promoter.shard)): \(count(.promoted)) promoted, \(count(.alreadyPromoted)) already promoted, "
-                + "\(count(.refused)) refused, \(count(.busy)) held by another promoter")
+                + "\(count(.refused)) refused, \(count(.busy)) held by another promoter, \(count(.failed)) failed (I/O)")
         }
+        if outcomes.contains(where: { $0.status == .failed }) { throw ExitStatus.usageOrIO }
         if outcomes.contains(where: { $0.status == .refused }) { throw ExitStatus.invalid }
     }
 }
