@@ -85,7 +85,7 @@ let package = Package(
         // checked.
         .target(
             name: "ContinuonPackPromote",
-            dependencies: ["ContinuonPack"],
+            dependencies: ["ContinuonPack", "CContinuonSystem"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         // What both executables share: exit codes, output, key loading.
