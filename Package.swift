@@ -88,10 +88,16 @@ let package = Package(
             dependencies: ["ContinuonPack", "CContinuonSystem"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
+        // Promotion's Cloud Storage staging area (the one client of ContinuonPackUpload): continuon-pack-net.
+        .target(
+            name: "ContinuonPackPromoteCloud",
+            dependencies: ["ContinuonPackPromote", "ContinuonPackUpload"],
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
         // What both executables share: exit codes, output, key loading.
         .target(
             name: "ContinuonPackCLI",
-            dependencies: ["ContinuonPack", .product(name: "ArgumentParser", package: "swift-argument-parser", condition: .when(traits: ["Tools"]))],
+            dependencies: ["ContinuonPack", "ContinuonPackPromote", .product(name: "ArgumentParser", package: "swift-argument-parser", condition: .when(traits: ["Tools"]))],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         // keygen, pack, verify, inspect, sign-blob, verify-blob; hands upload, outbox and serve to continuon-pack-net.
@@ -111,6 +117,8 @@ let package = Package(
             dependencies: [
                 "ContinuonPack",
                 "ContinuonPackUpload",
+                "ContinuonPackPromote",
+                "ContinuonPackPromoteCloud",
                 "ContinuonPackServer",
                 "ContinuonPackCLI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser", condition: .when(traits: ["Tools"])),
@@ -120,7 +128,8 @@ let package = Package(
         ),
         .testTarget(
             name: "ContinuonPackTests",
-            dependencies: ["ContinuonPack", "ContinuonPackUpload", "ContinuonPackIngest", "ContinuonPackServer", "ContinuonPackPromote"],
+            dependencies: ["ContinuonPack", "ContinuonPackUpload", "ContinuonPackIngest", "ContinuonPackServer", "ContinuonPackPromote",
+                           "ContinuonPackPromoteCloud"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
     ]

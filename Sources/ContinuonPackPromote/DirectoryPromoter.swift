@@ -54,42 +54,30 @@ public struct PromotionOutcome: Sendable {
 /// anywhere leaves no marker without its blobs; the next run finishes the package. Staging is never written to.
 /// Below the training directory nothing is reached through a symbolic link (`DirectoryHandle`).
 public struct DirectoryPromoter {
-    public let staging: String
+    public let staging: any StagingArea
     public let training: String
     public var verifier: PackageVerifier
     public var shard = Shard.all
     /// The time written into markers.
     public var now: () throws -> String = { try PackageWriter.createdAt() }
 
+    /// Promotes from a staging directory.
     public init(staging: String, training: String, verifier: PackageVerifier) {
-        self.staging = staging
+        self.init(stagingArea: DirectoryStagingArea(directory: staging), training: training, verifier: verifier)
+    }
+
+    /// Promotes from any staging area (a Cloud Storage prefix: `continuon-pack-net`).
+    public init(stagingArea: any StagingArea, training: String, verifier: PackageVerifier) {
+        self.staging = stagingArea
         self.training = training
         var checking = verifier
         checking.checkTFRecords = true
         self.verifier = checking
     }
 
-    private var workDirectory: String { training + "/.promote" }
-
-    /// The package IDs staged (files named `<64 hex>.cpkg`), in this promoter's shard, sorted.
+    /// The package IDs staged, in this promoter's shard, sorted.
     public func stagedPackageIDs() throws -> [String] {
-        guard let directory = opendir(staging) else {
-            throw ContinuonPackError(.ioError, "Cannot read the staging directory \(staging): \(String(cString: strerror(errno))).")
-        }
-        defer { closedir(directory) }
-        var ids: [String] = []
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            guard name.hasSuffix(".cpkg") else { continue }
-            let id = String(name.dropLast(5))
-            guard id.utf8.count == 64, id.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }),
-                  shard.contains(packageID: id)
-            else { continue }
-            ids.append(id)
-        }
-        return ids.sorted()
+        try staging.packageIDs().filter { shard.contains(packageID: $0) }.sorted()
     }
 
     /// Promotes every staged package of the shard; a failure of one package never stops the others.
@@ -114,7 +102,7 @@ public struct DirectoryPromoter {
     /// - Throws: `io.error` when staging or training cannot be read or written (the package is not judged);
     ///   `promote.conflict` when a link or a file stands where a directory of the training layout goes.
     public func promote(packageID: String) throws -> PromotionOutcome {
-        guard packageID.utf8.count == 64, packageID.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }) else {
+        guard isPackageID(packageID) else {
             throw ContinuonPackError(.promoteNameMismatch, "\(quoted(packageID)) is not a package ID (64 lowercase hex digits).")
         }
         let root = try DirectoryHandle.root(training)
@@ -128,20 +116,11 @@ public struct DirectoryPromoter {
         try work.removeTree(partialName)
         try work.removeTree(markerName)
 
-        // The staged file: a regular file, not followed, never blocking (a FIFO planted in staging fails here).
-        let stagedPath = staging + "/" + packageID + ".cpkg"
-        let stagedFD = FileDescriptor.retryOnInterrupt { open(stagedPath, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) }
-        guard stagedFD >= 0 else { throw FileDescriptor.ioError("Cannot open \(stagedPath)", path: stagedPath) }
-        let staged = FileDescriptor(raw: stagedFD, path: stagedPath)
-        var info = stat()
-        guard fstat(stagedFD, &info) == 0, info.st_mode & S_IFMT == S_IFREG else {
-            throw ContinuonPackError(.ioError, "\(stagedPath) is not a regular file.")
-        }
-        _ = fcntl(stagedFD, F_SETFL, fcntl(stagedFD, F_GETFL) & ~O_NONBLOCK)
+        let stagedPath = staging.location + "/" + packageID + ".cpkg"
 
         // Already promoted: the marker is where the (unverified) manifest's environment says. The package ID
-        // covers the environment ID, so a marker there can only be this package's. Nothing else is read.
-        if let contents = try? PackageInspector.inspect(file: staged, path: stagedPath),
+        // covers the environment ID, so a marker there can only be this package's. Only the envelope is read.
+        if let contents = try? PackageInspector.inspect(stream: try staging.open(packageID: packageID), path: stagedPath),
            FormatRules.isValidIdentifier(contents.manifest.provenance.environmentID),
            contents.manifest.packageID == packageID,
            (try? root.descend(contents.manifest.provenance.environmentID + "/" + packageID, create: false))?
@@ -149,11 +128,10 @@ public struct DirectoryPromoter {
             return PromotionOutcome(packageID: packageID, status: .alreadyPromoted,
                                     environmentID: contents.manifest.provenance.environmentID, blobs: 0, bytes: 0, errors: [])
         }
-        guard lseek(stagedFD, 0, SEEK_SET) == 0 else { throw FileDescriptor.ioError("Cannot read \(stagedPath)", path: stagedPath) }
 
         let partial = try work.descend(partialName)
         defer { try? work.removeTree(partialName) }
-        let file = HashingFile(file: staged)
+        let file = HashingFile(try staging.open(packageID: packageID))
         let stager = BlobStager(directory: partial)
         let report: VerificationReport
         do {
@@ -273,14 +251,14 @@ final class PackageLock {
 
 /// Reads the staged package for the verifier and hashes every byte it reads: the marker names the bytes verified.
 final class HashingFile: PackageStream {
-    private let file: FileDescriptor
+    private let package: any StagedPackage
     private let hasher = SHA256Hasher()
     private(set) var size: UInt64 = 0
 
-    init(file: FileDescriptor) { self.file = file }
+    init(_ package: any StagedPackage) { self.package = package }
 
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        let count = try file.read(into: buffer)
+        let count = try package.read(into: buffer)
         hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
         size += UInt64(count)
         return count

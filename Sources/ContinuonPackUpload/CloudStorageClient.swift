@@ -110,4 +110,81 @@ public struct CloudStorageClient: Sendable {
         default: return .notFound
         }
     }
+
+    /// One object as a listing names it.
+    public struct ListedObject: Sendable, Equatable {
+        public let name: String
+        public let size: UInt64
+        /// The version read: pinned by every later read (`ifGenerationMatch`), so one read sees one version.
+        public let generation: String
+    }
+
+    /// `GET {base}/storage/v1/b/{bucket}/o?prefix=…`, every page.
+    /// - Throws: `TransportFailure` for connection failures and `408`, `429`, `5xx`; `credentials.*`; `io.error`
+    ///   for any other refusal (`403`: the credentials may not list) or an answer that is not a listing.
+    public func list(prefix: String) async throws -> [ListedObject] {
+        var objects: [ListedObject] = []
+        var pageToken: String?
+        repeat {
+            guard var components = URLComponents(url: target.baseURL, resolvingAgainstBaseURL: false) else {
+                throw ContinuonPackError(.ioError, "The endpoint \(target.baseURL) is not a URL.")
+            }
+            components.percentEncodedPath = target.basePath + "/storage/v1/b/" + UploadTarget.escapeComponent(target.bucket) + "/o"
+            components.queryItems = [URLQueryItem(name: "prefix", value: prefix),
+                                     URLQueryItem(name: "fields", value: "items(name,size,generation),nextPageToken")]
+                + (pageToken.map { [URLQueryItem(name: "pageToken", value: $0)] } ?? [])
+            guard let url = components.url else { throw ContinuonPackError(.ioError, "Cannot make a listing URL.") }
+            let response = try await send("GET", url)
+            switch response.status {
+            case 200: break
+            case 408, 429, 500...: throw TransportFailure(message: "HTTP \(response.status) while listing gs://\(target.bucket)/\(prefix)")
+            default:
+                let reason = Uploader.RejectionReason(body: Array(response.body.prefix(16 * 1024)))
+                throw ContinuonPackError(.ioError, "Listing gs://\(target.bucket)/\(prefix) was refused (HTTP \(response.status)\(reason.detail.map { ": " + $0 } ?? "")).")
+            }
+            guard let page = try? StrictJSONParser.parse(Array(response.body)) else {
+                throw ContinuonPackError(.ioError, "The listing of gs://\(target.bucket)/\(prefix) is not JSON.")
+            }
+            if case let .array(items)? = page["items"] {
+                for item in items {
+                    guard case let .string(name)? = item["name"], case let .string(sizeText)? = item["size"],
+                          let size = UInt64(sizeText), case let .string(generation)? = item["generation"]
+                    else { throw ContinuonPackError(.ioError, "The listing of gs://\(target.bucket)/\(prefix) holds an entry without name, size or generation.") }
+                    objects.append(ListedObject(name: name, size: size, generation: generation))
+                }
+            }
+            if case let .string(token)? = page["nextPageToken"], !token.isEmpty { pageToken = token } else { pageToken = nil }
+        } while pageToken != nil
+        return objects
+    }
+
+    /// The bytes `offset ..< offset + length` of one version of an object (`alt=media`, `Range`, `ifGenerationMatch`).
+    /// - Throws: `TransportFailure` (retryable); `io.error` when the object or that version is gone, or the answer
+    ///   is not the range asked for.
+    public func read(_ object: ListedObject, offset: UInt64, length: Int) async throws -> Data {
+        guard length > 0 else { return Data() }
+        guard var components = target.objectURL(objectName: object.name, media: true)
+            .flatMap({ URLComponents(url: $0, resolvingAgainstBaseURL: false) })
+        else { throw ContinuonPackError(.ioError, "Cannot make a URL for \(object.name).") }
+        components.queryItems = (components.queryItems ?? []) + [URLQueryItem(name: "ifGenerationMatch", value: object.generation)]
+        guard let url = components.url else { throw ContinuonPackError(.ioError, "Cannot make a URL for \(object.name).") }
+        let last = offset + UInt64(length) - 1
+        let response = try await send("GET", url, headers: ["Range": "bytes=\(offset)-\(last)"])
+        switch response.status {
+        case 206:
+            guard response.body.count == length else {
+                throw TransportFailure(message: "a short range of \(object.name) (\(response.body.count) of \(length) bytes)")
+            }
+            return response.body
+        case 200:
+            // The whole object (a server that ignores Range): take the range from it.
+            guard UInt64(response.body.count) >= last + 1 else {
+                throw ContinuonPackError(.ioError, "gs://\(target.bucket)/\(object.name) is shorter than its listed size.")
+            }
+            return response.body.subdata(in: Int(offset)..<Int(last + 1))
+        case 408, 429, 500...: throw TransportFailure(message: "HTTP \(response.status) while reading \(object.name)")
+        default:
+            throw ContinuonPackError(.ioError, "gs://\(target.bucket)/\(object.name) (generation \(object.generation)) cannot be read: HTTP \(response.status).")
+        }
+    }
 }

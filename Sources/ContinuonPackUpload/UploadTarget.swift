@@ -57,6 +57,9 @@ public struct UploadTarget: Sendable {
         return components?.url
     }
 
+    /// The endpoint's path without a trailing slash ("" for Google's).
+    public var basePath: String { base }
+
     private var base: String {
         let path = baseURL.path
         return path.hasSuffix("/") ? String(path.dropLast()) : path

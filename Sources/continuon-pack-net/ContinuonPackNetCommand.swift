@@ -11,11 +11,11 @@ struct ContinuonPackNetCommand: AsyncParsableCommand {
         commandName: NetworkCommand.executableName,
         abstract: "The network commands of continuon-pack: upload packages, queue them in an outbox, serve ingestion.",
         discussion: """
-            continuon-pack runs this executable for `continuon-pack upload`, `outbox` and `serve`, with the same \
+            continuon-pack runs this executable for `continuon-pack upload`, `outbox`, `serve` and `promote --from gs://…`, with the same \
             arguments. Exit codes: 0 success; 1 a package was rejected or is invalid; 2 usage or I/O error.
             """,
         version: continuonPackVersion,
-        subcommands: [Upload.self, OutboxCommand.self, Serve.self]
+        subcommands: [Upload.self, OutboxCommand.self, Serve.self, Promote.self]
     )
 
     static func main() async {

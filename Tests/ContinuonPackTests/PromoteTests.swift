@@ -254,6 +254,48 @@ struct PromoteTests {
         #expect(try Self.tree(sneaky.training).isEmpty)
     }
 
+    @Test("gs:// staging (gcp-storage-emulator): listed, read in ranges, verified; the same outcomes as from a directory; a second run reads only envelopes")
+    func cloudStaging() throws {
+        let staged = try Self.stage(valid: 2, refusedKinds: true)
+        let emulator = try PeerServer("emulator.py")
+        let base = emulator.baseURL.absoluteString
+        func put(_ path: String, as name: String) throws {
+            let result = try run("curl", ["-sf", "-o", "/dev/null", "-X", "POST", "--data-binary", "@" + path,
+                                          base + "/upload/storage/v1/b/staging/o?uploadType=media&name=" + name])
+            #expect(result.status == 0, "\(result.stderr)")
+        }
+        for name in try FileManager.default.contentsOfDirectory(atPath: staged.staging) {
+            try put(staged.staging + "/" + name, as: "incoming%2F" + name)
+        }
+        // Not staged packages: below the prefix's next level, and under another prefix.
+        let first = try #require(staged.valid.keys.sorted().first)
+        try put(staged.staging + "/" + first + ".cpkg", as: "incoming%2Fold%2F" + String(repeating: "d", count: 64) + ".cpkg")
+        try put(staged.staging + "/" + first + ".cpkg", as: "elsewhere%2F" + String(repeating: "e", count: 64) + ".cpkg")
+        let arguments = ["promote", "--from", "gs://staging/incoming/", "--to", staged.training, "--endpoint", base,
+                         "--trusted-key", Repo.testPublicKey, "--json"]
+        let result = try cli(arguments)
+        #expect(result.status == 1, "\(result.stderr)")
+        let outcomes = try JSONSerialization.jsonObject(with: Data(result.stdout)) as? [[String: Any]] ?? []
+        #expect(outcomes.count == 5)
+        for outcome in outcomes {
+            let id = try #require(outcome["package_id"] as? String)
+            let codes = (outcome["errors"] as? [[String: Any]])?.compactMap { $0["code"] as? String } ?? []
+            if let code = staged.refused[id] {
+                #expect(outcome["status"] as? String == "refused" && codes.contains(code), "\(id): \(codes)")
+            } else {
+                #expect(outcome["status"] as? String == "promoted", "\(outcome)")
+            }
+        }
+        try Self.expectPromoted(staged)
+        let again = try cli(arguments)
+        let second = try JSONSerialization.jsonObject(with: Data(again.stdout)) as? [[String: Any]] ?? []
+        #expect(second.filter { $0["status"] as? String == "already_promoted" }.count == 2)
+        // A listing the credentials may not read is an I/O error (exit 2), not an empty staging area.
+        let missing = try cli(["promote", "--from", "gs://no-such-bucket/", "--to", staged.training, "--endpoint", base,
+                               "--trusted-key", Repo.testPublicKey])
+        #expect(missing.status == 2, "\(missing.stderr)")
+    }
+
     @Test("TestVectors/promotion: promoting the known-answer package writes exactly those files, marker byte for byte")
     func vector() throws {
         let dir = try TemporaryDirectory()

@@ -7,16 +7,20 @@ public enum PackageInspector {
 
     /// - Throws: `io.error`; the structure, envelope and manifest codes when they cannot be read at all.
     public static func inspect(path: String, limits: PackageLimits = .default) throws -> Contents {
-        try inspect(file: try FileDescriptor.openForReading(path), path: path, limits: limits)
+        try inspect(source: FileByteSource(file: try FileDescriptor.openForReading(path)), path: path, limits: limits)
     }
 
-    /// Reads from `file`'s current offset (which it moves).
-    package static func inspect(file: FileDescriptor, path: String, limits: PackageLimits = .default) throws -> Contents {
+    /// Reads the package from `stream`'s start (the envelope member only). `path` labels the errors.
+    public static func inspect(stream: any PackageStream, path: String, limits: PackageLimits = .default) throws -> Contents {
+        try inspect(source: StreamByteSource(stream: stream), path: path, limits: limits)
+    }
+
+    static func inspect(source: any ArchiveByteSource, path: String, limits: PackageLimits) throws -> Contents {
         try withUTF8Locale {
             let reader: ArchiveReader
             let next: ArchiveReader.Next
             do {
-                reader = try ArchiveReader(source: FileByteSource(file: file), compression: .none)
+                reader = try ArchiveReader(source: source, compression: .none)
                 next = try reader.next()
             } catch {
                 throw ContinuonPackError(.packageNotTar, "\(path) is not a tar archive.", cause: "\(error)")

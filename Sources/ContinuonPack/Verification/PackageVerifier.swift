@@ -79,7 +79,7 @@ public protocol PackageStream: AnyObject {
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
 }
 
-private final class StreamByteSource: ArchiveByteSource {
+final class StreamByteSource: ArchiveByteSource {
     let stream: any PackageStream
     init(stream: any PackageStream) { self.stream = stream }
     func readChunk(scratch: UnsafeMutableRawBufferPointer) throws -> UnsafeRawBufferPointer {
