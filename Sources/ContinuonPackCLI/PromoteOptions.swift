@@ -18,7 +18,7 @@ public struct PromoteOptions: ParsableArguments, Sendable {
     @Option(name: .long, help: "The staging area: a directory (<package_id>.cpkg files, as serve --store keeps them) or gs://BUCKET/PREFIX.")
     public var from: String
 
-    @Option(name: .long, help: "The training directory.")
+    @Option(name: .long, help: "The training area: a directory or gs://BUCKET/PREFIX.")
     public var to: String
 
     @Option(name: .long, help: "A trusted public key (SPKI PEM); repeat for several.")
@@ -33,13 +33,13 @@ public struct PromoteOptions: ParsableArguments, Sendable {
     @Option(name: .long, help: "The number of shards when $JOB_COMPLETION_INDEX (a Kubernetes Indexed Job) gives the index.")
     public var shardCount: Int?
 
-    @Option(name: .long, help: "For gs:// staging: the Cloud Storage JSON API endpoint (an emulator). (default: https://storage.googleapis.com)")
+    @Option(name: .long, help: "For gs:// locations: the Cloud Storage JSON API endpoint (an emulator). (default: https://storage.googleapis.com)")
     public var endpoint: String?
 
-    @Option(name: .long, help: "For gs:// staging: a service-account key or gcloud ADC JSON file (mode 0600), or 'metadata'. Default for Google's endpoint: Application Default Credentials.")
+    @Option(name: .long, help: "For gs:// locations: a service-account key or gcloud ADC JSON file (mode 0600), or 'metadata'. Default for Google's endpoint: Application Default Credentials.")
     public var credentials: String?
 
-    @Option(name: .long, help: "For gs:// staging: a file holding an OAuth access token, re-read whenever it changes.")
+    @Option(name: .long, help: "For gs:// locations: a file holding an OAuth access token, re-read whenever it changes.")
     public var tokenFile: String?
 
     @Flag(name: .long, help: "Print one JSON object per package (an array).")
@@ -49,30 +49,28 @@ public struct PromoteOptions: ParsableArguments, Sendable {
 
     /// Whether the staging area is in Cloud Storage.
     public var stagingIsCloud: Bool { from.hasPrefix("gs://") }
+    /// Whether the training area is in Cloud Storage.
+    public var trainingIsCloud: Bool { to.hasPrefix("gs://") }
 
     public func validate() throws {
         guard !trustedKey.isEmpty else { throw ValidationError("Give at least one --trusted-key.") }
         guard threshold >= 1 && threshold <= trustedKey.count else {
             throw ValidationError("--threshold must be between 1 and the number of --trusted-key options.")
         }
-        if to.hasPrefix("gs://") {
-            throw ValidationError("\(to): a Cloud Storage training area is not supported by promote yet; give a directory.")
-        }
-        if !stagingIsCloud && (endpoint != nil || credentials != nil || tokenFile != nil) {
-            throw ValidationError("--endpoint, --credentials and --token-file are for a gs:// staging area.")
+        if !stagingIsCloud && !trainingIsCloud && (endpoint != nil || credentials != nil || tokenFile != nil) {
+            throw ValidationError("--endpoint, --credentials and --token-file are for gs:// locations.")
         }
         if let shard, Shard(shard) == nil { throw ValidationError("--shard must be I/N with 0 <= I < N.") }
     }
 
-    /// Promotes from `staging` into `--to` and prints the outcomes.
+    /// Promotes with the promoter `make` builds around the trusted-key verifier, and prints the outcomes.
     /// - Throws: the exit status: 1 when a package was refused, 2 when one failed (I/O) or on usage errors.
-    public func run(staging: any StagingArea) throws {
+    public func run(_ make: (PackageVerifier) throws -> any Promoter) throws {
         let keys = try trustedKey.map(loadPublicKey)
         guard threshold <= Set(keys).count else {
             throw ValidationError("--threshold \(threshold) is more than the \(Set(keys).count) distinct trusted keys.")
         }
-        var promoter = DirectoryPromoter(stagingArea: staging, training: to,
-                                         verifier: PackageVerifier(trustedKeys: keys, threshold: threshold))
+        var promoter = try make(PackageVerifier(trustedKeys: keys, threshold: threshold))
         do {
             promoter.shard = try shard.flatMap(Shard.init) ?? Shard.fromEnvironment(processEnvironment(), count: shardCount) ?? .all
         } catch let error as ContinuonPackError {
@@ -90,7 +88,7 @@ public struct PromoteOptions: ParsableArguments, Sendable {
                 for error in outcome.errors { print("  \(error.code.rawValue): \(error.message)") }
             }
             let count = { (status: PromotionOutcome.Status) in outcomes.filter { $0.status == status }.count }
-            printError("promote \(staging.location) (shard \(promoter.shard)): \(count(.promoted)) promoted, "
+            printError("promote \(promoter.staging.location) (shard \(promoter.shard)): \(count(.promoted)) promoted, "
                 + "\(count(.alreadyPromoted)) already promoted, \(count(.refused)) refused, "
                 + "\(count(.busy)) held by another promoter, \(count(.failed)) failed (I/O)")
         }

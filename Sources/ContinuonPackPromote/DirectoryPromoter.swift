@@ -26,6 +26,15 @@ public struct PromotionOutcome: Sendable {
     public let bytes: UInt64
     public let errors: [ContinuonPackError]
 
+    public init(packageID: String, status: Status, environmentID: String?, blobs: Int, bytes: UInt64, errors: [ContinuonPackError]) {
+        self.packageID = packageID
+        self.status = status
+        self.environmentID = environmentID
+        self.blobs = blobs
+        self.bytes = bytes
+        self.errors = errors
+    }
+
     public var jsonValue: JSONValue {
         .object([
             ("package_id", .string(packageID)),
@@ -53,7 +62,7 @@ public struct PromotionOutcome: Sendable {
 /// else is `promote.conflict`), their directories are synced, then the marker is linked into place. A run killed
 /// anywhere leaves no marker without its blobs; the next run finishes the package. Staging is never written to.
 /// Below the training directory nothing is reached through a symbolic link (`DirectoryHandle`).
-public struct DirectoryPromoter {
+public struct DirectoryPromoter: Promoter {
     public let staging: any StagingArea
     public let training: String
     public var verifier: PackageVerifier
@@ -73,29 +82,6 @@ public struct DirectoryPromoter {
         var checking = verifier
         checking.checkTFRecords = true
         self.verifier = checking
-    }
-
-    /// The package IDs staged, in this promoter's shard, sorted.
-    public func stagedPackageIDs() throws -> [String] {
-        try staging.packageIDs().filter { shard.contains(packageID: $0) }.sorted()
-    }
-
-    /// Promotes every staged package of the shard; a failure of one package never stops the others.
-    /// - Throws: `io.error` only when staging cannot be listed or the training directory cannot be used.
-    public func promoteAll() throws -> [PromotionOutcome] {
-        _ = try DirectoryHandle.root(training).descend(".promote")
-        return try stagedPackageIDs().map { id in
-            do {
-                return try promote(packageID: id)
-            } catch let error as ContinuonPackError where error.code == .promoteConflict {
-                return PromotionOutcome(packageID: id, status: .refused, environmentID: nil, blobs: 0, bytes: 0, errors: [error])
-            } catch let error as ContinuonPackError {
-                return PromotionOutcome(packageID: id, status: .failed, environmentID: nil, blobs: 0, bytes: 0, errors: [error])
-            } catch {
-                return PromotionOutcome(packageID: id, status: .failed, environmentID: nil, blobs: 0, bytes: 0,
-                                        errors: [ContinuonPackError(.ioError, "\(error)")])
-            }
-        }
     }
 
     /// Promotes `STAGING/<packageID>.cpkg`.
@@ -131,7 +117,7 @@ public struct DirectoryPromoter {
 
         let partial = try work.descend(partialName)
         defer { try? work.removeTree(partialName) }
-        let file = HashingFile(try staging.open(packageID: packageID))
+        let file = HashingStream(try staging.open(packageID: packageID))
         let stager = BlobStager(directory: partial)
         let report: VerificationReport
         do {
@@ -201,7 +187,7 @@ public struct DirectoryPromoter {
 
     /// Whether a blob path takes the marker's place: `_provenance.json` or below it, compared as a case-insensitive
     /// file system would.
-    static func isReserved(_ path: String) -> Bool {
+    public static func isReserved(_ path: String) -> Bool {
         let first = path.split(separator: "/", maxSplits: 1).first.map(String.init) ?? path
         return FormatRules.collisionKey(first) == FormatRules.collisionKey(PromotionMarker.fileName)
     }
@@ -249,23 +235,23 @@ final class PackageLock {
     func release() { try? file.close() }
 }
 
-/// Reads the staged package for the verifier and hashes every byte it reads: the marker names the bytes verified.
-final class HashingFile: PackageStream {
+/// Reads a staged package for the verifier and hashes every byte it reads: the marker names the bytes verified.
+public final class HashingStream: PackageStream {
     private let package: any StagedPackage
     private let hasher = SHA256Hasher()
-    private(set) var size: UInt64 = 0
+    public private(set) var size: UInt64 = 0
 
-    init(_ package: any StagedPackage) { self.package = package }
+    public init(_ package: any StagedPackage) { self.package = package }
 
-    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         let count = try package.read(into: buffer)
         hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
         size += UInt64(count)
         return count
     }
 
-    /// Call once, after the verifier read everything (it reads to the end of the file).
-    func digest() -> SHA256Digest { hasher.finalize() }
+    /// Call once, after the verifier read everything (it reads to the end of the package).
+    public func digest() -> SHA256Digest { hasher.finalize() }
 }
 
 /// Writes each blob the verifier hands over under the package's `.partial/` directory: new files only, reached

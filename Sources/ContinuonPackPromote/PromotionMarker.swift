@@ -18,6 +18,17 @@ public struct PromotionMarker: Sendable, Equatable {
     /// The signed manifest, as a JSON value.
     public let manifest: JSONValue
 
+    public init(packageID: String, environmentID: String, packageSHA256: String, packageSize: UInt64, keyIDs: [String],
+                promotedAt: String, manifest: JSONValue) {
+        self.packageID = packageID
+        self.environmentID = environmentID
+        self.packageSHA256 = packageSHA256
+        self.packageSize = packageSize
+        self.keyIDs = keyIDs
+        self.promotedAt = promotedAt
+        self.manifest = manifest
+    }
+
     public var jsonValue: JSONValue {
         .object([
             ("schema", .string(Self.schema)),

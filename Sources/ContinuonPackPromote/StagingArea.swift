@@ -73,3 +73,37 @@ final class StagedFile: StagedPackage {
     init(file: FileDescriptor) { self.file = file }
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int { try file.read(into: buffer) }
 }
+
+/// Promotes staged packages into one training area (a directory: `DirectoryPromoter`; a bucket: `CloudPromoter`).
+public protocol Promoter {
+    var staging: any StagingArea { get }
+    var shard: Shard { get set }
+    /// Promotes one staged package.
+    /// - Throws: `io.error` when staging or training cannot be read or written (the package is not judged);
+    ///   `promote.conflict` when the training layout is blocked.
+    func promote(packageID: String) throws -> PromotionOutcome
+}
+
+extension Promoter {
+    /// The package IDs staged, in this promoter's shard, sorted.
+    public func stagedPackageIDs() throws -> [String] {
+        try staging.packageIDs().filter { shard.contains(packageID: $0) }.sorted()
+    }
+
+    /// Promotes every staged package of the shard; a failure of one package never stops the others.
+    /// - Throws: `io.error` only when staging cannot be listed.
+    public func promoteAll() throws -> [PromotionOutcome] {
+        try stagedPackageIDs().map { id in
+            do {
+                return try promote(packageID: id)
+            } catch let error as ContinuonPackError where error.code == .promoteConflict {
+                return PromotionOutcome(packageID: id, status: .refused, environmentID: nil, blobs: 0, bytes: 0, errors: [error])
+            } catch let error as ContinuonPackError {
+                return PromotionOutcome(packageID: id, status: .failed, environmentID: nil, blobs: 0, bytes: 0, errors: [error])
+            } catch {
+                return PromotionOutcome(packageID: id, status: .failed, environmentID: nil, blobs: 0, bytes: 0,
+                                        errors: [ContinuonPackError(.ioError, "\(error)")])
+            }
+        }
+    }
+}

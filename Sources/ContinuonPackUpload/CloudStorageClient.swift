@@ -13,6 +13,13 @@ public struct CloudStorageClient: Sendable {
         self.transport = transport ?? URLSessionTransport(timeout: timeout)
     }
 
+    /// The same client (transport, credentials) for another bucket.
+    public func with(bucket: String) -> CloudStorageClient {
+        var other = target
+        other.bucket = bucket
+        return CloudStorageClient(target: other, transport: transport)
+    }
+
     /// A request that could not be completed: the connection failed or timed out, or the credentials' issuer was
     /// unreachable. Worth retrying.
     public struct TransportFailure: Error, Sendable, CustomStringConvertible {

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import ContinuonPack
 @testable import ContinuonPackPromote
+@testable import ContinuonPackUpload
 
 /// `promote`, directory to directory: staged packages verified again, record by record, and published create-only.
 @Suite("Promotion to training storage", .serialized)
@@ -43,6 +44,8 @@ struct PromoteTests {
         // A corrupt TFRecord, signed anyway (--no-check-tfrecord).
         let corrupt = try dir.subdirectory("corrupt")
         _ = try dir.write("corrupt/steps.tfrecord", bad)
+        // A good blob before the bad one: a promoter that committed blobs before the verdict would leave it behind.
+        _ = try dir.write("corrupt/a-first.bin", Array("checked, and fine".utf8))
         staged.refused[id(try pack(corrupt, into: staged.staging, environment: "robot-0", extra: ["--no-check-tfrecord"]))] =
             "promote.tfrecord_corrupt"
         // Signed by a key promotion does not trust.
@@ -294,6 +297,77 @@ struct PromoteTests {
         let missing = try cli(["promote", "--from", "gs://no-such-bucket/", "--to", staged.training, "--endpoint", base,
                                "--trusted-key", Repo.testPublicKey])
         #expect(missing.status == 2, "\(missing.stderr)")
+    }
+
+    @Test("gs:// to gs:// (gcp-storage-emulator behind a proxy that enforces ifGenerationMatch=0): blobs streamed into sessions committed only after the verdict; refused packages commit no object; other bytes under a name are a conflict; a second run changes nothing")
+    func cloudToCloud() throws {
+        var staged = try Self.stage(valid: 2, refusedKinds: true)
+        // A package with a 20 MiB blob: two 8 MiB pieces before the verdict, the last 4 MiB after it.
+        let big = try staged.dir.subdirectory("big")
+        _ = try randomFile(staged.dir, "big/camera/long.bin", size: 20 * 1024 * 1024 + 333, seed: 9)
+        let bigPath = try Self.pack(big, into: staged.staging, environment: "robot-9", extra: ["--compression", "none"])
+        staged.valid[URL(fileURLWithPath: bigPath).deletingPathExtension().lastPathComponent] = big
+        let emulator = try PeerServer("emulator.py")
+        let proxy = try PeerServer("precondition_proxy.py", [String(emulator.port)])
+        let base = proxy.baseURL.absoluteString
+        func put(_ path: String, as name: String) throws {
+            let result = try run("curl", ["-sf", "-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/octet-stream",
+                                          "--data-binary", "@" + path, base + "/upload/storage/v1/b/staging/o?uploadType=media&name=" + name])
+            #expect(result.status == 0, "\(result.stderr)")
+        }
+        func objects(_ prefix: String) throws -> [String: Int] {
+            let listing = try run("curl", ["-sf", base + "/storage/v1/b/staging/o?prefix=" + prefix])
+            let items = (try json(listing.stdout)["items"] as? [[String: Any]]) ?? []
+            return Dictionary(uniqueKeysWithValues: items.map { ($0["name"] as! String, Int($0["size"] as! String)!) })
+        }
+        for name in try FileManager.default.contentsOfDirectory(atPath: staged.staging) {
+            try put(staged.staging + "/" + name, as: "incoming%2F" + name)
+        }
+        // Someone else's bytes where one valid package's frame goes.
+        let (blockedID, _) = try #require(staged.valid.filter { $0.value.hasSuffix("episodes-1") }.first)
+        let squatter = try staged.dir.write("squatter", Array("not this frame".utf8))
+        try put(squatter, as: "training%2Frobot-1%2F\(blockedID)%2Fcamera%2Fframe-1.bin")
+
+        let arguments = ["promote", "--from", "gs://staging/incoming", "--to", "gs://staging/training", "--endpoint", base,
+                         "--trusted-key", Repo.testPublicKey, "--json"]
+        let result = try cli(arguments)
+        #expect(result.status == 1, "\(result.stderr)")
+        let outcomes = try JSONSerialization.jsonObject(with: Data(result.stdout)) as? [[String: Any]] ?? []
+        #expect(outcomes.count == 6)
+        for outcome in outcomes {
+            let id = try #require(outcome["package_id"] as? String)
+            let codes = (outcome["errors"] as? [[String: Any]])?.compactMap { $0["code"] as? String } ?? []
+            let expected = staged.refused[id] ?? (id == blockedID ? "promote.conflict" : nil)
+            if let expected {
+                #expect(outcome["status"] as? String == "refused" && codes.contains(expected), "\(id): \(codes)")
+            } else {
+                #expect(outcome["status"] as? String == "promoted", "\(outcome)")
+            }
+        }
+        // Exactly the promoted packages' objects, byte for byte, and the squatter untouched; nothing of a refused one.
+        let training = try objects("training/")
+        var expected: [String: Int] = ["training/robot-1/\(blockedID)/camera/frame-1.bin": 14]
+        for (id, episodes) in staged.valid where id != blockedID {
+            let walker = FileManager.default.enumerator(atPath: episodes)!
+            var environment = ""
+            for case let relative as String in walker {
+                var isDirectory: ObjCBool = false
+                guard FileManager.default.fileExists(atPath: episodes + "/" + relative, isDirectory: &isDirectory), !isDirectory.boolValue else { continue }
+                environment = episodes.hasSuffix("big") ? "robot-9" : "robot-\(episodes.last!)"
+                let name = "training/\(environment)/\(id)/\(relative)"
+                expected[name] = try readBytes(episodes + "/" + relative).count
+                let downloaded = try run("curl", ["-sf", base + "/storage/v1/b/staging/o/" + UploadTarget.escapeComponent(name) + "?alt=media"])
+                #expect(downloaded.stdout == (try readBytes(episodes + "/" + relative)), "\(name)")
+            }
+            let marker = "training/\(environment)/\(id)/_provenance.json"
+            expected[marker] = training[marker]
+            #expect(training[marker] != nil, "no marker for \(id)")
+        }
+        #expect(training == expected, "\(training.keys.sorted())")
+        let again = try cli(arguments)
+        let second = try JSONSerialization.jsonObject(with: Data(again.stdout)) as? [[String: Any]] ?? []
+        #expect(second.filter { $0["status"] as? String == "already_promoted" }.count == 2)
+        #expect(try objects("training/") == training)
     }
 
     @Test("TestVectors/promotion: promoting the known-answer package writes exactly those files, marker byte for byte")

@@ -14,24 +14,44 @@ struct Promote: AsyncParsableCommand {
     @OptionGroup var options: PromoteOptions
 
     func run() async throws {
-        guard options.stagingIsCloud else {
-            let options = self.options
-            try await runOnOwnThread { try options.run(staging: DirectoryStagingArea(directory: options.from)) }
-            return
-        }
-        let location = options.from.dropFirst("gs://".count)
-        let bucket = String(location.prefix { $0 != "/" })
-        let prefix = String(location.dropFirst(bucket.count).drop { $0 == "/" })
-        guard !bucket.isEmpty else { throw ValidationError("--from gs://BUCKET/PREFIX names no bucket.") }
-        guard let base = URL(string: options.endpoint ?? "https://storage.googleapis.com"), base.scheme != nil, base.host != nil else {
-            throw ValidationError("--endpoint must be a URL.")
-        }
-        var target = UploadTarget(baseURL: base, bucket: bucket, prefix: prefix)
-        target.credentials = try await resolveCredentials(
-            credentials: options.credentials, tokenFile: options.tokenFile, forGoogle: target.isGoogle)
-        let client = CloudStorageClient(target: target)
         let options = self.options
-        // The verifier pulls bytes, and each read blocks on a request: a thread of its own, not the pool.
-        try await runOnOwnThread { try options.run(staging: CloudStagingArea(client: client, prefix: prefix)) }
+        var client: CloudStorageClient?
+        if options.stagingIsCloud || options.trainingIsCloud {
+            guard let base = URL(string: options.endpoint ?? "https://storage.googleapis.com"), base.scheme != nil, base.host != nil else {
+                throw ValidationError("--endpoint must be a URL.")
+            }
+            var target = UploadTarget(baseURL: base)
+            target.credentials = try await resolveCredentials(
+                credentials: options.credentials, tokenFile: options.tokenFile, forGoogle: target.isGoogle)
+            client = CloudStorageClient(target: target)
+        }
+        let shared = client
+        // The verifier pulls bytes, and each cloud read blocks on a request: a thread of its own, not the pool.
+        try await runOnOwnThread {
+            try options.run { verifier in
+                let staging: any StagingArea
+                if options.stagingIsCloud, let shared {
+                    let (bucket, prefix) = try Self.bucketAndPrefix(options.from)
+                    staging = CloudStagingArea(client: shared.with(bucket: bucket), prefix: prefix)
+                } else {
+                    staging = DirectoryStagingArea(directory: options.from)
+                }
+                if options.trainingIsCloud, let shared {
+                    let (bucket, prefix) = try Self.bucketAndPrefix(options.to)
+                    return CloudPromoter(staging: staging, client: shared.with(bucket: bucket), prefix: prefix, verifier: verifier)
+                }
+                return DirectoryPromoter(stagingArea: staging, training: options.to, verifier: verifier)
+            }
+        }
+    }
+
+    /// `gs://BUCKET/PREFIX` → (BUCKET, PREFIX), PREFIX empty or ending in `/`.
+    static func bucketAndPrefix(_ location: String) throws -> (String, String) {
+        let rest = location.dropFirst("gs://".count)
+        let bucket = String(rest.prefix { $0 != "/" })
+        var prefix = String(rest.dropFirst(bucket.count).drop { $0 == "/" })
+        guard !bucket.isEmpty else { throw ValidationError("\(location) names no bucket.") }
+        if !prefix.isEmpty && !prefix.hasSuffix("/") { prefix += "/" }
+        return (bucket, prefix)
     }
 }

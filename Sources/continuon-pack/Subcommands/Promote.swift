@@ -12,7 +12,7 @@ extension ContinuonPackCommand {
         @OptionGroup var options: PromoteOptions
 
         func run() throws {
-            try options.run(staging: DirectoryStagingArea(directory: options.from))
+            try options.run { DirectoryPromoter(staging: options.from, training: options.to, verifier: $0) }
         }
     }
 }
