@@ -84,6 +84,7 @@ public struct CloudPromoter: Promoter {
             if let conflict = try stager.finish(entry) {
                 return outcome(packageID, .refused, environment, errors: [conflict])
             }
+            CrashPoint.reach("promote.cloud_blob")
         }
         let marker = PromotionMarker(
             packageID: packageID, environmentID: environment, packageSHA256: file.digest().hex, packageSize: file.size,

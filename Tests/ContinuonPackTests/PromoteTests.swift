@@ -370,6 +370,55 @@ struct PromoteTests {
         #expect(try objects("training/") == training)
     }
 
+    @Test("gs:// to gs://: kill -9 between two blob commits is finished by the next run; two promoters at once promote each package once")
+    func cloudCrashAndRace() throws {
+        let staged = try Self.stage(valid: 3, refusedKinds: false)
+        let emulator = try PeerServer("emulator.py")
+        let proxy = try PeerServer("precondition_proxy.py", [String(emulator.port)])
+        let base = proxy.baseURL.absoluteString
+        for name in try FileManager.default.contentsOfDirectory(atPath: staged.staging) {
+            let result = try run("curl", ["-sf", "-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/octet-stream",
+                                          "--data-binary", "@" + staged.staging + "/" + name,
+                                          base + "/upload/storage/v1/b/staging/o?uploadType=media&name=incoming%2F" + name])
+            #expect(result.status == 0)
+        }
+        func arguments(_ to: String) -> [String] {
+            ["promote", "--from", "gs://staging/incoming", "--to", to, "--endpoint", base, "--trusted-key", Repo.testPublicKey, "--json"]
+        }
+        var environment = ProcessInfo.processInfo.environment
+        environment["CONTINUON_PACK_TEST_CRASH_AT"] = "promote.cloud_blob"
+        let crashed = try cli(arguments("gs://staging/crash"), environment: environment)
+        #expect(crashed.status != 0 && crashed.status != 1 && crashed.status != 2, "killed: \(crashed.status)")
+        let finished = try cli(arguments("gs://staging/crash"))
+        #expect(finished.status == 0, "\(finished.stderr)")
+        let outcomes = try JSONSerialization.jsonObject(with: Data(finished.stdout)) as? [[String: Any]] ?? []
+        #expect(outcomes.count == 3 && outcomes.allSatisfy { $0["status"] as? String == "promoted" }, "\(outcomes)")
+
+        // Two promoters at once on a fresh prefix.
+        let runs = try (0..<2).map { index -> (Process, URL) in
+            let output = URL(fileURLWithPath: staged.dir.file("race-\(index).json"))
+            FileManager.default.createFile(atPath: output.path, contents: nil)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: Repo.cli)
+            process.arguments = arguments("gs://staging/race")
+            process.standardOutput = try FileHandle(forWritingTo: output)
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            return (process, output)
+        }
+        var promoted: [String: Int] = [:]
+        for (process, output) in runs {
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 0)
+            let outcomes = try JSONSerialization.jsonObject(with: Data(contentsOf: output)) as? [[String: Any]] ?? []
+            #expect(outcomes.allSatisfy { ["promoted", "already_promoted"].contains($0["status"] as? String ?? "") }, "\(outcomes)")
+            for outcome in outcomes where outcome["status"] as? String == "promoted" {
+                promoted[outcome["package_id"] as? String ?? "", default: 0] += 1
+            }
+        }
+        #expect(promoted.count == 3 && promoted.values.allSatisfy { $0 == 1 }, "\(promoted)")
+    }
+
     @Test("TestVectors/promotion: promoting the known-answer package writes exactly those files, marker byte for byte")
     func vector() throws {
         let dir = try TemporaryDirectory()

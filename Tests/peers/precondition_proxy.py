@@ -8,10 +8,13 @@ ifGenerationMatch=0 (a resumable initiation or a one-request media upload) for a
 import http.client
 import json
 import sys
+import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 UPSTREAM = ("127.0.0.1", int(sys.argv[1]))
+# One conditional create at a time: the check and the create are one step, as in Cloud Storage.
+CREATE = threading.Lock()
 
 
 def forward(method, path, headers, body):
@@ -34,17 +37,20 @@ class Proxy(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else None
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")}
         if (self.command == "POST" and url.path.startswith("/upload/storage/v1/b/")
                 and query.get("ifGenerationMatch") == ["0"] and "name" in query):
             bucket = url.path.split("/")[5]
             name = urllib.parse.quote(query["name"][0], safe="")
-            status, _, _ = forward("GET", "/storage/v1/b/%s/o/%s" % (bucket, name), {}, None)
-            if status == 200:
-                data = json.dumps({"error": {"code": 412, "message": "At least one of the pre-conditions you specified did not hold.",
-                                             "errors": [{"reason": "conditionNotMet"}]}}).encode()
-                return self.reply(412, [("Content-Type", "application/json")], data)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")}
-        status, response_headers, data = forward(self.command, self.path, headers, body)
+            with CREATE:
+                status, _, _ = forward("GET", "/storage/v1/b/%s/o/%s" % (bucket, name), {}, None)
+                if status == 200:
+                    data = json.dumps({"error": {"code": 412, "message": "At least one of the pre-conditions you specified did not hold.",
+                                                 "errors": [{"reason": "conditionNotMet"}]}}).encode()
+                    return self.reply(412, [("Content-Type", "application/json")], data)
+                status, response_headers, data = forward(self.command, self.path, headers, body)
+        else:
+            status, response_headers, data = forward(self.command, self.path, headers, body)
         here = "http://127.0.0.1:%d" % self.server.server_address[1]
         rewritten = []
         for name, value in response_headers:
