@@ -22,6 +22,11 @@ final class DirectoryHandle {
     /// The root itself, made with its parents when missing (it may be a link: the operator named it).
     static func root(_ path: String) throws -> DirectoryHandle {
         try FileIO.createDirectories(path)
+        return try existing(path)
+    }
+
+    /// A directory that must exist (it may be a link: the operator named it).
+    static func existing(_ path: String) throws -> DirectoryHandle {
         let fd = FileDescriptor.retryOnInterrupt { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         guard fd >= 0 else { throw FileDescriptor.ioError("Cannot open the directory \(path)", path: path) }
         return DirectoryHandle(fd: fd, path: path)

@@ -111,8 +111,7 @@ public struct DirectoryPromoter: Promoter {
            contents.manifest.packageID == packageID,
            (try? root.descend(contents.manifest.provenance.environmentID + "/" + packageID, create: false))?
                .exists(PromotionMarker.fileName) == true {
-            return PromotionOutcome(packageID: packageID, status: .alreadyPromoted,
-                                    environmentID: contents.manifest.provenance.environmentID, blobs: 0, bytes: 0, errors: [])
+            return .alreadyPromoted(packageID, contents.manifest.provenance.environmentID)
         }
 
         let partial = try work.descend(partialName)
@@ -124,24 +123,16 @@ public struct DirectoryPromoter: Promoter {
             report = try verifier.verify(stream: file, name: stagedPath, sink: stager)
         } catch {
             // The stager's own refusal (two blobs that cannot both be files: `a` and `a/b`) is about the package.
-            if let refusal = stager.refusal { return refused(packageID, nil, [refusal]) }
+            if let refusal = stager.refusal { return .refused(packageID, nil, [refusal]) }
             throw error
         }
         CrashPoint.reach("promote.verified")
-        guard report.valid, let manifest = report.manifest else {
-            let environment = report.manifest?.provenance.environmentID
-            return refused(packageID, environment.flatMap { FormatRules.isValidIdentifier($0) ? $0 : nil }, report.failures)
+        let manifest: Manifest
+        switch PromotionVerdict(report: report, packageID: packageID, stagedPath: stagedPath) {
+        case let .refuse(outcome): return outcome
+        case let .publish(valid): manifest = valid
         }
         let environment = manifest.provenance.environmentID
-        guard manifest.packageID == packageID else {
-            return refused(packageID, environment, [ContinuonPackError(
-                .promoteNameMismatch, "\(stagedPath) holds the package \(manifest.packageID), not \(packageID).")])
-        }
-        // The marker's name is the layout's: no blob may take it (or sit below it).
-        if let blob = manifest.blobs.first(where: { Self.isReserved($0.path) }) {
-            return refused(packageID, environment, [ContinuonPackError(
-                .promoteReservedPath, "The blob \(quoted(blob.path)) would take the place of \(PromotionMarker.fileName).")])
-        }
 
         // Publish the blobs, create-only, each directory reached without following a link.
         let destination = try root.descend(environment + "/" + packageID)
@@ -155,7 +146,7 @@ public struct DirectoryPromoter: Promoter {
                 guard let (existing, size) = try target.openRegularFile(leaf), size == blob.size,
                       try Self.digest(of: existing).matches(hex: blob.sha256)
                 else {
-                    return refused(packageID, environment, [ContinuonPackError(
+                    return .refused(packageID, environment, [ContinuonPackError(
                         .promoteConflict, "\(target.path)/\(leaf) exists with other bytes than the blob \(quoted(blob.path)) of this package; it is never overwritten.")])
                 }
             }
@@ -165,9 +156,7 @@ public struct DirectoryPromoter: Promoter {
         for directory in directories.values { try directory.sync() }
         CrashPoint.reach("promote.blobs_synced")
 
-        let marker = PromotionMarker(
-            packageID: packageID, environmentID: environment, packageSHA256: file.digest().hex, packageSize: file.size,
-            keyIDs: report.verifiedKeyIDs, promotedAt: try now(), manifest: manifest.jsonValue)
+        let marker = PromotionMarker(manifest: manifest, report: report, package: file, promotedAt: try now())
         let temporary = try work.createFile(markerName)
         try marker.bytes.withUnsafeBytes { try temporary.writeAll($0) }
         try temporary.sync()
@@ -176,20 +165,11 @@ public struct DirectoryPromoter: Promoter {
         try? work.removeTree(markerName)
         guard placed else {
             // Another promoter finished first (a marker is only ever written after its blobs).
-            return PromotionOutcome(packageID: packageID, status: .alreadyPromoted, environmentID: environment,
-                                    blobs: 0, bytes: 0, errors: [])
+            return .alreadyPromoted(packageID, environment)
         }
         try destination.sync()
         CrashPoint.reach("promote.marked")
-        return PromotionOutcome(packageID: packageID, status: .promoted, environmentID: environment,
-                                blobs: manifest.blobs.count, bytes: manifest.blobs.reduce(0) { $0 + $1.size }, errors: [])
-    }
-
-    /// Whether a blob path takes the marker's place: `_provenance.json` or below it, compared as a case-insensitive
-    /// file system would.
-    public static func isReserved(_ path: String) -> Bool {
-        let first = path.split(separator: "/", maxSplits: 1).first.map(String.init) ?? path
-        return FormatRules.collisionKey(first) == FormatRules.collisionKey(PromotionMarker.fileName)
+        return .promoted(packageID, manifest)
     }
 
     /// `dir/sub/name` → (`dir/sub`, `name`).
@@ -198,19 +178,9 @@ public struct DirectoryPromoter: Promoter {
         return (String(path[..<slash]), String(path[path.index(after: slash)...]))
     }
 
-    private func refused(_ packageID: String, _ environment: String?, _ errors: [ContinuonPackError]) -> PromotionOutcome {
-        PromotionOutcome(packageID: packageID, status: .refused, environmentID: environment, blobs: 0, bytes: 0, errors: errors)
-    }
-
     static func digest(of file: FileDescriptor) throws -> SHA256Digest {
         let hasher = SHA256Hasher()
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
-        defer { buffer.deallocate() }
-        while true {
-            let count = try file.read(into: buffer)
-            if count == 0 { break }
-            hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
-        }
+        try FileIO.forEachChunk(of: file) { hasher.update($0) }
         return hasher.finalize()
     }
 }

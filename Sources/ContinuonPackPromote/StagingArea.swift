@@ -19,9 +19,7 @@ public protocol StagingArea {
 }
 
 /// Whether `text` is a package ID: 64 lowercase hex digits.
-public func isPackageID(_ text: String) -> Bool {
-    text.utf8.count == 64 && text.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }
-}
+public func isPackageID(_ text: String) -> Bool { Hex.isLowercaseDigest(text) }
 
 /// The package ID a staged name stands for (`<64 hex>.cpkg`), or nil.
 public func stagedPackageID(name: String) -> String? {
@@ -39,18 +37,7 @@ public struct DirectoryStagingArea: StagingArea {
     public var location: String { directory }
 
     public func packageIDs() throws -> [String] {
-        guard let stream = opendir(directory) else {
-            throw ContinuonPackError(.ioError, "Cannot read the staging directory \(directory): \(String(cString: strerror(errno))).")
-        }
-        defer { closedir(stream) }
-        var ids: [String] = []
-        while let entry = readdir(stream) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            if let id = stagedPackageID(name: name) { ids.append(id) }
-        }
-        return ids
+        try DirectoryHandle.existing(directory).entries().compactMap(stagedPackageID(name:))
     }
 
     /// A regular file, not followed, never blocking (a FIFO planted in staging fails here instead of hanging).

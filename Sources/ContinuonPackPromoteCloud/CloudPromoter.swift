@@ -52,7 +52,7 @@ public struct CloudPromoter: Promoter {
         else {
             // Unreadable as a package: let verification say why.
             let report = try verifier.verify(stream: try staging.open(packageID: packageID), name: stagedPath)
-            return outcome(packageID, .refused, nil, errors: report.valid
+            return .refused(packageID, nil, report.valid
                 ? [ContinuonPackError(.promoteNameMismatch, "\(stagedPath) does not hold the package \(packageID).")]
                 : report.failures)
         }
@@ -60,7 +60,7 @@ public struct CloudPromoter: Promoter {
         let directory = prefix + environment + "/" + packageID + "/"
         let markerName = directory + PromotionMarker.fileName
         if case .found = try blocking({ try await retrying { try await client.object(named: markerName) } }) {
-            return outcome(packageID, .alreadyPromoted, environment)
+            return .alreadyPromoted(packageID, environment)
         }
 
         let tails = try TailFile(directory: scratch)
@@ -68,36 +68,26 @@ public struct CloudPromoter: Promoter {
         let file = HashingStream(try staging.open(packageID: packageID))
         let stager = CloudBlobStager(client: client, directory: directory, tails: tails)
         let report = try verifier.verify(stream: file, name: stagedPath, sink: stager)
-        guard report.valid, let manifest = report.manifest else {
-            return outcome(packageID, .refused, environment, errors: report.failures)
+        let manifest: Manifest
+        switch PromotionVerdict(report: report, packageID: packageID, stagedPath: stagedPath) {
+        case let .refuse(outcome): return outcome
+        case let .publish(valid): manifest = valid
         }
-        guard manifest.packageID == packageID, manifest.provenance.environmentID == environment else {
-            return outcome(packageID, .refused, environment, errors: [ContinuonPackError(
-                .promoteNameMismatch, "\(stagedPath) holds the package \(manifest.packageID), not \(packageID).")])
-        }
-        if let blob = manifest.blobs.first(where: { DirectoryPromoter.isReserved($0.path) }) {
-            return outcome(packageID, .refused, environment, errors: [ContinuonPackError(
-                .promoteReservedPath, "The blob \"\(blob.path)\" would take the place of \(PromotionMarker.fileName).")])
+        // The objects were named after the inspected environment: the verified one must be it (the same pinned bytes).
+        guard manifest.provenance.environmentID == environment else {
+            return .refused(packageID, environment, [ContinuonPackError(
+                .promoteNameMismatch, "\(stagedPath) changed while it was read (environment \(manifest.provenance.environmentID), not \(environment)).")])
         }
         // The verdict is in: create every blob's object.
         for entry in stager.entries {
             if let conflict = try stager.finish(entry) {
-                return outcome(packageID, .refused, environment, errors: [conflict])
+                return .refused(packageID, environment, [conflict])
             }
             CrashPoint.reach("promote.cloud_blob")
         }
-        let marker = PromotionMarker(
-            packageID: packageID, environmentID: environment, packageSHA256: file.digest().hex, packageSize: file.size,
-            keyIDs: report.verifiedKeyIDs, promotedAt: try now(), manifest: manifest.jsonValue)
+        let marker = PromotionMarker(manifest: manifest, report: report, package: file, promotedAt: try now())
         let created = try stager.createSmallObject(markerName, bytes: marker.bytes)
-        return created
-            ? outcome(packageID, .promoted, environment, blobs: manifest.blobs.count, bytes: manifest.blobs.reduce(0) { $0 + $1.size })
-            : outcome(packageID, .alreadyPromoted, environment)
-    }
-
-    private func outcome(_ id: String, _ status: PromotionOutcome.Status, _ environment: String?, blobs: Int = 0,
-                         bytes: UInt64 = 0, errors: [ContinuonPackError] = []) -> PromotionOutcome {
-        PromotionOutcome(packageID: id, status: status, environmentID: environment, blobs: blobs, bytes: bytes, errors: errors)
+        return created ? .promoted(packageID, manifest) : .alreadyPromoted(packageID, environment)
     }
 }
 
@@ -152,7 +142,7 @@ final class CloudBlobStager: BlobSink {
     private var session: URL?
     private var buffer = Data()
     private var sent: UInt64 = 0
-    private var crc = CRC32C()
+    private var crc = CRC32(castagnoli: true)
 
     init(client: CloudStorageClient, directory: String, tails: TailFile) {
         self.client = client
@@ -164,7 +154,7 @@ final class CloudBlobStager: BlobSink {
         name = directory + blob.path
         buffer = Data()
         sent = 0
-        crc = CRC32C()
+        crc = CRC32(castagnoli: true)
         guard let url = client.target.initiateURL(objectName: name) else {
             throw ContinuonPackError(.ioError, "Cannot make an upload URL for \(name).")
         }
@@ -198,7 +188,7 @@ final class CloudBlobStager: BlobSink {
     func endBlob(_ blob: BlobDescriptor) throws {
         let offset = try tails.append(session == nil ? Data() : buffer)
         entries.append(Entry(name: name, size: blob.size, session: session, sent: sent, tailOffset: offset,
-                             tailLength: session == nil ? 0 : buffer.count, crc32c: crc.base64))
+                             tailLength: session == nil ? 0 : buffer.count, crc32c: crc.bigEndianBase64))
         buffer = Data()
     }
 
@@ -265,15 +255,5 @@ final class CloudBlobStager: BlobSink {
 
     private func refusal(_ response: CloudStorageResponse, _ what: String) -> ContinuonPackError {
         ContinuonPackError(.ioError, "Cloud Storage refused \(what) (HTTP \(response.status)).")
-    }
-}
-
-/// CRC-32C as Cloud Storage reports it (standard base64 of the big-endian value).
-struct CRC32C {
-    private var crc = CRC32(castagnoli: true)
-    mutating func update(_ bytes: UnsafeRawBufferPointer) { crc.update(bytes) }
-    var base64: String {
-        let value = crc.value
-        return Base64.encode([UInt8(value >> 24), UInt8(value >> 16 & 0xFF), UInt8(value >> 8 & 0xFF), UInt8(value & 0xFF)])
     }
 }

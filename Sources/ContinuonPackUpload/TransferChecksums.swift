@@ -26,10 +26,8 @@ public struct TransferChecksums {
 
     /// The digests; call once.
     public func finalize() -> Result {
-        let value = crc.value
-        let crcBytes: [UInt8] = [UInt8(value >> 24), UInt8(value >> 16 & 0xff), UInt8(value >> 8 & 0xff), UInt8(value & 0xff)]
-        return Result(
+        Result(
             size: size, sha256: sha256.finalize().hex, md5Base64: Base64.encode(md5.finalize().bytes),
-            crc32cBase64: Base64.encode(crcBytes))
+            crc32cBase64: crc.bigEndianBase64)
     }
 }

@@ -74,6 +74,42 @@ struct PromoteTests {
         return (result.status, outcomes)
     }
 
+    /// Puts `path` into the emulator's bucket `staging` as `name` (percent-encoded), in one media upload.
+    static func putObject(_ path: String, as name: String, base: String) throws {
+        let result = try run("curl", ["-sf", "-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/octet-stream",
+                                      "--data-binary", "@" + path, base + "/upload/storage/v1/b/staging/o?uploadType=media&name=" + name])
+        #expect(result.status == 0, "\(result.stderr)")
+    }
+
+    /// Runs `continuon-pack` with each argument list at once (each prints `--json` outcomes); every run must exit 0
+    /// and report only `allowed` statuses when given. Returns how many runs promoted each package.
+    static func promoteConcurrently(_ runs: [[String]], in dir: TemporaryDirectory, allowed: Set<String>? = nil) throws -> [String: Int] {
+        let processes = try runs.enumerated().map { index, arguments -> (Process, URL) in
+            let output = URL(fileURLWithPath: dir.file("concurrent-\(index).json"))
+            FileManager.default.createFile(atPath: output.path, contents: nil)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: Repo.cli)
+            process.arguments = arguments
+            process.standardOutput = try FileHandle(forWritingTo: output)
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            return (process, output)
+        }
+        var promoted: [String: Int] = [:]
+        for (process, output) in processes {
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 0)
+            let outcomes = try JSONSerialization.jsonObject(with: Data(contentsOf: output)) as? [[String: Any]] ?? []
+            if let allowed {
+                #expect(outcomes.allSatisfy { allowed.contains($0["status"] as? String ?? "") }, "\(outcomes)")
+            }
+            for outcome in outcomes where outcome["status"] as? String == "promoted" {
+                promoted[outcome["package_id"] as? String ?? "", default: 0] += 1
+            }
+        }
+        return promoted
+    }
+
     static func sha256(_ path: String) throws -> String {
         let hasher = SHA256Hasher()
         hasher.update(try readBytes(path))
@@ -198,26 +234,9 @@ struct PromoteTests {
     func concurrent() throws {
         let staged = try Self.stage(valid: 12, refusedKinds: false)
         let shards = [["--shard", "0/2"], ["--shard", "1/2"], [], []]
-        let processes = try shards.enumerated().map { index, shard -> (Process, URL) in
-            let output = URL(fileURLWithPath: staged.dir.file("out-\(index).json"))
-            FileManager.default.createFile(atPath: output.path, contents: nil)
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: Repo.cli)
-            process.arguments = ["promote", "--from", staged.staging, "--to", staged.training, "--trusted-key", Repo.testPublicKey, "--json"] + shard
-            process.standardOutput = try FileHandle(forWritingTo: output)
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            return (process, output)
-        }
-        var promoted: [String: Int] = [:]
-        for (process, output) in processes {
-            process.waitUntilExit()
-            #expect(process.terminationStatus == 0)
-            let outcomes = try JSONSerialization.jsonObject(with: Data(contentsOf: output)) as? [[String: Any]] ?? []
-            for outcome in outcomes where outcome["status"] as? String == "promoted" {
-                promoted[outcome["package_id"] as? String ?? "", default: 0] += 1
-            }
-        }
+        let promoted = try Self.promoteConcurrently(shards.map {
+            ["promote", "--from", staged.staging, "--to", staged.training, "--trusted-key", Repo.testPublicKey, "--json"] + $0
+        }, in: staged.dir)
         #expect(promoted.count == 12 && promoted.values.allSatisfy { $0 == 1 }, "\(promoted)")
         try Self.expectPromoted(staged)
     }
@@ -262,11 +281,7 @@ struct PromoteTests {
         let staged = try Self.stage(valid: 2, refusedKinds: true)
         let emulator = try PeerServer("emulator.py")
         let base = emulator.baseURL.absoluteString
-        func put(_ path: String, as name: String) throws {
-            let result = try run("curl", ["-sf", "-o", "/dev/null", "-X", "POST", "--data-binary", "@" + path,
-                                          base + "/upload/storage/v1/b/staging/o?uploadType=media&name=" + name])
-            #expect(result.status == 0, "\(result.stderr)")
-        }
+        func put(_ path: String, as name: String) throws { try Self.putObject(path, as: name, base: base) }
         for name in try FileManager.default.contentsOfDirectory(atPath: staged.staging) {
             try put(staged.staging + "/" + name, as: "incoming%2F" + name)
         }
@@ -310,11 +325,7 @@ struct PromoteTests {
         let emulator = try PeerServer("emulator.py")
         let proxy = try PeerServer("precondition_proxy.py", [String(emulator.port)])
         let base = proxy.baseURL.absoluteString
-        func put(_ path: String, as name: String) throws {
-            let result = try run("curl", ["-sf", "-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/octet-stream",
-                                          "--data-binary", "@" + path, base + "/upload/storage/v1/b/staging/o?uploadType=media&name=" + name])
-            #expect(result.status == 0, "\(result.stderr)")
-        }
+        func put(_ path: String, as name: String) throws { try Self.putObject(path, as: name, base: base) }
         func objects(_ prefix: String) throws -> [String: Int] {
             let listing = try run("curl", ["-sf", base + "/storage/v1/b/staging/o?prefix=" + prefix])
             let items = (try json(listing.stdout)["items"] as? [[String: Any]]) ?? []
@@ -377,10 +388,7 @@ struct PromoteTests {
         let proxy = try PeerServer("precondition_proxy.py", [String(emulator.port)])
         let base = proxy.baseURL.absoluteString
         for name in try FileManager.default.contentsOfDirectory(atPath: staged.staging) {
-            let result = try run("curl", ["-sf", "-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/octet-stream",
-                                          "--data-binary", "@" + staged.staging + "/" + name,
-                                          base + "/upload/storage/v1/b/staging/o?uploadType=media&name=incoming%2F" + name])
-            #expect(result.status == 0)
+            try Self.putObject(staged.staging + "/" + name, as: "incoming%2F" + name, base: base)
         }
         func arguments(_ to: String) -> [String] {
             ["promote", "--from", "gs://staging/incoming", "--to", to, "--endpoint", base, "--trusted-key", Repo.testPublicKey, "--json"]
@@ -395,27 +403,8 @@ struct PromoteTests {
         #expect(outcomes.count == 3 && outcomes.allSatisfy { $0["status"] as? String == "promoted" }, "\(outcomes)")
 
         // Two promoters at once on a fresh prefix.
-        let runs = try (0..<2).map { index -> (Process, URL) in
-            let output = URL(fileURLWithPath: staged.dir.file("race-\(index).json"))
-            FileManager.default.createFile(atPath: output.path, contents: nil)
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: Repo.cli)
-            process.arguments = arguments("gs://staging/race")
-            process.standardOutput = try FileHandle(forWritingTo: output)
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            return (process, output)
-        }
-        var promoted: [String: Int] = [:]
-        for (process, output) in runs {
-            process.waitUntilExit()
-            #expect(process.terminationStatus == 0)
-            let outcomes = try JSONSerialization.jsonObject(with: Data(contentsOf: output)) as? [[String: Any]] ?? []
-            #expect(outcomes.allSatisfy { ["promoted", "already_promoted"].contains($0["status"] as? String ?? "") }, "\(outcomes)")
-            for outcome in outcomes where outcome["status"] as? String == "promoted" {
-                promoted[outcome["package_id"] as? String ?? "", default: 0] += 1
-            }
-        }
+        let promoted = try Self.promoteConcurrently([arguments("gs://staging/race"), arguments("gs://staging/race")],
+                                                    in: staged.dir, allowed: ["promoted", "already_promoted"])
         #expect(promoted.count == 3 && promoted.values.allSatisfy { $0 == 1 }, "\(promoted)")
     }
 

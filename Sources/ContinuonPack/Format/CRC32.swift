@@ -33,6 +33,12 @@ package struct CRC32 {
 
     package var value: UInt32 { ~crc }
 
+    /// The value as Cloud Storage writes its `crc32c`: standard base64 of the four big-endian bytes.
+    package var bigEndianBase64: String {
+        let value = self.value
+        return Base64.encode([UInt8(value >> 24), UInt8(value >> 16 & 0xFF), UInt8(value >> 8 & 0xFF), UInt8(value & 0xFF)])
+    }
+
     /// - Parameter instruction: false forces the tables (the tests compare both ways).
     package init(castagnoli: Bool = false, instruction: Bool = true) {
         tables = castagnoli ? Self.castagnoliTables : Self.isoTables

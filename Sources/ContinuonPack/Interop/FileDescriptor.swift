@@ -201,7 +201,11 @@ package enum FileIO {
 
     /// Reads a file from start to end in 1 MiB chunks, handing each to `body` (bounded memory, one buffer).
     package static func forEachChunk(of path: String, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
-        let input = try FileDescriptor.openForReading(path)
+        try forEachChunk(of: try FileDescriptor.openForReading(path), body)
+    }
+
+    /// Reads `input` from its current offset to its end in 1 MiB chunks, handing each to `body`.
+    package static func forEachChunk(of input: FileDescriptor, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
         defer { buffer.deallocate() }
         while true {

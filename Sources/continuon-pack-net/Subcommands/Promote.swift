@@ -45,13 +45,8 @@ struct Promote: AsyncParsableCommand {
         }
     }
 
-    /// `gs://BUCKET/PREFIX` → (BUCKET, PREFIX), PREFIX empty or ending in `/`.
     static func bucketAndPrefix(_ location: String) throws -> (String, String) {
-        let rest = location.dropFirst("gs://".count)
-        let bucket = String(rest.prefix { $0 != "/" })
-        var prefix = String(rest.dropFirst(bucket.count).drop { $0 == "/" })
-        guard !bucket.isEmpty else { throw ValidationError("\(location) names no bucket.") }
-        if !prefix.isEmpty && !prefix.hasSuffix("/") { prefix += "/" }
-        return (bucket, prefix)
+        guard let parsed = parseCloudLocation(location) else { throw ValidationError("\(location) names no bucket.") }
+        return parsed
     }
 }

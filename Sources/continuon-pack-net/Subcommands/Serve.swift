@@ -109,13 +109,7 @@ extension ContinuonPackNetCommand {
             let ingestStore: any IngestStore
             let spoolDirectory: String
             if store.hasPrefix("gs://") {
-                let rest = store.dropFirst(5)
-                let bucketName = String(rest.split(separator: "/", maxSplits: 1).first ?? "")
-                // gs://BUCKET/incoming and gs://BUCKET/incoming/ both mean the prefix "incoming/".
-                let path = rest.split(separator: "/", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
-                let trimmed = path.split(separator: "/", omittingEmptySubsequences: true).joined(separator: "/")
-                let prefix = trimmed.isEmpty ? "" : trimmed + "/"
-                guard !bucketName.isEmpty, let endpoint = URL(string: storeEndpoint) else {
+                guard let (bucketName, prefix) = parseCloudLocation(store), let endpoint = URL(string: storeEndpoint) else {
                     throw ValidationError("--store gs://BUCKET[/PREFIX] needs a bucket and a valid --store-endpoint.")
                 }
                 var target = UploadTarget(baseURL: endpoint, bucket: bucketName, prefix: prefix)
