@@ -73,6 +73,17 @@ extension ContinuonPackError.Code {
     public static let signatureInvalid: Self = "signature.invalid"
     public static let signatureUntrusted: Self = "signature.untrusted"
     public static let signatureThreshold: Self = "signature.threshold_not_met"
+    public static let signatureKeyRevoked: Self = "signature.key_revoked"
+    public static let signatureKeyNotYetValid: Self = "signature.key_not_yet_valid"
+    public static let signatureKeyExpired: Self = "signature.key_expired"
+    public static let signatureEnvironment: Self = "signature.environment_not_allowed"
+
+    // MARK: - Trust policies (CLI exit code 2: the policy is refused, nothing is verified with it)
+    public static let trustPolicyInvalid: Self = "trust.policy_invalid"
+    public static let trustPolicyUnsigned: Self = "trust.policy_unsigned"
+    public static let trustPolicySignature: Self = "trust.policy_signature"
+    public static let trustPolicyExpired: Self = "trust.policy_expired"
+    public static let trustPolicyRollback: Self = "trust.policy_rollback"
 
     // MARK: - Manifest
     public static let manifestJSON: Self = "manifest.json_invalid"

@@ -21,11 +21,8 @@ public struct PromoteOptions: ParsableArguments, Sendable {
     @Option(name: .long, help: "The training area: a directory or gs://BUCKET/PREFIX.")
     public var to: String
 
-    @Option(name: .long, help: "A trusted public key (SPKI PEM); repeat for several.")
-    public var trustedKey: [String] = []
-
-    @Option(name: .long, help: "How many distinct trusted keys must have signed.")
-    public var threshold = 1
+    @OptionGroup(title: "Trust")
+    public var trust: TrustOptions
 
     @Option(name: .long, help: "This promoter's shard I/N of the package IDs (default: $CLOUD_RUN_TASK_INDEX/$CLOUD_RUN_TASK_COUNT, or $JOB_COMPLETION_INDEX with --shard-count; else all).")
     public var shard: String?
@@ -53,24 +50,16 @@ public struct PromoteOptions: ParsableArguments, Sendable {
     public var trainingIsCloud: Bool { to.hasPrefix("gs://") }
 
     public func validate() throws {
-        guard !trustedKey.isEmpty else { throw ValidationError("Give at least one --trusted-key.") }
-        guard threshold >= 1 && threshold <= trustedKey.count else {
-            throw ValidationError("--threshold must be between 1 and the number of --trusted-key options.")
-        }
         if !stagingIsCloud && !trainingIsCloud && (endpoint != nil || credentials != nil || tokenFile != nil) {
             throw ValidationError("--endpoint, --credentials and --token-file are for gs:// locations.")
         }
         if let shard, Shard(shard) == nil { throw ValidationError("--shard must be I/N with 0 <= I < N.") }
     }
 
-    /// Promotes with the promoter `make` builds around the trusted-key verifier, and prints the outcomes.
+    /// Promotes with the promoter `make` builds around the verifier of `trust`, and prints the outcomes.
     /// - Throws: the exit status: 1 when a package was refused, 2 when one failed (I/O) or on usage errors.
     public func run(_ make: (PackageVerifier) throws -> any Promoter) throws {
-        let keys = try trustedKey.map(loadPublicKey)
-        guard threshold <= Set(keys).count else {
-            throw ValidationError("--threshold \(threshold) is more than the \(Set(keys).count) distinct trusted keys.")
-        }
-        var promoter = try make(PackageVerifier(trustedKeys: keys, threshold: threshold))
+        var promoter = try make(trust.verifier())
         do {
             promoter.shard = try shard.flatMap(Shard.init) ?? Shard.fromEnvironment(processEnvironment(), count: shardCount) ?? .all
         } catch let error as ContinuonPackError {

@@ -14,7 +14,7 @@ struct ContinuonPackCommand: AsyncParsableCommand {
         version: continuonPackVersion,
         subcommands: [
             Keygen.self, Pack.self, Verify.self, Resign.self, Inspect.self, SignBlob.self, VerifyBlob.self,
-            Promote.self, Upload.self, Outbox.self, Serve.self,
+            Promote.self, Trust.self, Upload.self, Outbox.self, Serve.self,
         ]
     )
 

@@ -5,6 +5,10 @@
   (exit 1, "valid": false) and the set of error codes must equal "codes" exactly.
 - valid/package-*.cpkg: valid (exit 0) with keys/test-ed25519.pub; invalid with exactly
   ["signature.untrusted"] with only keys/second-ed25519.pub.
+- trust/cases.json (when present, section 14): each case is verified with --trust-policy and its roots,
+  root threshold, threshold and previous policy; either the policy is refused (exit 2, "policy_error" as
+  expected) or the verdict (exit 0/1, "valid"), the set of error codes and the per-signature statuses (in
+  envelope order) must be as expected.
 
 Prints one line per mismatch and finally "N passed, M failed". Exit 0 only when nothing failed.
 
@@ -26,10 +30,16 @@ DEFAULT_VERIFIER = os.path.join(HERE, "reference_verify.py")
 
 def run_verifier(verifier: str, package: str, keys: list[str], threshold: int, timeout: float):
     """Returns (exit status, parsed JSON report or None, problem text or None)."""
-    cmd = [sys.executable, verifier, package]
+    args = [package]
     for key in keys:
-        cmd += ["--trusted-key", key]
-    cmd += ["--threshold", str(threshold)]
+        args += ["--trusted-key", key]
+    args += ["--threshold", str(threshold)]
+    return run_verifier_args(verifier, args, timeout)
+
+
+def run_verifier_args(verifier: str, args: list[str], timeout: float):
+    """Runs the verifier with `args`; returns as run_verifier does."""
+    cmd = [sys.executable, verifier] + args
     try:
         proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -66,6 +76,60 @@ def expect(verifier: str, label: str, package: str, keys: list[str], threshold: 
         issues.append(f"codes {sorted(got)}, expected {sorted(codes)}"
                       + (f"; missing {missing}" if missing else "")
                       + (f"; unexpected {extra}" if extra else ""))
+    return f"{label}: " + "; ".join(issues) if issues else None
+
+
+def run_trust_case(verifier: str, trust_dir: str, case: dict, timeout: float) -> str | None:
+    """One case of trust/cases.json; None when the verifier's result matches."""
+    label = f"trust/{case.get('name', '?')}"
+    try:
+        at = lambda rel: os.path.join(trust_dir, rel)
+        args = [at(case["package"]), "--trust-policy", at(case["policy"])]
+        for root in case.get("roots", []):
+            args += ["--trust-root", at(root)]
+        if "root_threshold" in case:
+            args += ["--root-threshold", str(int(case["root_threshold"]))]
+        if "threshold" in case:
+            args += ["--threshold", str(int(case["threshold"]))]
+        if "previous_policy" in case:
+            args += ["--previous-policy", at(case["previous_policy"])]
+        expected = case["expected"]
+        if "policy_error" not in expected:
+            want_valid = expected["valid"]
+            want_codes = set(expected["codes"])
+            want_statuses = list(expected["statuses"])
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"{label}: unreadable case: {exc!r}"
+    status, report, problem = run_verifier_args(verifier, args, timeout)
+    if report is None:
+        return f"{label}: {problem} (exit {status})"
+    issues = [problem] if problem else []
+    if "policy_error" in expected:
+        want = expected["policy_error"]
+        if status != 2:
+            issues.append(f"exit {status}, expected 2")
+        if report.get("policy_error") != want:
+            issues.append(f"policy_error {report.get('policy_error')!r}, expected {want!r}"
+                          + (f" (verdict valid={report.get('valid')!r}, codes "
+                             f"{sorted(set(report['errors']))})" if "policy_error" not in report else ""))
+        return f"{label}: " + "; ".join(issues) if issues else None
+    if "policy_error" in report:
+        return f"{label}: policy refused ({report['policy_error']!r}, exit {status}), expected a verdict"
+    want_status = 0 if want_valid else 1
+    if status != want_status:
+        issues.append(f"exit {status}, expected {want_status}")
+    if report.get("valid") is not want_valid:
+        issues.append(f"valid={report.get('valid')!r}, expected {want_valid!r}")
+    got = set(report["errors"])
+    if got != want_codes:
+        missing, extra = sorted(want_codes - got), sorted(got - want_codes)
+        issues.append(f"codes {sorted(got)}, expected {sorted(want_codes)}"
+                      + (f"; missing {missing}" if missing else "")
+                      + (f"; unexpected {extra}" if extra else ""))
+    sigs = report.get("signatures")
+    got_statuses = [e.get("status") for e in sigs] if isinstance(sigs, list) else None
+    if got_statuses != want_statuses:
+        issues.append(f"statuses {got_statuses}, expected {want_statuses}")
     return f"{label}: " + "; ".join(issues) if issues else None
 
 
@@ -123,6 +187,23 @@ def main(argv: list[str]) -> int:
                       True, set(), args.timeout))
         record(expect(args.verifier, f"valid/{name} (untrusted key)", package, [other], 1,
                       False, {"signature.untrusted"}, args.timeout))
+
+    trust_dir = os.path.join(args.vectors, "trust")
+    cases_path = os.path.join(trust_dir, "cases.json")
+    if os.path.exists(cases_path):
+        try:
+            with open(cases_path, "rb") as f:
+                cases = json.load(f)["cases"]
+            if not isinstance(cases, list):
+                raise TypeError("cases is not a list")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            record(f"trust/cases.json: unreadable: {exc}")
+            cases = []
+        for case in cases:
+            if not isinstance(case, dict):
+                record(f"trust/cases.json: a case is not an object: {case!r}")
+                continue
+            record(run_trust_case(args.verifier, trust_dir, case, args.timeout))
 
     print(f"{passed} passed, {failed} failed")
     return 0 if failed == 0 else 1

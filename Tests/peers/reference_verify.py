@@ -9,12 +9,19 @@ verdict and the same error codes.
 Usage:
     python3 Tests/peers/reference_verify.py PKG --trusted-key PUB.pem
             [--trusted-key ...] [--threshold N]
+    python3 Tests/peers/reference_verify.py PKG --trust-policy POLICY.json
+            [--trust-root ROOT.pem ...] [--root-threshold R]
+            [--previous-policy OLD.json] [--threshold N]
 
 Prints one JSON object on stdout:
     {"valid": bool, "package_id": str|null, "key_ids": [...], "errors": [...],
      "checks": {check: "held"|"failed"|"not_checked"},
-     "ignored_key_ids": [...], "signatures": [{keyid, trusted, verified}]}
-Exit status: 0 valid, 1 invalid, 2 usage or I/O error (error code io.error).
+     "ignored_key_ids": [...],
+     "signatures": [{keyid, trusted, verified, status}]}
+A refused trust policy (section 14, trust.* codes) prints instead
+    {"valid": false, "policy_error": CODE, "errors": [CODE], "package_id": null, "key_ids": []}
+Exit status: 0 valid, 1 invalid, 2 usage or I/O error (error code io.error) or a
+refused trust policy.
 
 Dependencies: Python 3.11 standard library, `cryptography`, and the `zstd`
 command line tool for .tar.zst archives. Both tar layers are parsed by the
@@ -39,6 +46,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import unicodedata
 import zlib
 from dataclasses import dataclass, field
@@ -71,6 +79,14 @@ BOMB_PER_BLOB = 3584                     # section 9: header + pax header + padd
 BOMB_FIXED = 1024 + 10240                # section 9: end-of-archive marker + trailing zeros
 ZSTD_MEMORY = "-M128MB"                  # section 6: zstd window at most 128 MiB
 
+# Section 14: trust policies
+POLICY_SCHEMA = "continuon.trust-policy/v1"
+POLICY_PAYLOAD_TYPE = "application/vnd.continuon.trust-policy+json"
+MAX_POLICY_BYTES = 64 * 1024 * 1024      # 14.1: at most 64 MiB
+MAX_POLICY_KEYS = 100_000
+MAX_KEY_PATTERNS = 256
+MAX_TEXT_BYTES = 1024                    # revoked.reason (1..1024), comment (0..1024)
+
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
 CHUNK = 64 * 1024
@@ -80,6 +96,8 @@ HEX64_RE = re.compile(r"[0-9a-f]{64}")
 TIMESTAMP_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z")
 OCTAL_FIELD_RE = re.compile(rb" *([0-7]+)[ \0]*")
 DECIMAL_RE = re.compile(rb"0|[1-9][0-9]{0,19}")
+
+PATTERN_RE = re.compile(r"[A-Za-z0-9._+:@*-]{1,128}")   # 14.1; only validated by regex, never matched by one
 
 CHECKS = ["package.structure", "envelope", "signature", "manifest", "package_id", "archive", "blobs"]
 
@@ -675,54 +693,109 @@ def check_envelope(data: bytes, report: Report) -> Envelope | None:
     # CHOICE: shape errors make the envelope unusable and are reported alone
     # (as for the manifest); base64 errors of payload and of every sig are all
     # reported, together with a wrong payloadType.
-    sigs = obj.get("signatures") if isinstance(obj, dict) else None
-    if (not isinstance(obj, dict) or set(obj) != {"payload", "payloadType", "signatures"}
-            or not is_str(obj["payload"]) or not is_str(obj["payloadType"])
-            or not isinstance(sigs, list) or len(sigs) > MAX_SIGNATURES
-            or any(not isinstance(e, dict) or set(e) != {"keyid", "sig"}
-                   or not is_str(e["keyid"]) or not is_str(e["sig"]) for e in sigs)):
+    if not envelope_shape_ok(obj):
         fail("envelope.shape")
         return None
     if obj["payloadType"] != PAYLOAD_TYPE:
         fail("envelope.payload_type")
-    payload = canonical_b64decode(obj["payload"])
-    decoded = [(e["keyid"], canonical_b64decode(e["sig"])) for e in sigs]
-    if payload is None or any(sig is None for _, sig in decoded):
+    env = decode_envelope(obj)
+    if env is None:
         fail("envelope.base64_invalid")
+        return None
+    return env
+
+
+def envelope_shape_ok(obj) -> bool:
+    """Section 5 shape: exactly payload, payloadType, signatures; at most 16
+    signatures of exactly the string members keyid and sig."""
+    sigs = obj.get("signatures") if isinstance(obj, dict) else None
+    return not (not isinstance(obj, dict) or set(obj) != {"payload", "payloadType", "signatures"}
+                or not is_str(obj["payload"]) or not is_str(obj["payloadType"])
+                or not isinstance(sigs, list) or len(sigs) > MAX_SIGNATURES
+                or any(not isinstance(e, dict) or set(e) != {"keyid", "sig"}
+                       or not is_str(e["keyid"]) or not is_str(e["sig"]) for e in sigs))
+
+
+def decode_envelope(obj: dict) -> Envelope | None:
+    """The base64 of a well-shaped envelope; None when any of it is not canonical."""
+    payload = canonical_b64decode(obj["payload"])
+    decoded = [(e["keyid"], canonical_b64decode(e["sig"])) for e in obj["signatures"]]
+    if payload is None or any(sig is None for _, sig in decoded):
         return None
     return Envelope(obj["payloadType"], payload, decoded)
 
 
-def check_signatures(env: Envelope, trusted: dict, threshold: int, report: Report) -> None:
-    """Section 5 trust rule, section 7 step 3."""
+def verifies(key: Ed25519PublicKey, sig: bytes, message: bytes) -> bool:
+    """Pure Ed25519 (section 5); pyca/cryptography rejects S >= L."""
+    if len(sig) != 64:
+        return False
+    try:
+        key.verify(sig, message)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def check_signatures(env: Envelope, policy: "Policy", threshold: int,
+                     manifest_obj: dict | None, report: Report) -> None:
+    """Section 7 step 3 with the rules of section 14.3 (which are those of
+    section 5 for the policy that a list of trusted keys makes).
+    `manifest_obj` is the manifest when its shape decoded, else None (E and C
+    unknown: steps 4 to 6 of 14.3 are skipped)."""
     fail = lambda code: report.fail("signature", code)
     if not env.signatures:
         fail("signature.missing")
         return
     message = pae(env.payload_type, env.payload)
-    names_trusted = False
+    if manifest_obj is not None:
+        env_id = manifest_obj["provenance"]["environment_id"]
+        created = manifest_obj["created_at"]
+    statuses = []
     for kid, sig in env.signatures:
-        key = trusted.get(kid)
+        key = policy.keys.get(kid)
         entry = {"keyid": kid, "trusted": key is not None, "verified": False}
         report.signatures.append(entry)
         if key is None:
             report.ignored_key_ids.append(kid)
-            continue
-        names_trusted = True
-        try:
-            if len(sig) != 64:
-                raise InvalidSignature()
-            key.verify(sig, message)      # pyca/cryptography rejects S >= L
-            entry["verified"] = True
-            report.key_ids.add(kid)
-        except InvalidSignature:
-            fail("signature.invalid")
-    if threshold == 1 and not names_trusted:
-        fail("signature.untrusted")
-    elif threshold > 1 and len(report.key_ids) < threshold:
-        fail("signature.threshold_not_met")
+            status = "untrusted"
+        else:
+            # 14.3: "verified" is checked for revoked keys too.
+            entry["verified"] = verifies(key.public(), sig, message)
+            if key.revoked:
+                status = "signature.key_revoked"
+            elif not entry["verified"]:
+                status = "signature.invalid"
+            # CHOICE: when the shape decoded but created_at / environment_id
+            # are bad values (manifest.created_at_invalid, .identifier_invalid),
+            # steps 4 to 6 still run on the text as written; 14.3 skips them
+            # only when the shape did not decode.
+            elif manifest_obj is not None and key.not_before is not None \
+                    and created < key.not_before:
+                status = "signature.key_not_yet_valid"
+            elif manifest_obj is not None and key.not_after is not None \
+                    and created > key.not_after:
+                status = "signature.key_expired"
+            elif manifest_obj is not None and \
+                    not any(pattern_matches(p, env_id) for p in key.environments):
+                status = "signature.environment_not_allowed"
+            else:
+                status = "counted"
+                report.key_ids.add(kid)
+        entry["status"] = status
+        statuses.append(status)
+    if "signature.invalid" in statuses:                   # always, even when the threshold is met
+        fail("signature.invalid")
     if len(report.key_ids) < threshold:
         report.checks["signature"] = "failed"
+        for code in ("signature.key_revoked", "signature.key_not_yet_valid",
+                     "signature.key_expired", "signature.environment_not_allowed"):
+            if code in statuses:
+                fail(code)
+        if threshold == 1:
+            if all(st == "untrusted" for st in statuses):
+                fail("signature.untrusted")
+        else:
+            fail("signature.threshold_not_met")
 
 
 # --------------------------------------------------------------------------
@@ -1196,19 +1269,274 @@ def scan_package(f, size: int, report: Report) -> tuple[Member, Member, bool]:
 
 
 # --------------------------------------------------------------------------
+# Section 14: trust policies
+# --------------------------------------------------------------------------
+
+class PolicyRefused(Exception):
+    """A trust.* code of section 14.6: the CLI exits 2 and verifies nothing."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+
+
+@dataclass
+class PolicyKey:
+    key_id: str
+    raw: bytes                              # the 32-byte public key
+    environments: list[str]
+    not_before: str | None = None
+    not_after: str | None = None
+    revoked: bool = False
+    _key: Ed25519PublicKey | None = None
+
+    def public(self) -> Ed25519PublicKey:
+        if self._key is None:
+            # CHOICE: a public_key that is 32 bytes but no point of the curve
+            # is not refused by the document rules (14.1 asks for 64 lowercase
+            # hex only); such a key simply never verifies (signature.invalid).
+            self._key = Ed25519PublicKey.from_public_bytes(self.raw)
+        return self._key
+
+
+@dataclass
+class Policy:
+    version: int
+    threshold: int
+    expires: str | None
+    keys: dict[str, PolicyKey]
+    signed: bool = False
+    payload: bytes = b""                    # the signed payload bytes (14.4 rollback rule)
+
+
+def policy_from_trusted_keys(trusted: dict) -> Policy:
+    """14: the policy a list of trusted keys makes: every key allowed `*`, no
+    validity period, no revocation (the threshold is passed separately)."""
+    keys = {}
+    for kid, key in trusted.items():
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        keys[kid] = PolicyKey(kid, raw, ["*"], _key=key)
+    return Policy(version=1, threshold=1, expires=None, keys=keys)
+
+
+def key_id_of_hex(public_hex: str) -> str:
+    """Section 5 key ID of a raw public key given as 64 lowercase hex."""
+    text = '{"keytype":"ed25519","keyval":{"public":"%s"},"scheme":"ed25519"}' % public_hex
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def pattern_matches(pattern: str, value: str) -> bool:
+    """14.1: `*` stands for any run of characters (possibly empty), every other
+    character for itself, case-sensitive, the whole value. Greedy two-pointer
+    matching with one backtrack point (the last `*`): O(len(pattern) * len(value))
+    at worst, no regex and no exponential backtracking."""
+    p = v = 0
+    star = -1           # position in pattern just after the last `*` seen
+    mark = 0            # position in value the last `*` is extended to
+    while v < len(value):
+        if p < len(pattern) and pattern[p] == "*":
+            star, mark = p + 1, v
+            p += 1
+        elif p < len(pattern) and pattern[p] == value[v]:
+            p += 1
+            v += 1
+        elif star >= 0:
+            mark += 1
+            p, v = star, mark
+        else:
+            return False
+    while p < len(pattern) and pattern[p] == "*":
+        p += 1
+    return p == len(pattern)
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def parse_policy_document(data: bytes) -> Policy:
+    """14.1, strictly; any violation is trust.policy_invalid."""
+    def invalid(detail: str):
+        raise PolicyRefused("trust.policy_invalid", detail)
+
+    if len(data) > MAX_POLICY_BYTES:
+        invalid("larger than 64 MiB")
+    try:
+        obj = parse_json(data)
+    except JsonError as exc:
+        invalid(f"JSON: {exc.kind}")
+    return _policy_from_object(obj, invalid)
+
+
+def _policy_from_object(obj, invalid) -> Policy:
+    if not isinstance(obj, dict):
+        invalid("not a JSON object")
+    required = {"schema", "version", "threshold", "keys"}
+    if not required <= set(obj) or not set(obj) <= required | {"expires"}:
+        invalid("missing or unknown top-level members")
+    if obj["schema"] != POLICY_SCHEMA or not is_str(obj["schema"]):
+        invalid("schema")
+    for name in ("version", "threshold"):
+        if not is_json_int(obj[name]) or obj[name] < 1:
+            invalid(name)
+    expires = obj.get("expires")
+    if "expires" in obj and not (is_str(expires) and is_timestamp(expires)):
+        invalid("expires")
+    entries = obj["keys"]
+    if not isinstance(entries, list) or len(entries) > MAX_POLICY_KEYS:
+        invalid("keys")
+    keys: dict[str, PolicyKey] = {}
+    key_required = {"key_id", "public_key", "environments"}
+    key_optional = {"not_before", "not_after", "revoked", "comment"}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            invalid("a key is not an object")
+        members = set(entry)
+        if not key_required <= members or not members <= key_required | key_optional:
+            invalid("missing or unknown key members")
+        kid, pub = entry["key_id"], entry["public_key"]
+        if not (is_str(kid) and is_hex64(kid) and is_str(pub) and is_hex64(pub)):
+            invalid("key_id / public_key not 64 lowercase hex")
+        if key_id_of_hex(pub) != kid:
+            invalid("key_id is not the key ID of public_key")
+        if kid in keys:
+            invalid("two keys with the same key_id")
+        patterns = entry["environments"]
+        if not isinstance(patterns, list) or len(patterns) > MAX_KEY_PATTERNS:
+            invalid("environments")
+        # CHOICE: the same pattern twice in one key is allowed (14.1 forbids
+        # only repeated key_id values; a repeated pattern changes nothing).
+        if any(not is_str(p) or PATTERN_RE.fullmatch(p) is None for p in patterns):
+            invalid("environment pattern")
+        for name in ("not_before", "not_after"):
+            if name in entry and not (is_str(entry[name]) and is_timestamp(entry[name])):
+                invalid(name)
+        nb, na = entry.get("not_before"), entry.get("not_after")
+        if nb is not None and na is not None and na < nb:    # equal is allowed
+            invalid("not_after earlier than not_before")
+        revoked = "revoked" in entry
+        if revoked:
+            rev = entry["revoked"]
+            if not isinstance(rev, dict) or set(rev) != {"at", "reason"}:
+                invalid("revoked is not exactly {at, reason}")
+            if not (is_str(rev["at"]) and is_timestamp(rev["at"])):
+                invalid("revoked.at")
+            if not is_str(rev["reason"]) or not 1 <= _utf8_len(rev["reason"]) <= MAX_TEXT_BYTES:
+                invalid("revoked.reason")
+        if "comment" in entry and not (is_str(entry["comment"])
+                                       and _utf8_len(entry["comment"]) <= MAX_TEXT_BYTES):
+            invalid("comment")
+        keys[kid] = PolicyKey(kid, bytes.fromhex(pub), list(patterns), nb, na, revoked)
+    # CHOICE: a threshold above the number of keys (or of unrevoked keys) does
+    # not make the document invalid (14.1 asks only "at least 1"); packages are
+    # then refused with signature.threshold_not_met.
+    return Policy(version=obj["version"], threshold=obj["threshold"], expires=expires, keys=keys)
+
+
+def utc_now_text() -> str:
+    """The current time in the format of section 2 (whole seconds, truncated):
+    `expires <= now` on this text is the same as `expires` at or before now."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def load_policy(path: str, roots: dict, root_threshold: int, check_expiry: bool = True) -> Policy:
+    """14.2 and 14.4. Raises PolicyRefused with the trust.* code, OSError when
+    the file cannot be read (io.error)."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_POLICY_BYTES + 1)
+    # CHOICE: the 64 MiB limit applies to the file as given, signed or plain
+    # (a signed policy's payload is then necessarily smaller).
+    if len(data) > MAX_POLICY_BYTES:
+        raise PolicyRefused("trust.policy_invalid", "file larger than 64 MiB")
+    try:
+        obj = parse_json(data)
+    except JsonError as exc:
+        raise PolicyRefused("trust.policy_invalid", f"JSON: {exc.kind}") from None
+    # 14.2: a JSON object with a `payloadType` member is a signed policy.
+    signed = isinstance(obj, dict) and "payloadType" in obj
+    # CHOICE: the kind of file (signed or plain) is decided before its content
+    # is checked: with roots, any plain file (even an invalid one) is
+    # trust.policy_unsigned; without roots, any file with a payloadType member
+    # (even a malformed envelope) is trust.policy_signature. A file that is
+    # not JSON, or JSON but not an object, is trust.policy_invalid either way.
+    if roots and not signed and isinstance(obj, dict):
+        raise PolicyRefused("trust.policy_unsigned")
+    if not roots and signed:
+        raise PolicyRefused("trust.policy_signature", "no trust roots given")
+
+    def invalid(detail: str):
+        raise PolicyRefused("trust.policy_invalid", detail)
+
+    if not signed:
+        policy = _policy_from_object(obj, invalid)
+    else:
+        # 14.4: the shape and encoding rules of section 5.
+        # CHOICE: a malformed envelope, non-canonical base64 and a wrong
+        # payloadType value are all trust.policy_invalid ("not a valid policy
+        # (or envelope)"), checked before any root signature.
+        if not envelope_shape_ok(obj):
+            invalid("envelope shape")
+        if obj["payloadType"] != POLICY_PAYLOAD_TYPE:
+            invalid("payloadType")
+        env = decode_envelope(obj)
+        if env is None:
+            invalid("envelope base64")
+        # CHOICE: an envelope with no signatures is well-formed (as for
+        # packages, section 7 step 3) and fails the root threshold:
+        # trust.policy_signature.
+        message = pae(env.payload_type, env.payload)
+        counted = set()
+        for kid, sig in env.signatures:
+            root = roots.get(kid)
+            if root is None:
+                continue                                    # names no root: ignored
+            if not verifies(root, sig, message):
+                raise PolicyRefused("trust.policy_signature", "a root signature does not verify")
+            counted.add(kid)
+        if len(counted) < root_threshold:
+            raise PolicyRefused("trust.policy_signature",
+                                f"{len(counted)} of {root_threshold} root signatures")
+        try:
+            payload_obj = parse_json(env.payload)
+        except JsonError as exc:
+            raise PolicyRefused("trust.policy_invalid", f"payload JSON: {exc.kind}") from None
+        policy = _policy_from_object(payload_obj, invalid)
+        if policy.expires is None:
+            invalid("a signed policy without expires")
+        policy.signed, policy.payload = True, env.payload
+    if check_expiry and policy.expires is not None and policy.expires <= utc_now_text():
+        raise PolicyRefused("trust.policy_expired", policy.expires)
+    return policy
+
+
+def check_rollback(new: Policy, previous: Policy) -> None:
+    """14.4: the new policy replaces one held from the same roots only with a
+    greater version, or an equal version with identical payload bytes."""
+    # CHOICE: the rule is applied only between signed policies (14.4 speaks of
+    # "a policy from the same roots"); without roots the previous policy is
+    # still loaded and checked, but sets no floor.
+    if not (new.signed and previous.signed):
+        return
+    if new.version < previous.version or (new.version == previous.version
+                                          and new.payload != previous.payload):
+        raise PolicyRefused("trust.policy_rollback",
+                            f"version {new.version} after version {previous.version}")
+
+
+# --------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------
 
-def verify(pkg: str, trusted: dict, threshold: int) -> Report:
+def verify(pkg: str, policy: Policy, threshold: int) -> Report:
     report = Report()
     try:
-        _verify(pkg, trusted, threshold, report)
+        _verify(pkg, policy, threshold, report)
     except Stop:
         pass
     return report
 
 
-def _verify(pkg: str, trusted: dict, threshold: int, report: Report) -> None:
+def _verify(pkg: str, policy: Policy, threshold: int, report: Report) -> None:
     with open(pkg, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         env_member, arc_member, trailing = scan_package(f, size, report)
@@ -1222,14 +1550,18 @@ def _verify(pkg: str, trusted: dict, threshold: int, report: Report) -> None:
     if env is None:
         report.not_checked("signature", "manifest", "package_id", "archive", "blobs")
     else:
-        # 3. Signature (a failure does not stop the other checks)
-        check_signatures(env, trusted, threshold, report)
-        # 4. Manifest
-        manifest = None
+        # The manifest's shape is decoded first: 14.3 needs its environment_id
+        # and created_at. Codes are still reported in section 7's order.
+        manifest, shape_error = None, None
         try:
             manifest = check_manifest_shape(env.payload)
         except ShapeError as exc:
-            report.fail("manifest", exc.code)
+            shape_error = exc
+        # 3. Signature (a failure does not stop the other checks)
+        check_signatures(env, policy, threshold, manifest.obj if manifest else None, report)
+        # 4. Manifest
+        if shape_error is not None:
+            report.fail("manifest", shape_error.code)
             report.not_checked("package_id", "archive", "blobs")
         if manifest is not None:
             report.package_id = manifest.obj["package_id"]
@@ -1261,21 +1593,74 @@ def load_trusted_keys(paths: list[str]) -> dict:
     return keys
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("package")
     parser.add_argument("--trusted-key", action="append", default=[])
-    parser.add_argument("--threshold", type=int, default=1)
+    parser.add_argument("--trust-policy", metavar="FILE")
+    parser.add_argument("--trust-root", action="append", default=[], metavar="PEM")
+    parser.add_argument("--root-threshold", type=positive_int, default=None, metavar="R")
+    parser.add_argument("--previous-policy", metavar="FILE")
+    parser.add_argument("--threshold", type=positive_int, default=None, metavar="N")
     args = parser.parse_args(argv)
     try:
-        if not args.trusted_key:
-            raise UsageError("at least one --trusted-key is required")
-        trusted = load_trusted_keys(args.trusted_key)
-        # Section 11: a threshold above the number of trusted keys is a usage error.
-        if not 1 <= args.threshold <= len(trusted):
-            raise UsageError(f"--threshold must be between 1 and the number of distinct "
-                             f"trusted keys ({len(trusted)})")
-        report = verify(args.package, trusted, args.threshold)
+        if bool(args.trusted_key) == bool(args.trust_policy):
+            raise UsageError("exactly one of --trusted-key (one or more) and --trust-policy is required")
+        if args.trusted_key:
+            if args.trust_root or args.root_threshold is not None or args.previous_policy:
+                raise UsageError("--trust-root, --root-threshold and --previous-policy "
+                                 "go with --trust-policy only")
+            trusted = load_trusted_keys(args.trusted_key)
+            threshold = 1 if args.threshold is None else args.threshold
+            # Section 11: a threshold above the number of trusted keys is a usage error.
+            if not 1 <= threshold <= len(trusted):
+                raise UsageError(f"--threshold must be between 1 and the number of distinct "
+                                 f"trusted keys ({len(trusted)})")
+            policy = policy_from_trusted_keys(trusted)
+        else:
+            roots = load_trusted_keys(args.trust_root)
+            root_threshold = 1 if args.root_threshold is None else args.root_threshold
+            # CHOICE: as for --threshold (section 11), a root threshold above
+            # the number of distinct roots is a usage error; so is
+            # --root-threshold without any --trust-root.
+            if args.root_threshold is not None and root_threshold > len(roots):
+                raise UsageError(f"--root-threshold must be between 1 and the number of "
+                                 f"distinct trust roots ({len(roots)})")
+            try:
+                previous = None
+                if args.previous_policy:
+                    # CHOICE: the previous policy is the one in force; it must
+                    # load under the same roots (signature and document), but its
+                    # own expiry is not checked: an expired policy in force still
+                    # sets the rollback floor (14.5: serve keeps it until a newer
+                    # one loads).
+                    previous = load_policy(args.previous_policy, roots, root_threshold,
+                                           check_expiry=False)
+                policy = load_policy(args.trust_policy, roots, root_threshold)
+                if previous is not None:
+                    check_rollback(policy, previous)
+            except PolicyRefused as exc:
+                print(f"reference_verify: trust policy refused: {exc}", file=sys.stderr)
+                print(json.dumps({"valid": False, "policy_error": exc.code, "errors": [exc.code],
+                                  "package_id": None, "key_ids": []}, sort_keys=True))
+                return 2
+            # 14.3: the verifier's --threshold overrides the policy's.
+            # CHOICE: with a policy, --threshold is not bounded by the number of
+            # policy keys (section 11's usage error is about --trusted-key
+            # lists); a threshold no key set can meet gives
+            # signature.threshold_not_met.
+            threshold = policy.threshold if args.threshold is None else args.threshold
+        report = verify(args.package, policy, threshold)
     except UsageError as exc:
         print(f"reference_verify: {exc}", file=sys.stderr)
         return 2

@@ -36,12 +36,12 @@ public struct Envelope: Sendable, Equatable {
     public var signedBytes: [UInt8] { Self.preAuthenticationEncoding(payloadType: payloadType, payload: payload) }
 
     /// Signs `payload` with `key` and returns the envelope.
-    public static func sign(payload: [UInt8], with keys: [Ed25519PrivateKey]) throws -> Envelope {
-        let pae = preAuthenticationEncoding(payloadType: Self.payloadType, payload: payload)
+    public static func sign(payload: [UInt8], payloadType: String = Envelope.payloadType, with keys: [Ed25519PrivateKey]) throws -> Envelope {
+        let pae = preAuthenticationEncoding(payloadType: payloadType, payload: payload)
         let signatures = try keys.map { key in
             Signature(keyID: key.publicKey.keyID, signature: try key.signature(for: pae))
         }
-        return Envelope(payload: payload, signatures: signatures)
+        return Envelope(payloadType: payloadType, payload: payload, signatures: signatures)
     }
 
     /// Canonical JSON bytes (sorted keys, no white space), as written into `manifest.dsse.json`: the canonical

@@ -8,9 +8,10 @@ import Glibc
 /// by trusted keys (with a threshold), manifest schema and values, package ID recomputed, episode archive size and
 /// digest, and every blob's path, type, metadata, size and digest, in manifest order.
 public struct PackageVerifier: Sendable {
-    public var trustedKeys: [Ed25519PublicKey]
-    /// How many distinct trusted keys must have signed.
-    public var threshold: Int
+    /// Which keys count, for which environments and times (spec section 14).
+    public var policy: TrustPolicy
+    /// How many distinct keys must count; nil means the policy's threshold.
+    public var threshold: Int?
     public var limits: PackageLimits
     /// Read buffer size.
     public var bufferSize = 1 << 20
@@ -30,11 +31,20 @@ public struct PackageVerifier: Sendable {
     /// Checked before each read (the async `verify(path:)` sets it from the task's cancellation).
     var cancellation: CancellationFlag?
 
+    /// A verifier that trusts `trustedKeys` for every environment: the policy of spec section 14 they make.
     public init(trustedKeys: [Ed25519PublicKey], threshold: Int = 1, limits: PackageLimits = .default) {
-        self.trustedKeys = trustedKeys
+        self.init(policy: TrustPolicy(trustedKeys: trustedKeys, threshold: threshold), limits: limits)
+    }
+
+    /// A verifier that judges signatures by `policy`; `threshold`, when given, overrides the policy's.
+    public init(policy: TrustPolicy, threshold: Int? = nil, limits: PackageLimits = .default) {
+        self.policy = policy
         self.threshold = threshold
         self.limits = limits
     }
+
+    /// The number of distinct keys that must count.
+    public var effectiveThreshold: Int { max(1, threshold ?? policy.threshold) }
 
     /// Verifies the package at `path`.
     /// - Returns: the report; `report.valid` is the verdict.
@@ -400,15 +410,27 @@ struct VerificationRun {
         return bytes
     }
 
-    /// Checks the envelope and the manifest it carries. Each large buffer (the envelope's bytes, then its payload)
-    /// is let go as soon as the next form is decoded, so that they are never all held at once.
+    /// Checks the envelope, its signatures under the trust policy, and the manifest it carries. Each large buffer
+    /// (the envelope's bytes, then its payload) is let go as soon as the next form is decoded, so that they are
+    /// never all held at once. The policy's rules need the manifest's environment and time, so the manifest is
+    /// decoded first; the signature check is still reported before it (spec section 7).
     private mutating func checkEnvelopeAndManifest(_ bytes: consuming [UInt8]) -> Manifest? {
-        guard let payload = checkEnvelope(consume bytes) else { return nil }
-        let manifest: Manifest
-        do {
-            manifest = try Manifest.decode(consume payload, limits: verifier.limits)
-        } catch {
-            report.fail(.manifest, error)
+        guard var envelope = checkEnvelope(consume bytes) else { return nil }
+        let evidence = envelope.signatures.isEmpty ? [] : verifier.policy.evidence(for: envelope)
+        let decoded = { [limits = verifier.limits] (envelope: inout Envelope) -> Result<Manifest, ContinuonPackError> in
+            let payload = envelope.payload
+            envelope.payload = []
+            return Result { () throws(ContinuonPackError) -> Manifest in try Manifest.decode(payload, limits: limits) }
+        }(&envelope)
+        let manifest = try? decoded.get()
+        let judgement = verifier.policy.judge(evidence, environmentID: manifest?.provenance.environmentID,
+                                              createdAt: manifest?.createdAt, threshold: verifier.effectiveThreshold)
+        report.signatures = judgement.signatures
+        report.verifiedKeyIDs = judgement.countedKeyIDs
+        for failure in judgement.failures { report.fail(.signature, failure) }
+        report.hold(.signature)
+        guard let manifest else {
+            if case let .failure(error) = decoded { report.fail(.manifest, error) }
             return nil
         }
         report.manifest = manifest
@@ -421,9 +443,8 @@ struct VerificationRun {
         return manifest
     }
 
-    /// Decodes the envelope and checks its payload type and signatures; returns the payload, or nil when the
-    /// envelope cannot be decoded.
-    private mutating func checkEnvelope(_ bytes: consuming [UInt8]) -> [UInt8]? {
+    /// Decodes the envelope and checks its payload type; nil when the envelope cannot be decoded.
+    private mutating func checkEnvelope(_ bytes: consuming [UInt8]) -> Envelope? {
         let envelope: Envelope
         do {
             envelope = try Envelope.decode(consume bytes, limits: verifier.limits)
@@ -436,40 +457,7 @@ struct VerificationRun {
                 .envelopePayloadType, "The payload type is \(quoted(envelope.payloadType)), not \(Envelope.payloadType)."))
         }
         report.hold(.envelope)
-        checkSignatures(envelope)
-        return envelope.payload
-    }
-
-    private mutating func checkSignatures(_ envelope: Envelope) {
-        guard !envelope.signatures.isEmpty else {
-            report.fail(.signature, ContinuonPackError(.signatureMissing, "The envelope carries no signature."))
-            return
-        }
-        let pae = envelope.signedBytes
-        var verified: [String] = []
-        for signature in envelope.signatures {
-            let key = verifier.trustedKeys.first { $0.keyID == signature.keyID }
-            let ok = key?.isValidSignature(signature.signature, for: pae) ?? false
-            report.signatures.append(.init(keyID: signature.keyID, trusted: key != nil, verified: ok))
-            if key != nil && !ok {
-                report.fail(.signature, ContinuonPackError(
-                    .signatureInvalid, "The signature by trusted key \(signature.keyID) does not verify."))
-            }
-            if ok && !verified.contains(signature.keyID) { verified.append(signature.keyID) }
-        }
-        report.verifiedKeyIDs = verified
-        let threshold = max(1, verifier.threshold)
-        if verified.count < threshold {
-            if threshold > 1 {
-                report.fail(.signature, ContinuonPackError(
-                    .signatureThreshold,
-                    "\(verified.count) trusted key(s) signed; the threshold is \(threshold) distinct trusted keys."))
-            } else if !report.signatures.contains(where: \.trusted) {
-                report.fail(.signature, ContinuonPackError(
-                    .signatureUntrusted, "No signature is by a trusted key (key IDs: \(envelope.signatures.map(\.keyID).joined(separator: ", ")))."))
-            }
-        }
-        report.hold(.signature)
+        return envelope
     }
 
     // MARK: - Episode archive

@@ -26,6 +26,18 @@ public struct VerificationReport: Sendable {
         public let trusted: Bool
         /// True when a trusted key verified this signature over the envelope's PAE.
         public let verified: Bool
+        /// `counted`, `untrusted`, or the code that kept it from counting (spec section 14.3).
+        public let status: SignatureStatus
+        /// A sentence saying why (`continuon-pack trust check` prints it).
+        public let reason: String
+
+        public init(keyID: String, trusted: Bool, verified: Bool, status: SignatureStatus, reason: String) {
+            self.keyID = keyID
+            self.trusted = trusted
+            self.verified = verified
+            self.status = status
+            self.reason = reason
+        }
     }
 
     public let path: String
@@ -88,7 +100,7 @@ public struct VerificationReport: Sendable {
             ("signatures", .array(signatures.map { signature in
                 .object([
                     ("keyid", .string(signature.keyID)), ("trusted", .bool(signature.trusted)),
-                    ("verified", .bool(signature.verified)),
+                    ("verified", .bool(signature.verified)), ("status", .string(signature.status.rawValue)),
                 ])
             })),
         ])

@@ -5,7 +5,7 @@ import ContinuonPackCLI
 extension ContinuonPackCommand {
     struct Verify: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Verify packages offline against trusted public keys.",
+            abstract: "Verify packages offline against trusted public keys or a trust policy.",
             discussion: """
                 Checks everything docs/signed-ingestion.md specifies and reports each failure with a stable code. \
                 Nothing is extracted. Exit 0 when every package is valid, 1 when any is not, 2 on usage or I/O errors.
@@ -14,11 +14,8 @@ extension ContinuonPackCommand {
         @Argument(help: "The .cpkg files to verify.")
         var packages: [String]
 
-        @Option(name: .long, help: "A trusted public key (SPKI PEM); repeat for several.")
-        var trustedKey: [String] = []
-
-        @Option(name: .long, help: "How many distinct trusted keys must have signed.")
-        var threshold = 1
+        @OptionGroup(title: "Trust")
+        var trust: TrustOptions
 
         @Flag(name: .long, help: "Also check every *.tfrecord blob record by record (promote.tfrecord_corrupt).")
         var checkTfrecord = false
@@ -28,18 +25,10 @@ extension ContinuonPackCommand {
 
         func validate() throws {
             guard !packages.isEmpty else { throw ValidationError("Name at least one package to verify.") }
-            guard !trustedKey.isEmpty else { throw ValidationError("Give at least one --trusted-key.") }
-            guard threshold >= 1 && threshold <= trustedKey.count else {
-                throw ValidationError("--threshold must be between 1 and the number of --trusted-key options.")
-            }
         }
 
         func run() throws {
-            let keys = try trustedKey.map(loadPublicKey)
-            guard threshold <= Set(keys).count else {
-                throw ValidationError("--threshold \(threshold) is more than the \(Set(keys).count) distinct trusted keys.")
-            }
-            var verifier = PackageVerifier(trustedKeys: keys, threshold: threshold)
+            var verifier = try trust.verifier()
             verifier.checkTFRecords = checkTfrecord
             var reports: [VerificationReport] = []
             for package in packages {
@@ -63,6 +52,9 @@ extension ContinuonPackCommand {
             if !report.verifiedKeyIDs.isEmpty { print("  signed by:  \(report.verifiedKeyIDs.joined(separator: ", "))") }
             for check in VerificationReport.Check.allCases {
                 print("  \(check.rawValue): \(report.outcomes[check]?.rawValue ?? "not_checked")")
+            }
+            for signature in report.signatures where signature.status != .counted {
+                print("  signature by \(signature.keyID): \(signature.status)")
             }
             for failure in report.failures { print("  error \(failure.code): \(failure.message)") }
         }

@@ -1,0 +1,183 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The keys that sign trust policies, and how many of them must (spec section 14.4). Given to a verifier on its
+/// command line, never taken from a policy file.
+public struct TrustRoots: Sendable {
+    public var keys: [Ed25519PublicKey]
+    public var threshold: Int
+
+    public init(keys: [Ed25519PublicKey], threshold: Int = 1) {
+        self.keys = keys
+        self.threshold = threshold
+    }
+}
+
+/// A policy as loaded from a file, with what a service shows and compares about it.
+public struct LoadedTrustPolicy: Sendable {
+    public let policy: TrustPolicy
+    /// SHA-256 (lowercase hex) of the file's bytes.
+    public let sha256: String
+    /// True when it came from a signed envelope.
+    public let signed: Bool
+    /// The policy document's bytes (a signed policy's payload): what the rollback rule compares.
+    public let documentBytes: [UInt8]
+    /// The root keys whose signatures counted (signed policies).
+    public let rootKeyIDs: [String]
+
+    public init(policy: TrustPolicy, sha256: String, signed: Bool, documentBytes: [UInt8], rootKeyIDs: [String]) {
+        self.policy = policy
+        self.sha256 = sha256
+        self.signed = signed
+        self.documentBytes = documentBytes
+        self.rootKeyIDs = rootKeyIDs
+    }
+}
+
+/// Reads plain and signed trust policies (spec sections 14.2 and 14.4) and writes signed ones.
+public enum TrustPolicyLoader {
+    public static let payloadType = "application/vnd.continuon.trust-policy+json"
+
+    /// Loads a policy from `bytes`.
+    /// - Parameters:
+    ///   - roots: when given, only a signed policy meeting their threshold is accepted.
+    ///   - now: the current time, `YYYY-MM-DDTHH:MM:SSZ` (`TrustPolicyLoader.currentTime()`).
+    ///   - inForce: the policy a running service holds, for the rollback rule (signed policies).
+    /// - Throws: `trust.policy_invalid`, `trust.policy_unsigned`, `trust.policy_signature`, `trust.policy_expired`,
+    ///   `trust.policy_rollback`.
+    public static func load(_ bytes: [UInt8], roots: TrustRoots?, now: String, inForce: LoadedTrustPolicy? = nil) throws(ContinuonPackError) -> LoadedTrustPolicy {
+        guard bytes.count <= envelopeLimits.maxEnvelopeBytes else {
+            throw TrustPolicy.invalid("The policy file is \(bytes.count) bytes; the limit is \(envelopeLimits.maxEnvelopeBytes).")
+        }
+        let root: JSONValue
+        do {
+            root = try StrictJSONParser.parse(bytes, maxDepth: 16)
+        } catch {
+            throw TrustPolicy.invalid("The policy is not valid JSON: \(error.reason) at byte \(error.offset).")
+        }
+        let digest = SHA256Hasher.hash(bytes).hex
+        guard root["payloadType"] != nil else {
+            if roots != nil {
+                throw ContinuonPackError(.trustPolicyUnsigned, "Trust roots are configured, but the policy is not signed.")
+            }
+            guard bytes.count <= TrustPolicy.maxDocumentBytes else {
+                throw TrustPolicy.invalid("The policy is \(bytes.count) bytes; the limit is \(TrustPolicy.maxDocumentBytes).")
+            }
+            let policy = try TrustPolicy.decode(root)
+            try checkExpiry(policy, now: now)
+            return LoadedTrustPolicy(policy: policy, sha256: digest, signed: false, documentBytes: bytes, rootKeyIDs: [])
+        }
+        let envelope: Envelope
+        do {
+            envelope = try Envelope.decode(bytes, limits: envelopeLimits)
+        } catch {
+            throw TrustPolicy.invalid("The signed policy is not a valid envelope: \(error.message)")
+        }
+        guard envelope.payloadType == payloadType else {
+            throw TrustPolicy.invalid("The signed policy's payload type is \(quoted(envelope.payloadType)), not \(payloadType).")
+        }
+        guard let roots else {
+            throw ContinuonPackError(.trustPolicySignature, "The policy is signed, but no trust root was given to check it.")
+        }
+        let rootKeyIDs = try countedRoots(envelope, roots: roots)
+        let policy = try TrustPolicy.decode(envelope.payload)
+        guard policy.expires != nil else { throw TrustPolicy.invalid("A signed policy must have expires.") }
+        try checkExpiry(policy, now: now)
+        if let inForce, inForce.signed {
+            let sameBytes = inForce.documentBytes == envelope.payload
+            if policy.version < inForce.policy.version || (policy.version == inForce.policy.version && !sameBytes) {
+                throw ContinuonPackError(
+                    .trustPolicyRollback,
+                    "The policy is version \(policy.version); version \(inForce.policy.version) is in force"
+                        + (policy.version == inForce.policy.version ? " with other contents." : "."))
+            }
+        }
+        return LoadedTrustPolicy(policy: policy, sha256: digest, signed: true, documentBytes: envelope.payload, rootKeyIDs: rootKeyIDs)
+    }
+
+    /// Loads the policy file at `path` (read whole, at most the envelope limit).
+    /// - Throws: `io.error`, or what `load(_:roots:now:inForce:)` throws.
+    public static func load(path: String, roots: TrustRoots?, now: String = currentTime(), inForce: LoadedTrustPolicy? = nil) throws -> LoadedTrustPolicy {
+        var bytes: [UInt8] = []
+        var tooLarge = false
+        try FileIO.forEachChunk(of: path) { chunk in
+            guard !tooLarge else { return }
+            if bytes.count + chunk.count > envelopeLimits.maxEnvelopeBytes {
+                tooLarge = true
+                bytes = []
+            } else {
+                bytes.append(contentsOf: chunk)
+            }
+        }
+        if tooLarge {
+            throw TrustPolicy.invalid("\(path) is larger than the limit of \(envelopeLimits.maxEnvelopeBytes) bytes for a policy.")
+        }
+        return try load(bytes, roots: roots, now: now, inForce: inForce)
+    }
+
+    /// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
+    public static func currentTime() -> String {
+        PackageWriter.timestamp(secondsSinceEpoch: Int64(time(nil)))
+    }
+
+    /// Signs `policy` with `keys`: the envelope's canonical JSON and one newline. The payload is the policy's
+    /// canonical bytes (`TrustPolicy.canonicalBytes()`), which must have `expires`.
+    /// - Throws: `trust.policy_invalid` without `expires`; `crypto.failure`.
+    public static func sign(_ policy: TrustPolicy, with keys: [Ed25519PrivateKey]) throws -> [UInt8] {
+        guard policy.expires != nil else { throw TrustPolicy.invalid("A signed policy must have expires (trust sign --expires).") }
+        return try Envelope.sign(payload: policy.canonicalBytes(), payloadType: payloadType, with: keys).jsonBytes() + [0x0a]
+    }
+
+    /// Adds signatures by `keys` to a signed policy (one root signs after another); keys that signed already are
+    /// skipped.
+    /// - Throws: `trust.policy_invalid` when `signed` is not a signed policy; `crypto.failure`.
+    public static func addSignatures(to signed: [UInt8], with keys: [Ed25519PrivateKey]) throws -> [UInt8] {
+        var envelope: Envelope
+        do {
+            envelope = try Envelope.decode(signed, limits: envelopeLimits)
+        } catch {
+            throw TrustPolicy.invalid("The file is not a signed policy: \(error.message)")
+        }
+        guard envelope.payloadType == payloadType else { throw TrustPolicy.invalid("The file is not a signed policy.") }
+        _ = try TrustPolicy.decode(envelope.payload)
+        let pae = envelope.signedBytes
+        for key in keys where !envelope.signatures.contains(where: { $0.keyID == key.publicKey.keyID }) {
+            envelope.signatures.append(.init(keyID: key.publicKey.keyID, signature: try key.signature(for: pae)))
+        }
+        return envelope.jsonBytes() + [0x0a]
+    }
+
+    /// A signed policy's payload may be as large as a plain policy, in base64.
+    static let envelopeLimits: PackageLimits = {
+        var limits = PackageLimits.default
+        limits.maxEnvelopeBytes = TrustPolicy.maxDocumentBytes / 3 * 4 + (1 << 20)
+        return limits
+    }()
+
+    private static func checkExpiry(_ policy: TrustPolicy, now: String) throws(ContinuonPackError) {
+        if policy.hasExpired(at: now), let expires = policy.expires {
+            throw ContinuonPackError(.trustPolicyExpired, "The policy (version \(policy.version)) expired at \(expires).")
+        }
+    }
+
+    private static func countedRoots(_ envelope: Envelope, roots: TrustRoots) throws(ContinuonPackError) -> [String] {
+        let byID = Dictionary(roots.keys.map { ($0.keyID, $0) }, uniquingKeysWith: { first, _ in first })
+        let pae = envelope.signedBytes
+        var counted: [String] = []
+        for signature in envelope.signatures {
+            guard let key = byID[signature.keyID] else { continue }
+            guard key.isValidSignature(signature.signature, for: pae) else {
+                throw ContinuonPackError(.trustPolicySignature, "The policy's signature by root key \(signature.keyID) does not verify.")
+            }
+            if !counted.contains(signature.keyID) { counted.append(signature.keyID) }
+        }
+        let threshold = max(1, roots.threshold)
+        guard counted.count >= threshold else {
+            throw ContinuonPackError(
+                .trustPolicySignature,
+                "\(counted.count) trust root(s) signed the policy; \(threshold) must.")
+        }
+        return counted
+    }
+}

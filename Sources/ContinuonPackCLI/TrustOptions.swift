@@ -1,0 +1,62 @@
+import ArgumentParser
+import ContinuonPack
+
+/// Which keys a command trusts: `--trusted-key` files (each allowed every environment) or a trust policy
+/// (`--trust-policy`, spec section 14), optionally signed by `--trust-root` keys. Shared by verify, promote and serve.
+public struct TrustOptions: ParsableArguments, Sendable {
+    @Option(name: .long, help: "A trusted public key (SPKI PEM), allowed every environment; repeat for several. The one-key shorthand for --trust-policy.")
+    public var trustedKey: [String] = []
+
+    @Option(name: .long, help: "A trust policy (continuon-pack trust init|add|revoke|sign): which keys may sign for which environments, until when, and which are revoked.")
+    public var trustPolicy: String?
+
+    @Option(name: .long, help: "A root public key (SPKI PEM) that must have signed the trust policy; repeat for several. With it, only a signed, unexpired policy is accepted.")
+    public var trustRoot: [String] = []
+
+    @Option(name: .long, help: "How many distinct --trust-root keys must have signed the policy.")
+    public var trustRootThreshold = 1
+
+    @Option(name: .long, help: "How many distinct trusted keys must have signed (default: the policy's threshold, or 1 with --trusted-key).")
+    public var threshold: Int?
+
+    public init() {}
+
+    public func validate() throws {
+        guard trustedKey.isEmpty != (trustPolicy == nil) else {
+            throw ValidationError("Give --trusted-key (one or more) or --trust-policy, not both and not neither.")
+        }
+        if trustPolicy == nil && !trustRoot.isEmpty { throw ValidationError("--trust-root checks a --trust-policy.") }
+        if let threshold, threshold < 1 { throw ValidationError("--threshold must be at least 1.") }
+        if !trustRoot.isEmpty && !(1...trustRoot.count).contains(trustRootThreshold) {
+            throw ValidationError("--trust-root-threshold must be between 1 and the number of --trust-root options.")
+        }
+        if !trustedKey.isEmpty, let threshold, threshold > trustedKey.count {
+            throw ValidationError("--threshold must be between 1 and the number of --trusted-key options.")
+        }
+    }
+
+    /// The roots that must have signed the policy, if any.
+    public func roots() throws -> TrustRoots? {
+        trustRoot.isEmpty ? nil : TrustRoots(keys: try trustRoot.map(loadPublicKey), threshold: trustRootThreshold)
+    }
+
+    /// Loads the policy (or makes the trusted-key one).
+    /// - Throws: `ValidationError` for a threshold above the distinct keys; `trust.*` codes for a refused policy.
+    public func load(inForce: LoadedTrustPolicy? = nil) throws -> LoadedTrustPolicy {
+        if let trustPolicy {
+            return try TrustPolicyLoader.load(path: trustPolicy, roots: roots(), inForce: inForce)
+        }
+        let keys = try trustedKey.map(loadPublicKey)
+        let distinct = Set(keys).count
+        if let threshold, threshold > distinct {
+            throw ValidationError("--threshold \(threshold) is more than the \(distinct) distinct trusted keys.")
+        }
+        let policy = TrustPolicy(trustedKeys: keys, threshold: threshold ?? 1)
+        return LoadedTrustPolicy(policy: policy, sha256: "", signed: false, documentBytes: [], rootKeyIDs: [])
+    }
+
+    /// A verifier under the loaded policy, with `--threshold` when given.
+    public func verifier(limits: PackageLimits = .default) throws -> PackageVerifier {
+        PackageVerifier(policy: try load().policy, threshold: threshold, limits: limits)
+    }
+}
