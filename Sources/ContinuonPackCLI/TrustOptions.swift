@@ -10,11 +10,7 @@ public struct TrustOptions: ParsableArguments, Sendable {
     @Option(name: .long, help: "A trust policy (continuon-pack trust init|add|revoke|sign): which keys may sign for which environments, until when, and which are revoked.")
     public var trustPolicy: String?
 
-    @Option(name: .long, help: "A root public key (SPKI PEM) that must have signed the trust policy; repeat for several. With it, only a signed, unexpired policy is accepted.")
-    public var trustRoot: [String] = []
-
-    @Option(name: .long, help: "How many distinct --trust-root keys must have signed the policy.")
-    public var trustRootThreshold = 1
+    @OptionGroup public var rootOptions: RootOptions
 
     @Option(name: .long, help: "How many distinct trusted keys must have signed (default: the policy's threshold, or 1 with --trusted-key).")
     public var threshold: Int?
@@ -25,26 +21,19 @@ public struct TrustOptions: ParsableArguments, Sendable {
         guard trustedKey.isEmpty != (trustPolicy == nil) else {
             throw ValidationError("Give --trusted-key (one or more) or --trust-policy, not both and not neither.")
         }
-        if trustPolicy == nil && !trustRoot.isEmpty { throw ValidationError("--trust-root checks a --trust-policy.") }
+        if trustPolicy == nil && !rootOptions.trustRoot.isEmpty { throw ValidationError("--trust-root checks a --trust-policy.") }
         if let threshold, threshold < 1 { throw ValidationError("--threshold must be at least 1.") }
-        if !trustRoot.isEmpty && !(1...trustRoot.count).contains(trustRootThreshold) {
-            throw ValidationError("--trust-root-threshold must be between 1 and the number of --trust-root options.")
-        }
         if !trustedKey.isEmpty, let threshold, threshold > trustedKey.count {
             throw ValidationError("--threshold must be between 1 and the number of --trusted-key options.")
         }
     }
 
-    /// The roots that must have signed the policy, if any.
-    public func roots() throws -> TrustRoots? {
-        trustRoot.isEmpty ? nil : TrustRoots(keys: try trustRoot.map(loadPublicKey), threshold: trustRootThreshold)
-    }
 
     /// Loads the policy (or makes the trusted-key one).
     /// - Throws: `ValidationError` for a threshold above the distinct keys; `trust.*` codes for a refused policy.
     public func load(inForce: LoadedTrustPolicy? = nil) throws -> LoadedTrustPolicy {
         if let trustPolicy {
-            return try TrustPolicyLoader.load(path: trustPolicy, roots: roots(), inForce: inForce)
+            return try TrustPolicyLoader.load(path: trustPolicy, roots: rootOptions.roots(), inForce: inForce)
         }
         let keys = try trustedKey.map(loadPublicKey)
         let distinct = Set(keys).count
@@ -58,5 +47,27 @@ public struct TrustOptions: ParsableArguments, Sendable {
     /// A verifier under the loaded policy, with `--threshold` when given.
     public func verifier(limits: PackageLimits = .default) throws -> PackageVerifier {
         PackageVerifier(policy: try load().policy, threshold: threshold, limits: limits)
+    }
+}
+
+/// The root keys a signed trust policy is checked against (spec section 14.4).
+public struct RootOptions: ParsableArguments, Sendable {
+    @Option(name: .long, help: "A root public key (SPKI PEM) that must have signed the trust policy; repeat for several. With it, only a signed, unexpired policy is accepted.")
+    public var trustRoot: [String] = []
+
+    @Option(name: .long, help: "How many distinct --trust-root keys must have signed the policy.")
+    public var trustRootThreshold = 1
+
+    public init() {}
+
+    public func validate() throws {
+        if !trustRoot.isEmpty && !(1...trustRoot.count).contains(trustRootThreshold) {
+            throw ValidationError("--trust-root-threshold must be between 1 and the number of --trust-root options.")
+        }
+    }
+
+    /// The roots, or nil when none were given.
+    public func roots() throws -> TrustRoots? {
+        trustRoot.isEmpty ? nil : TrustRoots(keys: try trustRoot.map(loadPublicKey), threshold: trustRootThreshold)
     }
 }

@@ -40,13 +40,8 @@ public struct TrustPolicy: Sendable, Equatable {
 
         public init(publicKey: Ed25519PublicKey, environments: [EnvironmentPattern], notBefore: String? = nil,
                     notAfter: String? = nil, revocation: Revocation? = nil, comment: String? = nil) {
-            self.publicKey = publicKey
-            self.environments = environments
-            self.notBefore = notBefore
-            self.notAfter = notAfter
-            self.revocation = revocation
-            self.comment = comment
-            self.cachedKeyID = publicKey.keyID
+            self.init(publicKey: publicKey, keyID: publicKey.keyID, environments: environments, notBefore: notBefore,
+                      notAfter: notAfter, revocation: revocation, comment: comment)
         }
 
         init(publicKey: Ed25519PublicKey, keyID: String, environments: [EnvironmentPattern], notBefore: String?,

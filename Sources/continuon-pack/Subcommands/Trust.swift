@@ -177,18 +177,13 @@ extension ContinuonPackCommand.Trust {
 
         @OptionGroup var file: PolicyFileOption
 
-        @Option(name: .long, help: "A root public key that must have signed the policy (for a signed policy); repeat for several.")
-        var trustRoot: [String] = []
-
-        @Option(name: .long, help: "How many distinct --trust-root keys must have signed.")
-        var trustRootThreshold = 1
+        @OptionGroup var roots: RootOptions
 
         @Flag(name: .long, help: "Print the policy as JSON, with its version, SHA-256 and whether it was signed.")
         var json = false
 
         func run() throws {
-            let roots = trustRoot.isEmpty ? nil : TrustRoots(keys: try trustRoot.map(loadPublicKey), threshold: trustRootThreshold)
-            let loaded = try TrustPolicyLoader.load(path: file.policy, roots: roots)
+            let loaded = try TrustPolicyLoader.load(path: file.policy, roots: roots.roots())
             let policy = loaded.policy
             if json {
                 guard case var .object(members) = policy.jsonValue else { return }
@@ -220,11 +215,7 @@ extension ContinuonPackCommand.Trust {
         @Argument(help: "The .cpkg files.")
         var packages: [String]
 
-        @Option(name: .long, help: "A root public key that must have signed the policy; repeat for several.")
-        var trustRoot: [String] = []
-
-        @Option(name: .long, help: "How many distinct --trust-root keys must have signed.")
-        var trustRootThreshold = 1
+        @OptionGroup var roots: RootOptions
 
         @Option(name: .long, help: "How many distinct keys must count (default: the policy's threshold).")
         var threshold: Int?
@@ -233,8 +224,7 @@ extension ContinuonPackCommand.Trust {
         var json = false
 
         func run() throws {
-            let roots = trustRoot.isEmpty ? nil : TrustRoots(keys: try trustRoot.map(loadPublicKey), threshold: trustRootThreshold)
-            let loaded = try TrustPolicyLoader.load(path: file.policy, roots: roots)
+            let loaded = try TrustPolicyLoader.load(path: file.policy, roots: roots.roots())
             let verifier = PackageVerifier(policy: loaded.policy, threshold: threshold)
             let reports = try packages.map { try verifier.verify(path: $0) }
             if json {
