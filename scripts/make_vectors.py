@@ -703,6 +703,301 @@ copied from the RFC and checked against pyca/cryptography when the file was made
 """
 
 
+# MARK: - Trust policies (spec section 14)
+
+ROOT_1 = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"continuon-pack test vector root 1").digest())
+ROOT_2 = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"continuon-pack test vector root 2").digest())
+POLICY_TYPE = "application/vnd.continuon.trust-policy+json"
+FUTURE = "2099-12-31T23:59:59Z"
+PAST = "2020-01-01T00:00:00Z"
+
+
+def policy_key(key, environments, **extra):
+    entry = {"key_id": key_id(key), "public_key": raw_public(key).hex(), "environments": environments}
+    entry.update(extra)
+    return entry
+
+
+def policy(keys, version=1, threshold=1, **extra):
+    document = {"schema": "continuon.trust-policy/v1", "version": version, "threshold": threshold, "keys": keys}
+    document.update(extra)
+    return canonical_json(document) + b"\n"
+
+
+def signed_policy(document, keys, payload_type=POLICY_TYPE, tamper=False):
+    message = pae(payload_type, document)
+    signatures = []
+    for key in keys:
+        sig = key.sign(message)
+        if tamper:
+            sig = bytes([sig[0] ^ 1]) + sig[1:]
+        signatures.append({"keyid": key_id(key), "sig": base64.b64encode(sig).decode()})
+    return canonical_json({"payload": base64.b64encode(document).decode(), "payloadType": payload_type,
+                           "signatures": signatures}) + b"\n"
+
+
+def make_trust(base_path):
+    """TestVectors/trust: policies, signed policies and packages, with what a verifier must conclude (cases.json)."""
+    root = os.path.join(VECTORS, "trust")
+    shutil.rmtree(root, ignore_errors=True)
+    for sub in ("packages", "policies", "signed", "roots"):
+        os.makedirs(os.path.join(root, sub))
+    files = {}
+
+    def put(relative, data):
+        assert relative not in files, relative
+        files[relative] = data
+        with open(os.path.join(root, relative), "wb") as f:
+            f.write(data)
+        return relative
+
+    for name, key in (("root-1", ROOT_1), ("root-2", ROOT_2)):
+        put("roots/%s.pub" % name, key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        put("roots/%s.pem" % name, key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+    # Packages: the valid `none` package (KEY_1, vector-env-01, 2024-01-01T00:00:00Z) and variants of it.
+    base = Base(base_path)
+    blobs = sorted_blobs(base.blobs.items())
+
+    def package(name, keys, environment="vector-env-01", tamper=False):
+        m = base.manifest_for(base.archive, blobs)
+        m["provenance"]["environment_id"] = environment
+        m["package_id"] = package_id(m["provenance"], m["blobs"])
+        flip = (lambda sig: bytes([sig[0] ^ 1]) + sig[1:]) if tamper else None
+        return put("packages/%s.cpkg" % name, signed_package(m, base.archive, keys=keys, sig_filter=flip))
+
+    with open(base_path, "rb") as f:
+        key1 = put("packages/key1.cpkg", f.read())
+    key1_key2 = package("key1-key2", (KEY_1, KEY_2))
+    key2_key1 = package("key2-key1", (KEY_2, KEY_1))
+    key1_env02 = package("key1-env02", (KEY_1,), environment="vector-env-02")
+    key1_tampered = package("key1-tampered", (KEY_1,), tamper=True)
+    with open(os.path.join(VECTORS, "invalid", "no-signatures.cpkg"), "rb") as f:
+        unsigned = put("packages/unsigned.cpkg", f.read())
+    with open(os.path.join(VECTORS, "invalid", "manifest-unknown-field.cpkg"), "rb") as f:
+        shapeless = put("packages/manifest-unknown-field.cpkg", f.read())
+    with open(os.path.join(VECTORS, "invalid", "manifest-unknown-field.expected.json")) as f:
+        shapeless_codes = json.load(f)["codes"]
+
+    def copy_invalid(name):
+        with open(os.path.join(VECTORS, "invalid", name + ".cpkg"), "rb") as f:
+            path = put("packages/%s.cpkg" % name, f.read())
+        with open(os.path.join(VECTORS, "invalid", name + ".expected.json")) as f:
+            return path, json.load(f)["codes"]
+
+    bad_time, bad_time_codes = copy_invalid("created-at-invalid")
+    bad_env, bad_env_codes = copy_invalid("identifier-invalid")
+
+    cases = []
+
+    def case(name, description, package_path, policy_path, expected, **options):
+        entry = {"name": name, "description": description, "package": package_path, "policy": policy_path,
+                 "expected": expected}
+        entry.update(options)
+        cases.append(entry)
+
+    def verdict(codes, statuses):
+        return {"valid": not codes, "codes": sorted(set(codes)), "statuses": statuses}
+
+    def plain(name, document):
+        return put("policies/%s.json" % name, document)
+
+    # Which signatures count (14.3).
+    p = plain("key1-env01", policy([policy_key(KEY_1, ["vector-env-01"])]))
+    case("counted", "The key is allowed exactly this environment.", key1, p, verdict([], ["counted"]))
+    p = plain("key1-prefix", policy([policy_key(KEY_1, ["vector-*"])]))
+    case("pattern-prefix", "vector-* matches vector-env-01.", key1, p, verdict([], ["counted"]))
+    p = plain("key1-suffix", policy([policy_key(KEY_1, ["lab-*", "*-01"])]))
+    case("pattern-suffix", "The second pattern, *-01, matches.", key1, p, verdict([], ["counted"]))
+    p = plain("key1-star", policy([policy_key(KEY_1, ["*"])]))
+    case("pattern-star", "* matches every environment.", key1, p, verdict([], ["counted"]))
+    p = plain("key1-middle", policy([policy_key(KEY_1, ["v*e*v*-*1"])]))
+    case("pattern-several-stars", "Several * each stand for a run of characters.", key1, p, verdict([], ["counted"]))
+    p = plain("key1-partial", policy([policy_key(KEY_1, ["vector-env-0"])]))
+    case("pattern-whole-id", "A pattern matches the whole ID, not a prefix.", key1, p,
+         verdict(["signature.environment_not_allowed"], ["signature.environment_not_allowed"]))
+    p = plain("key1-uppercase", policy([policy_key(KEY_1, ["VECTOR-*"])]))
+    case("pattern-case-sensitive", "Patterns are case-sensitive.", key1, p,
+         verdict(["signature.environment_not_allowed"], ["signature.environment_not_allowed"]))
+    p = plain("key1-other-env", policy([policy_key(KEY_1, ["vector-env-01"])]))
+    case("robot-a-for-robot-b", "Robot A's key (allowed vector-env-01) signs for vector-env-02.", key1_env02, p,
+         verdict(["signature.environment_not_allowed"], ["signature.environment_not_allowed"]))
+    p = plain("key1-no-env", policy([policy_key(KEY_1, [])]))
+    case("no-environment", "A key with no environment may sign for none.", key1, p,
+         verdict(["signature.environment_not_allowed"], ["signature.environment_not_allowed"]))
+    p = plain("key1-expired", policy([policy_key(KEY_1, ["*"], not_after="2023-12-31T23:59:59Z")]))
+    case("key-expired", "not_after is one second before created_at.", key1, p,
+         verdict(["signature.key_expired"], ["signature.key_expired"]))
+    p = plain("key1-not-yet", policy([policy_key(KEY_1, ["*"], not_before="2024-01-01T00:00:01Z")]))
+    case("key-not-yet-valid", "not_before is one second after created_at.", key1, p,
+         verdict(["signature.key_not_yet_valid"], ["signature.key_not_yet_valid"]))
+    p = plain("key1-boundary", policy([policy_key(KEY_1, ["*"], not_before="2024-01-01T00:00:00Z",
+                                                  not_after="2024-01-01T00:00:00Z")]))
+    case("validity-inclusive", "not_before and not_after equal to created_at: both bounds are inclusive.", key1, p,
+         verdict([], ["counted"]))
+    p = plain("key1-expired-other-env", policy([policy_key(KEY_1, ["lab-*"], not_after="2023-01-01T00:00:00Z")]))
+    case("expiry-before-environment", "Expired and not allowed the environment: the validity step comes first.",
+         key1, p, verdict(["signature.key_expired"], ["signature.key_expired"]))
+    revoked = {"at": "2024-06-01T00:00:00Z", "reason": "robot stolen"}
+    p = plain("key1-revoked", policy([policy_key(KEY_1, ["*"], revoked=revoked, comment="robot 1")]))
+    case("key-revoked", "A revoked key never counts, though revoked.at is after created_at.", key1, p,
+         verdict(["signature.key_revoked"], ["signature.key_revoked"]))
+    case("revoked-before-invalid", "A revoked key's broken signature is reported as revoked.", key1_tampered, p,
+         verdict(["signature.key_revoked"], ["signature.key_revoked"]))
+    p = plain("key1-env01-again", policy([policy_key(KEY_1, ["vector-env-01"])], version=2))
+    case("invalid-signature", "A policy key's signature that does not verify.", key1_tampered, p,
+         verdict(["signature.invalid"], ["signature.invalid"]))
+    p = plain("key2-only", policy([policy_key(KEY_2, ["*"])]))
+    case("untrusted", "The signer is not in the policy.", key1, p,
+         verdict(["signature.untrusted"], ["untrusted"]))
+    case("no-signature", "No signature at all.", unsigned, p, verdict(["signature.missing"], []))
+    p = plain("empty", policy([]))
+    case("empty-policy", "An empty policy trusts no key.", key1, p, verdict(["signature.untrusted"], ["untrusted"]))
+    p = plain("key1-lab-only", policy([policy_key(KEY_1, ["lab-*"])]))
+    case("rules-skipped-without-manifest",
+         "The manifest's shape does not decode: the validity and environment steps are skipped.",
+         shapeless, p, verdict(shapeless_codes, ["counted"]))
+
+    p = plain("key1-until-feb-29", policy([policy_key(KEY_1, ["*"], not_after="2024-02-29T23:59:59Z")]))
+    case("invalid-created-at-compared-as-written",
+         "created_at 2024-02-30T00:00:00Z is not a date, but the shape decoded: it is compared as written.",
+         bad_time, p, verdict(bad_time_codes + ["signature.key_expired"], ["signature.key_expired"]))
+    p = plain("key1-lab", policy([policy_key(KEY_1, ["lab*"])]))
+    case("invalid-environment-matched-as-written",
+         "environment_id \"lab 01\" breaks section 2, but the shape decoded: lab* matches it as written.",
+         bad_env, p, verdict(bad_env_codes, ["counted"]))
+
+    # Thresholds.
+    p = plain("both-threshold-2", policy([policy_key(KEY_1, ["*"]), policy_key(KEY_2, ["*"])], threshold=2))
+    case("threshold-met", "Two distinct keys counted; the policy's threshold is 2.", key1_key2, p,
+         verdict([], ["counted", "counted"]))
+    case("threshold-not-met", "One key counted; the policy's threshold is 2.", key1, p,
+         verdict(["signature.threshold_not_met"], ["counted"]))
+    p = plain("both-threshold-1", policy([policy_key(KEY_1, ["*"]), policy_key(KEY_2, ["*"])]))
+    case("threshold-override", "The verifier's threshold (2) overrides the policy's (1).", key1, p,
+         verdict(["signature.threshold_not_met"], ["counted"]), threshold=2)
+    p = plain("key2-revoked-threshold-2",
+              policy([policy_key(KEY_1, ["*"]), policy_key(KEY_2, ["*"], revoked=revoked)], threshold=2))
+    case("refusals-reported-when-not-met", "Threshold 2, one key revoked: both codes.", key1_key2, p,
+         verdict(["signature.key_revoked", "signature.threshold_not_met"], ["counted", "signature.key_revoked"]))
+    p = plain("key1-revoked-key2-ok", policy([policy_key(KEY_1, ["*"], revoked=revoked), policy_key(KEY_2, ["*"])]))
+    case("refusals-silent-when-met", "Threshold 1 met by key 2: key 1's revocation is a status, not an error.",
+         key1_key2, p, verdict([], ["signature.key_revoked", "counted"]))
+    case("status-order", "Statuses follow the envelope's order.", key2_key1, p,
+         verdict([], ["counted", "signature.key_revoked"]))
+    p = plain("key1-other-env-key2-absent", policy([policy_key(KEY_1, ["lab-*"])]))
+    case("refusal-and-untrusted", "Threshold 1, one signer not allowed, the other not in the policy: no untrusted code.",
+         key1_key2, p, verdict(["signature.environment_not_allowed"], ["signature.environment_not_allowed", "untrusted"]))
+
+    # Documents that are not valid policies (14.1), and expiry (14.2).
+    good = policy_key(KEY_1, ["*"])
+
+    def refused(name, description, document, code="trust.policy_invalid", **options):
+        path = put("policies/invalid-%s.json" % name, document)
+        case("policy-" + name, description, key1, path, {"policy_error": code}, **options)
+
+    refused("not-json", "Not JSON.", b"{\"schema\":")
+    refused("not-object", "A JSON array.", b"[]\n")
+    refused("schema", "Another schema.", policy([good]).replace(b"trust-policy/v1", b"trust-policy/v2"))
+    refused("unknown-member", "An unknown top-level member.", policy([good], extra="x"))
+    refused("unknown-key-member", "An unknown member in a key.", policy([dict(good, weight=1)]))
+    refused("missing-environments", "A key without environments.",
+            policy([{k: v for k, v in good.items() if k != "environments"}]))
+    refused("key-id-mismatch", "key_id is another key's ID.", policy([dict(good, key_id=key_id(KEY_2))]))
+    refused("public-key-uppercase", "public_key in uppercase hex.",
+            policy([dict(good, public_key=raw_public(KEY_1).hex().upper())]))
+    refused("duplicate-key", "The same key twice.", policy([good, good]))
+    refused("duplicate-json-key", "A JSON key twice.", policy([good]).replace(b"\"threshold\":1", b"\"threshold\":1,\"threshold\":1"))
+    refused("threshold-zero", "threshold 0.", policy([good], threshold=0))
+    refused("version-zero", "version 0.", policy([good], version=0))
+    refused("version-float", "version 1.0.", policy([good]).replace(b"\"version\":1", b"\"version\":1.0"))
+    refused("pattern-space", "A pattern with a space.", policy([policy_key(KEY_1, ["lab arm"])]))
+    refused("pattern-empty", "An empty pattern.", policy([policy_key(KEY_1, [""])]))
+    refused("pattern-too-long", "A pattern of 129 bytes.", policy([policy_key(KEY_1, ["a" * 129])]))
+    refused("not-after-before-not-before", "not_after earlier than not_before.",
+            policy([policy_key(KEY_1, ["*"], not_before="2024-01-02T00:00:00Z", not_after="2024-01-01T00:00:00Z")]))
+    refused("bad-timestamp", "not_after is not a timestamp.", policy([policy_key(KEY_1, ["*"], not_after="2024-02-30T00:00:00Z")]))
+    refused("revoked-no-reason", "revoked without reason.", policy([policy_key(KEY_1, ["*"], revoked={"at": PAST})]))
+    refused("revoked-empty-reason", "revoked with an empty reason.",
+            policy([policy_key(KEY_1, ["*"], revoked={"at": PAST, "reason": ""})]))
+    refused("comment-too-long", "A comment of 1025 bytes.", policy([policy_key(KEY_1, ["*"], comment="x" * 1025)]))
+    refused("expired", "A plain policy whose expires has passed.", policy([good], expires=PAST), "trust.policy_expired")
+    p = plain("key1-expires-future", policy([good], expires=FUTURE))
+    case("plain-with-expires", "A plain policy that has not expired.", key1, p, verdict([], ["counted"]))
+
+    # Signed policies (14.4).
+    roots_1 = ["roots/root-1.pub"]
+    both_roots = ["roots/root-1.pub", "roots/root-2.pub"]
+    v2 = policy([good], version=2, expires=FUTURE)
+    v3 = policy([good, policy_key(KEY_2, ["*"])], version=3, expires=FUTURE)
+    v2_other = policy([policy_key(KEY_1, ["vector-*"])], version=2, expires=FUTURE)
+
+    def signed(name, document, keys, **options):
+        return put("signed/%s.json" % name, signed_policy(document, keys, **options))
+
+    s_v2 = signed("v2-root1", v2, (ROOT_1,))
+    s_v3 = signed("v3-root1", v3, (ROOT_1,))
+    s_v2_other = signed("v2-other-root1", v2_other, (ROOT_1,))
+    case("signed", "Signed by root 1, checked against root 1.", key1, s_v2, verdict([], ["counted"]), roots=roots_1)
+    case("signed-without-roots", "A signed policy and no roots to check it.", key1, s_v2,
+         {"policy_error": "trust.policy_signature"})
+    case("unsigned-with-roots", "Roots given, plain policy.", key1, "policies/key1-star.json",
+         {"policy_error": "trust.policy_unsigned"}, roots=roots_1)
+    s = signed("v2-root2", v2, (ROOT_2,))
+    case("signed-by-other-root", "Signed by root 2, checked against root 1.", key1, s,
+         {"policy_error": "trust.policy_signature"}, roots=roots_1)
+    case("root-threshold-not-met", "One root signed; two must.", key1, s_v2,
+         {"policy_error": "trust.policy_signature"}, roots=both_roots, root_threshold=2)
+    s = signed("v2-both-roots", v2, (ROOT_1, ROOT_2))
+    case("root-threshold-met", "Both roots signed; two must.", key1, s, verdict([], ["counted"]),
+         roots=both_roots, root_threshold=2)
+    s = signed("v2-tampered", v2, (ROOT_1,), tamper=True)
+    case("root-signature-tampered", "The root's signature does not verify.", key1, s,
+         {"policy_error": "trust.policy_signature"}, roots=roots_1)
+    s = signed("expired", policy([good], version=2, expires=PAST), (ROOT_1,))
+    case("signed-expired", "A signed policy past its expires.", key1, s, {"policy_error": "trust.policy_expired"},
+         roots=roots_1)
+    s = signed("no-expires", policy([good], version=2), (ROOT_1,))
+    case("signed-no-expires", "A signed policy without expires.", key1, s, {"policy_error": "trust.policy_invalid"},
+         roots=roots_1)
+    s = signed("wrong-type", v2, (ROOT_1,), payload_type="application/json")
+    case("signed-wrong-payload-type", "Another payload type.", key1, s, {"policy_error": "trust.policy_invalid"},
+         roots=roots_1)
+    s = signed("invalid-payload", policy([good], version=2, threshold=0, expires=FUTURE), (ROOT_1,))
+    case("signed-invalid-payload", "Signed, but the payload breaks a rule (threshold 0).", key1, s,
+         {"policy_error": "trust.policy_invalid"}, roots=roots_1)
+    case("rollback", "Version 2 offered while version 3 is in force.", key1, s_v2,
+         {"policy_error": "trust.policy_rollback"}, roots=roots_1, previous_policy=s_v3)
+    case("same-version-other-bytes", "Version 2 with other contents while version 2 is in force.", key1, s_v2_other,
+         {"policy_error": "trust.policy_rollback"}, roots=roots_1, previous_policy=s_v2)
+    case("same-policy-again", "The policy in force read again.", key1, s_v2, verdict([], ["counted"]),
+         roots=roots_1, previous_policy=s_v2)
+    case("newer-version", "Version 3 replaces version 2.", key1_key2, s_v3, verdict([], ["counted", "counted"]),
+         roots=roots_1, previous_policy=s_v2)
+
+    s = put("signed/malformed.json", b'{"payloadType":1}\n')
+    case("signed-malformed-without-roots", "An envelope that breaks section 5, and no roots: its shape comes first.",
+         key1, s, {"policy_error": "trust.policy_invalid"})
+    case("plain-invalid-with-roots", "Roots given, and a plain policy that is not even valid: unsigned comes first.",
+         key1, "policies/invalid-threshold-zero.json", {"policy_error": "trust.policy_unsigned"}, roots=roots_1)
+    s = signed("no-signatures", v2, ())
+    case("signed-no-signatures", "A signed policy without signatures.", key1, s,
+         {"policy_error": "trust.policy_signature"}, roots=roots_1)
+    good_sig = json.loads(signed_policy(v2, (ROOT_1,)))["signatures"]
+    bad_sig = json.loads(signed_policy(v2, (ROOT_2,), tamper=True))["signatures"]
+    s = put("signed/one-root-broken.json", canonical_json({
+        "payload": base64.b64encode(v2).decode(), "payloadType": POLICY_TYPE, "signatures": good_sig + bad_sig}) + b"\n")
+    case("root-signature-broken-threshold-met", "Root 1 signed; root 2's signature does not verify: refused, though R = 1.",
+         key1, s, {"policy_error": "trust.policy_signature"}, roots=both_roots)
+
+    with open(os.path.join(root, "cases.json"), "w") as f:
+        json.dump({"cases": cases}, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return len(cases)
+
+
 def write_readme(index):
     with open(os.path.join(VECTORS, "valid", "expected.json")) as f:
         exp = json.load(f)
@@ -730,10 +1025,11 @@ def main():
     make_promotion(sys.argv[1], base_path)
     index = write_invalid(make_invalid(base_path))
     write_readme(index)
+    trust_cases = make_trust(base_path)
     subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "peers",
                     "tfrecord_fixtures.py"), "write", os.path.join(VECTORS, "tfrecord")], check=True,
                    stdout=subprocess.DEVNULL)
-    print("valid: 3 packages; invalid: %d packages" % len(index))
+    print("valid: 3 packages; invalid: %d packages; trust: %d cases" % (len(index), trust_cases))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ import ServiceLifecycle
 public struct IngestConfiguration: Sendable {
     public var host: String
     public var port: Int
-    public var trustedKeys: [Ed25519PublicKey]
-    public var threshold: Int
+    /// The trust policy uploads are verified with (replaced while running when it has a source file).
+    public var trust: TrustInForce
     /// The bucket name in request paths (the staging area).
     public var bucket: String
     /// Partial uploads (a directory on the same file system as a local store, so commits are renames/links).
@@ -36,10 +36,20 @@ public struct IngestConfiguration: Sendable {
                 connections: ConnectionLimits = .init(), idleTimeout: Duration = .seconds(120),
                 shutdownTimeout: Duration = .seconds(5), publicURL: String? = nil,
                 limits: PackageLimits = .default) {
+        self.init(host: host, port: port, trust: TrustInForce(trustedKeys: trustedKeys, threshold: threshold), bucket: bucket,
+                  spoolDirectory: spoolDirectory, maxPackageBytes: maxPackageBytes, sessions: sessions,
+                  connections: connections, idleTimeout: idleTimeout, shutdownTimeout: shutdownTimeout,
+                  publicURL: publicURL, limits: limits)
+    }
+
+    public init(host: String, port: Int, trust: TrustInForce, bucket: String = "staging",
+                spoolDirectory: String, maxPackageBytes: UInt64 = 64 << 30, sessions: SessionLimits = .init(),
+                connections: ConnectionLimits = .init(), idleTimeout: Duration = .seconds(120),
+                shutdownTimeout: Duration = .seconds(5), publicURL: String? = nil,
+                limits: PackageLimits = .default) {
         self.host = host
         self.port = port
-        self.trustedKeys = trustedKeys
-        self.threshold = threshold
+        self.trust = trust
         self.bucket = bucket
         self.spoolDirectory = spoolDirectory
         self.maxPackageBytes = maxPackageBytes
@@ -80,7 +90,12 @@ public struct IngestServer: Sendable {
     /// Serves until the process is asked to stop (SIGINT/SIGTERM). `onListening` receives the bound port.
     public func run(onListening: @escaping @Sendable (Int) -> Void = { _ in }) async throws {
         let router = Router()
-        router.get("/healthz") { _, _ in "ok\n" }
+        router.get("/healthz") { [trust = configuration.trust] _, _ in
+            // The trust policy in force (spec section 14.5).
+            let body = CanonicalJSON.encode(.object([("status", .string("ok")), ("trust_policy", trust.healthJSON)])) + [0x0a]
+            return Response(status: .ok, headers: [.contentType: "application/json"],
+                            body: .init(byteBuffer: ByteBuffer(bytes: body)))
+        }
         router.post("/upload/storage/v1/b/:bucket/o") { request, context in
             await self.respond { try await self.initiate(request, context) }
         }
@@ -99,7 +114,7 @@ public struct IngestServer: Sendable {
                 idleTimeout: TimeAmount.seconds(configuration.idleTimeout.components.seconds))),
             configuration: ApplicationConfiguration(
                 address: .hostname(configuration.host, port: configuration.port), serverName: "continuon-pack"),
-            services: [Expirer(sessions: sessions)],
+            services: [Expirer(sessions: sessions), TrustPolicyWatcher(trust: configuration.trust, logger: logger)],
             onServerRunning: { [boundPort, configuration] channel in
                 let port = channel.localAddress?.port ?? configuration.port
                 boundPort.set(port)
@@ -114,9 +129,8 @@ public struct IngestServer: Sendable {
         try ran.get()
     }
 
-    var verifier: PackageVerifier {
-        PackageVerifier(trustedKeys: configuration.trustedKeys, threshold: configuration.threshold, limits: configuration.limits)
-    }
+    /// A verifier under the trust policy in force now.
+    var verifier: PackageVerifier { configuration.trust.verifier(limits: configuration.limits) }
 
     /// Problems become their 4xx answers; anything else is our fault: logged, answered 500 with no internal text.
     private func respond(_ body: () async throws -> Response) async -> Response {
@@ -134,6 +148,7 @@ public struct IngestServer: Sendable {
 
     private func initiate(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         try checkBucket(context)
+        try configuration.trust.checkUsable()
         let query = try UploadQuery(rawQuery: request.uri.query)
         // The service only creates objects: with or without ifGenerationMatch=0 an existing object is 412.
         if let generation = query.ifGenerationMatch, generation != "0" {
@@ -222,6 +237,7 @@ public struct IngestServer: Sendable {
 
     private func receive(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         try checkBucket(context)
+        try configuration.trust.checkUsable()
         let query = try UploadQuery(rawQuery: request.uri.query)
         guard let id = query.uploadID else {
             throw IngestProblem(400, "upload.session_missing", "PUT needs an upload_id.").closingConnection()

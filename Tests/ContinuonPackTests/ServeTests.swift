@@ -36,7 +36,9 @@ struct ServeTests {
         let again = try cli(["upload", package, "--to", server.baseURL.absoluteString, "--outbox", dir.file("outbox2")])
         #expect(again.status == 0, "\(again.text)")
         #expect(storedPackages(dir).count == 1)
-        #expect(try run("curl", ["-sf", server.baseURL.absoluteString + "/healthz"]).text == "ok\n")
+        let health = try json(try run("curl", ["-sf", server.baseURL.absoluteString + "/healthz"]).stdout)
+        #expect(health["status"] as? String == "ok")
+        #expect((health["trust_policy"] as? [String: Any])?["keys"] as? Int == 1)
         let log = String(decoding: try readBytes(dir.file("serve.log")), as: UTF8.self)
         #expect(log.contains("upload accepted") && log.contains("package_id=c7d7adb8"))
     }

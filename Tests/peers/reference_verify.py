@@ -82,6 +82,7 @@ ZSTD_MEMORY = "-M128MB"                  # section 6: zstd window at most 128 Mi
 # Section 14: trust policies
 POLICY_SCHEMA = "continuon.trust-policy/v1"
 POLICY_PAYLOAD_TYPE = "application/vnd.continuon.trust-policy+json"
+MAX_SIGNED_POLICY_BYTES = 96 * 1024 * 1024  # 14.2: a signed policy file
 MAX_POLICY_BYTES = 64 * 1024 * 1024      # 14.1: at most 64 MiB
 MAX_POLICY_KEYS = 100_000
 MAX_KEY_PATTERNS = 256
@@ -1443,26 +1444,23 @@ def load_policy(path: str, roots: dict, root_threshold: int, check_expiry: bool 
     """14.2 and 14.4. Raises PolicyRefused with the trust.* code, OSError when
     the file cannot be read (io.error)."""
     with open(path, "rb") as f:
-        data = f.read(MAX_POLICY_BYTES + 1)
-    # CHOICE: the 64 MiB limit applies to the file as given, signed or plain
-    # (a signed policy's payload is then necessarily smaller).
-    if len(data) > MAX_POLICY_BYTES:
-        raise PolicyRefused("trust.policy_invalid", "file larger than 64 MiB")
+        data = f.read(MAX_SIGNED_POLICY_BYTES + 1)
+    # 14.2 step 1: a signed file is at most 96 MiB, a plain one (and a signed payload) at most 64 MiB.
+    if len(data) > MAX_SIGNED_POLICY_BYTES:
+        raise PolicyRefused("trust.policy_invalid", "file larger than 96 MiB")
     try:
         obj = parse_json(data)
     except JsonError as exc:
         raise PolicyRefused("trust.policy_invalid", f"JSON: {exc.kind}") from None
-    # 14.2: a JSON object with a `payloadType` member is a signed policy.
-    signed = isinstance(obj, dict) and "payloadType" in obj
-    # CHOICE: the kind of file (signed or plain) is decided before its content
-    # is checked: with roots, any plain file (even an invalid one) is
-    # trust.policy_unsigned; without roots, any file with a payloadType member
-    # (even a malformed envelope) is trust.policy_signature. A file that is
-    # not JSON, or JSON but not an object, is trust.policy_invalid either way.
-    if roots and not signed and isinstance(obj, dict):
+    if not isinstance(obj, dict):
+        raise PolicyRefused("trust.policy_invalid", "not a JSON object")
+    # 14.2 step 2: a JSON object with a `payloadType` member is a signed policy.
+    signed = "payloadType" in obj
+    if not signed and len(data) > MAX_POLICY_BYTES:
+        raise PolicyRefused("trust.policy_invalid", "plain policy larger than 64 MiB")
+    # With roots, any plain policy (even an invalid one) is trust.policy_unsigned.
+    if roots and not signed:
         raise PolicyRefused("trust.policy_unsigned")
-    if not roots and signed:
-        raise PolicyRefused("trust.policy_signature", "no trust roots given")
 
     def invalid(detail: str):
         raise PolicyRefused("trust.policy_invalid", detail)
@@ -1481,6 +1479,9 @@ def load_policy(path: str, roots: dict, root_threshold: int, check_expiry: bool 
         env = decode_envelope(obj)
         if env is None:
             invalid("envelope base64")
+        # 14.4 step 2: without roots a signed policy cannot be checked.
+        if not roots:
+            raise PolicyRefused("trust.policy_signature", "no trust roots given")
         # CHOICE: an envelope with no signatures is well-formed (as for
         # packages, section 7 step 3) and fails the root threshold:
         # trust.policy_signature.
@@ -1496,6 +1497,8 @@ def load_policy(path: str, roots: dict, root_threshold: int, check_expiry: bool 
         if len(counted) < root_threshold:
             raise PolicyRefused("trust.policy_signature",
                                 f"{len(counted)} of {root_threshold} root signatures")
+        if len(env.payload) > MAX_POLICY_BYTES:
+            invalid("payload larger than 64 MiB")
         try:
             payload_obj = parse_json(env.payload)
         except JsonError as exc:

@@ -58,11 +58,12 @@ public enum TrustPolicyLoader {
         }
         let digest = SHA256Hasher.hash(bytes).hex
         guard root["payloadType"] != nil else {
-            if roots != nil {
-                throw ContinuonPackError(.trustPolicyUnsigned, "Trust roots are configured, but the policy is not signed.")
-            }
             guard bytes.count <= TrustPolicy.maxDocumentBytes else {
                 throw TrustPolicy.invalid("The policy is \(bytes.count) bytes; the limit is \(TrustPolicy.maxDocumentBytes).")
+            }
+            guard case .object = root else { throw TrustPolicy.invalid("The policy is not a JSON object.") }
+            if roots != nil {
+                throw ContinuonPackError(.trustPolicyUnsigned, "Trust roots are configured, but the policy is not signed.")
             }
             let policy = try TrustPolicy.decode(root)
             try checkExpiry(policy, now: now)
@@ -148,10 +149,10 @@ public enum TrustPolicyLoader {
         return envelope.jsonBytes() + [0x0a]
     }
 
-    /// A signed policy's payload may be as large as a plain policy, in base64.
+    /// A signed policy file is at most 96 MiB: a 64 MiB payload in base64 and its signatures (spec section 14.2).
     static let envelopeLimits: PackageLimits = {
         var limits = PackageLimits.default
-        limits.maxEnvelopeBytes = TrustPolicy.maxDocumentBytes / 3 * 4 + (1 << 20)
+        limits.maxEnvelopeBytes = 96 << 20
         return limits
     }()
 

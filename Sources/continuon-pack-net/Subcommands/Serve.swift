@@ -21,11 +21,8 @@ extension ContinuonPackNetCommand {
         @Option(name: .long, help: "Address to listen on, HOST:PORT (port 0 picks a free one).")
         var listen = "127.0.0.1:8080"
 
-        @Option(name: .long, help: "A trusted public key (SPKI PEM); repeat for several.")
-        var trustedKey: [String] = []
-
-        @Option(name: .long, help: "How many distinct trusted keys must have signed.")
-        var threshold = 1
+        @OptionGroup(title: "Trust (a --trust-policy is re-read on SIGHUP and when the file changes)")
+        var trust: TrustOptions
 
         @Option(name: .long, help: "Where verified packages go: a directory, or gs://BUCKET[/PREFIX].")
         var store: String
@@ -76,8 +73,6 @@ extension ContinuonPackNetCommand {
         var publicURL: String?
 
         func validate() throws {
-            guard !trustedKey.isEmpty else { throw ValidationError("Give at least one --trusted-key.") }
-            guard threshold >= 1 else { throw ValidationError("--threshold must be at least 1.") }
             guard listen.split(separator: ":").count == 2, Int(listen.split(separator: ":")[1]) != nil else {
                 throw ValidationError("--listen must be HOST:PORT, not \(listen).")
             }
@@ -99,9 +94,12 @@ extension ContinuonPackNetCommand {
         }
 
         func run() async throws {
-            let keys = try trustedKey.map(loadPublicKey)
-            guard threshold <= Set(keys).count else {
-                throw ValidationError("--threshold \(threshold) is more than the \(Set(keys).count) distinct trusted keys.")
+            let trustInForce: TrustInForce
+            if let path = trust.trustPolicy {
+                trustInForce = try TrustInForce(
+                    source: .init(path: path, roots: trust.rootOptions.roots()), threshold: trust.threshold)
+            } else {
+                trustInForce = TrustInForce(try trust.load(), threshold: trust.threshold)
             }
             try ensureDescriptors()
             LoggingSystem.bootstrap(StreamLogHandler.standardError)
@@ -123,7 +121,7 @@ extension ContinuonPackNetCommand {
             }
             let server = try IngestServer(
                 configuration: IngestConfiguration(
-                    host: String(parts[0]), port: Int(parts[1]) ?? 8080, trustedKeys: keys, threshold: threshold,
+                    host: String(parts[0]), port: Int(parts[1]) ?? 8080, trust: trustInForce,
                     bucket: bucket, spoolDirectory: spoolDirectory, maxPackageBytes: UInt64(maxPackageMib) << 20,
                     sessions: SessionLimits(
                         maxActive: maxSessions, expiry: .seconds(sessionExpiry), emptyExpiry: .seconds(emptySessionExpiry),

@@ -1,0 +1,365 @@
+import Foundation
+import Testing
+@testable import ContinuonPack
+
+/// One entry of TestVectors/trust/cases.json (spec section 14).
+struct TrustVector: Sendable, CustomTestStringConvertible {
+    let name: String
+    let package: String
+    let policy: String
+    let roots: [String]
+    let rootThreshold: Int
+    let threshold: Int?
+    let previousPolicy: String?
+    let policyError: String?
+    let valid: Bool
+    let codes: Set<String>
+    let statuses: [String]
+    var testDescription: String { name }
+
+    static func path(_ relative: String) -> String { Repo.path("TestVectors/trust/" + relative) }
+
+    static func all() throws -> [TrustVector] {
+        let cases = try json(try readBytes(path("cases.json")))["cases"] as? [[String: Any]] ?? []
+        return cases.map { entry in
+            let expected = entry["expected"] as? [String: Any] ?? [:]
+            return TrustVector(
+                name: entry["name"] as? String ?? "?", package: entry["package"] as? String ?? "?",
+                policy: entry["policy"] as? String ?? "?", roots: entry["roots"] as? [String] ?? [],
+                rootThreshold: entry["root_threshold"] as? Int ?? 1, threshold: entry["threshold"] as? Int,
+                previousPolicy: entry["previous_policy"] as? String, policyError: expected["policy_error"] as? String,
+                valid: expected["valid"] as? Bool ?? false, codes: Set(expected["codes"] as? [String] ?? []),
+                statuses: expected["statuses"] as? [String] ?? [])
+        }
+    }
+}
+
+@Suite("Trust policies")
+struct TrustTests {
+    @Test("Every trust vector: the policy is refused with its code, or the package gets its verdict, codes and statuses",
+          arguments: try TrustVector.all())
+    func vector(_ vector: TrustVector) throws {
+        let roots = vector.roots.isEmpty ? nil : TrustRoots(
+            keys: try vector.roots.map { try Ed25519PublicKey(pemRepresentation: try readBytes(TrustVector.path($0))) },
+            threshold: vector.rootThreshold)
+        let now = TrustPolicyLoader.currentTime()
+        let previous = try vector.previousPolicy.map {
+            try TrustPolicyLoader.load(try readBytes(TrustVector.path($0)), roots: roots, now: now)
+        }
+        let loaded: LoadedTrustPolicy
+        do {
+            loaded = try TrustPolicyLoader.load(try readBytes(TrustVector.path(vector.policy)), roots: roots, now: now, inForce: previous)
+        } catch let error as ContinuonPackError {
+            #expect(error.code.rawValue == vector.policyError, "\(error)")
+            return
+        }
+        #expect(vector.policyError == nil, "the policy loaded; expected \(vector.policyError ?? "")")
+        let report = try PackageVerifier(policy: loaded.policy, threshold: vector.threshold).verify(path: TrustVector.path(vector.package))
+        #expect(report.valid == vector.valid)
+        #expect(codes(report) == vector.codes)
+        #expect(report.signatures.map(\.status.rawValue) == vector.statuses)
+    }
+
+    @Test("The CLI agrees with the library on every trust vector that has no previous policy (verify --trust-policy)")
+    func cliAgrees() throws {
+        for vector in try TrustVector.all() where vector.previousPolicy == nil {
+            var arguments = ["verify", TrustVector.path(vector.package), "--trust-policy", TrustVector.path(vector.policy), "--json"]
+            arguments += vector.roots.flatMap { ["--trust-root", TrustVector.path($0)] }
+            arguments += ["--trust-root-threshold", String(vector.rootThreshold)].filter { _ in !vector.roots.isEmpty }
+            if let threshold = vector.threshold { arguments += ["--threshold", String(threshold)] }
+            let result = try cli(arguments)
+            if let code = vector.policyError {
+                #expect(result.status == 2 && result.stderr.contains(code), "\(vector.name): \(result.stderr)")
+                continue
+            }
+            #expect(result.status == (vector.valid ? 0 : 1), "\(vector.name): \(result.stderr)")
+            let report = try json(result.stdout)
+            let reported = Set((report["errors"] as? [[String: Any]] ?? []).compactMap { $0["code"] as? String })
+            #expect(reported == vector.codes, "\(vector.name)")
+            #expect((report["signatures"] as? [[String: Any]] ?? []).compactMap { $0["status"] as? String } == vector.statuses)
+        }
+    }
+
+    @Test("Environment patterns: * is any run, the whole ID must match, case counts; hostile patterns stay fast")
+    func patterns() throws {
+        let table: [(String, String, Bool)] = [
+            ("*", "lab-arm-01", true), ("lab-arm-*", "lab-arm-01", true), ("lab-arm-*", "lab-arm-", true),
+            ("lab-arm-*", "lab-arm", false), ("*-01", "lab-arm-01", true), ("*-01", "lab-arm-011", false),
+            ("lab*01", "lab01", true), ("l*a*b", "lab", true), ("l*a*b", "lb", false), ("**", "x", true),
+            ("LAB-*", "lab-arm-01", false), ("lab-arm-01", "lab-arm-01", true), ("lab-arm-01", "lab-arm-012", false),
+            ("a*b*c", "aXbYbZc", true), ("a*b*c", "aXbYbZ", false),
+        ]
+        for (pattern, id, expected) in table {
+            #expect(try #require(EnvironmentPattern(pattern)).matches(id) == expected, "\(pattern) ~ \(id)")
+        }
+        for bad in ["", "lab arm", "lab/arm", "é", String(repeating: "a", count: 129), "lab\u{0}"] {
+            #expect(EnvironmentPattern(bad) == nil, "\(bad)")
+        }
+        // The classic exponential case for backtracking matchers: 64 stars against 128 characters.
+        let hostile = try #require(EnvironmentPattern(String(repeating: "a*", count: 63) + "b"))
+        let clock = ContinuousClock()
+        let elapsed = clock.measure { #expect(!hostile.matches(String(repeating: "a", count: 128))) }
+        #expect(elapsed < .milliseconds(200))
+    }
+
+    @Test("Enrollment story: keygen on the robot, trust add by the operator, its packages verify; another robot's environment does not")
+    func enrollment() throws {
+        let dir = try TemporaryDirectory()
+        let policy = dir.file("fleet.json")
+        #expect(try cli(["trust", "init", "--policy", policy]).status == 0)
+        #expect(try cli(["trust", "init", "--policy", policy]).status == 2, "init never overwrites")
+        // Robot A makes its key on the device; the operator enrolls its public half for robot A's environment.
+        #expect(try cli(["keygen", "--private-key", dir.file("robot-a.key"), "--public-key", dir.file("robot-a.pub")]).status == 0)
+        let added = try cli(["trust", "add", "--policy", policy, "--public-key", dir.file("robot-a.pub"),
+                             "--environment", "lab-arm-01", "--comment", "robot A"])
+        #expect(added.status == 0, "\(added.stderr)")
+        let again = try cli(["trust", "add", "--policy", policy, "--public-key", dir.file("robot-a.pub"), "--environment", "*"])
+        #expect(again.status == 2 && again.stderr.contains("--replace"))
+        let episodes = try dir.subdirectory("episodes")
+        _ = try dir.write("episodes/steps.bin", Array("episode".utf8))
+        func pack(_ environment: String, _ out: String) throws -> String {
+            let result = try cli(["pack", episodes, "--key", dir.file("robot-a.key"), "--output", dir.file(out),
+                                  "--environment-id", environment, "--runtime-version", "1.0.0", "--app-version", "1.0.0"])
+            #expect(result.status == 0, "\(result.stderr)")
+            return result.text.split(separator: "\n").last.map(String.init) ?? ""
+        }
+        let own = try pack("lab-arm-01", "own")
+        let forged = try pack("lab-arm-02", "forged")
+        #expect(try cli(["verify", own, "--trust-policy", policy]).status == 0)
+        let refused = try cli(["verify", forged, "--trust-policy", policy, "--json"])
+        #expect(refused.status == 1)
+        #expect(refused.text.contains("signature.environment_not_allowed"))
+        let check = try cli(["trust", "check", "--policy", policy, forged])
+        #expect(check.status == 1 && check.text.contains("may sign for lab-arm-01, not for environment \"lab-arm-02\""), "\(check.text)")
+        // Every edit raised the version and kept the file canonical.
+        let document = try readBytes(policy)
+        let decoded = try TrustPolicy.decode(document)
+        #expect(decoded.version == 2)
+        #expect(decoded.canonicalBytes() == document)
+        let listed = try json(try cli(["trust", "list", "--policy", policy, "--json"]).stdout)
+        #expect((listed["keys"] as? [[String: Any]])?.first?["comment"] as? String == "robot A")
+        #expect(listed["sha256"] as? String == SHA256Hasher.hash(document).hex)
+    }
+
+    @Test("revoke keeps the key on record and refuses its signatures; remove drops it; a revoked key is not re-added")
+    func revokeAndRemove() throws {
+        let dir = try TemporaryDirectory()
+        let policy = dir.file("p.json")
+        _ = try cli(["trust", "init", "--policy", policy])
+        _ = try cli(["trust", "add", "--policy", policy, "--public-key", Repo.testPublicKey, "--environment", "*"])
+        let keyID = try Ed25519PublicKey(pemRepresentation: try readBytes(Repo.testPublicKey)).keyID
+        let package = Repo.path("TestVectors/valid/package-none.cpkg")
+        #expect(try cli(["verify", package, "--trust-policy", policy]).status == 0)
+        #expect(try cli(["trust", "revoke", "--policy", policy, "--key-id", keyID, "--reason", "robot stolen"]).status == 0)
+        let refused = try cli(["verify", package, "--trust-policy", policy, "--json"])
+        #expect(refused.status == 1 && refused.text.contains("signature.key_revoked"))
+        let readd = try cli(["trust", "add", "--policy", policy, "--public-key", Repo.testPublicKey, "--environment", "*", "--replace"])
+        #expect(readd.status == 2 && readd.stderr.contains("revoked"))
+        #expect(try cli(["trust", "remove", "--policy", policy, "--key-id", keyID]).status == 0)
+        #expect(try TrustPolicy.decode(try readBytes(policy)).keysByID.isEmpty)
+        #expect(try cli(["trust", "remove", "--policy", policy, "--key-id", keyID]).status == 2)
+        #expect(try TrustPolicy.decode(try readBytes(policy)).version == 4)
+        #expect(try dir.entries() == ["p.json"], "edits leave no temporary files")
+    }
+
+    @Test("trust sign: a plain policy becomes a signed one; a second root adds its signature; signed files are not edited")
+    func signing() throws {
+        let dir = try TemporaryDirectory()
+        let policy = dir.file("p.json"), signed = dir.file("signed.json")
+        _ = try cli(["trust", "init", "--policy", policy])
+        _ = try cli(["trust", "add", "--policy", policy, "--public-key", Repo.testPublicKey, "--environment", "*"])
+        let root1 = TrustVector.path("roots/root-1.pem"), root2 = TrustVector.path("roots/root-2.pem")
+        let noExpiry = try cli(["trust", "sign", "--policy", policy, "--key", root1, "--output", signed])
+        #expect(noExpiry.status == 2 && noExpiry.stderr.contains("--expires"))
+        #expect(try cli(["trust", "sign", "--policy", policy, "--key", root1, "--output", signed, "--expires", "2099-01-01T00:00:00Z"]).status == 0)
+        #expect(try cli(["trust", "sign", "--policy", policy, "--key", root1, "--output", signed, "--expires", "2099-01-01T00:00:00Z"]).status == 2,
+                "never overwrites")
+        let package = Repo.path("TestVectors/valid/package-none.cpkg")
+        let bothRoots = ["--trust-root", TrustVector.path("roots/root-1.pub"), "--trust-root", TrustVector.path("roots/root-2.pub"),
+                         "--trust-root-threshold", "2"]
+        let oneRoot = try cli(["verify", package, "--trust-policy", signed] + bothRoots)
+        #expect(oneRoot.status == 2 && oneRoot.stderr.contains("trust.policy_signature"))
+        #expect(try cli(["trust", "sign", "--policy", signed, "--key", root2]).status == 0)
+        #expect(try cli(["verify", package, "--trust-policy", signed] + bothRoots).status == 0)
+        let unsigned = try cli(["verify", package, "--trust-policy", policy] + bothRoots)
+        #expect(unsigned.status == 2 && unsigned.stderr.contains("trust.policy_unsigned"))
+        let edit = try cli(["trust", "add", "--policy", signed, "--public-key", Repo.path("TestVectors/keys/second-ed25519.pub"), "--environment", "*"])
+        #expect(edit.status == 2 && edit.stderr.contains("signed policy"))
+    }
+
+    @Test("A 10,000-key policy loads in well under a second and verifies like a one-key policy")
+    func largePolicy() throws {
+        var policy = TrustPolicy(expires: nil)
+        for index in 0..<10_000 {
+            var seed = [UInt8](repeating: 0, count: 32)
+            seed[0] = UInt8(index & 0xff)
+            seed[1] = UInt8(index >> 8)
+            policy.set(.init(publicKey: try Ed25519PrivateKey(seed: seed).publicKey, environments: [.any]))
+        }
+        policy.set(.init(publicKey: try Ed25519PublicKey(pemRepresentation: try readBytes(Repo.testPublicKey)),
+                         environments: [try #require(EnvironmentPattern("vector-*"))]))
+        let bytes = policy.canonicalBytes()
+        let loaded = try TrustPolicyLoader.load(bytes, roots: nil, now: TrustPolicyLoader.currentTime())
+        #expect(loaded.policy.keysByID.count == 10_001)
+        #expect(loaded.policy == policy)
+        let report = try PackageVerifier(policy: loaded.policy).verify(path: Repo.path("TestVectors/valid/package-none.cpkg"))
+        #expect(report.valid)
+    }
+}
+
+/// `serve --trust-policy` while it runs (spec section 14.5).
+@Suite("Trust policies in a running service", .serialized)
+struct TrustServeTests {
+    var keyID: String { (try? Ed25519PublicKey(pemRepresentation: try readBytes(Repo.testPublicKey)).keyID) ?? "?" }
+
+    func health(_ server: PeerServer) throws -> [String: Any] {
+        let body = try json(try run("curl", ["-sf", server.baseURL.absoluteString + "/healthz"]).stdout)
+        return body["trust_policy"] as? [String: Any] ?? [:]
+    }
+
+    /// Packs a new package (its own blob, so its own package ID) signed by the test key for vector-env-01.
+    func freshPackage(_ dir: TemporaryDirectory, _ label: String) throws -> String {
+        let episodes = try dir.subdirectory("episodes-" + label)
+        _ = try dir.write("episodes-\(label)/steps.bin", Array("episode \(label)".utf8))
+        let result = try cli(["pack", episodes, "--key", Repo.path("TestVectors/keys/test-ed25519.pem"), "--output", dir.file("out-" + label),
+                              "--environment-id", "vector-env-01", "--runtime-version", "1.0.0", "--app-version", "1.0.0"])
+        return result.text.split(separator: "\n").last.map(String.init) ?? ""
+    }
+
+    /// Uploads a new package with a fresh outbox; returns the rejection's code, or nil when it was accepted.
+    func upload(_ server: PeerServer, _ dir: TemporaryDirectory, _ label: String) throws -> String? {
+        let package = try freshPackage(dir, label)
+        let result = try cli(["upload", package, "--to", server.baseURL.absoluteString, "--outbox", dir.file("outbox-" + label),
+                              "--json", "--deadline", "20"])
+        let state = (try JSONSerialization.jsonObject(with: Data(result.stdout)) as? [[String: Any]])?.first ?? [:]
+        if result.status == 0 { return nil }
+        let problem = try json(Array((state["rejection_body"] as? String ?? "").utf8))
+        return problem["code"] as? String ?? "exit \(result.status): \(result.stderr)"
+    }
+
+    /// Waits up to `seconds` for `condition`.
+    func eventually(_ seconds: Double = 5, _ condition: () throws -> Bool) rethrows -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if try condition() { return true }
+            usleep(50_000)
+        }
+        return try condition()
+    }
+
+    @Test("Revocation without a restart: SIGHUP, and a change of the file alone, put the new policy in force; nothing is stored")
+    func revocation() throws {
+        let dir = try TemporaryDirectory()
+        let policy = dir.file("fleet.json")
+        _ = try cli(["trust", "init", "--policy", policy])
+        _ = try cli(["trust", "add", "--policy", policy, "--public-key", Repo.testPublicKey, "--environment", "vector-*"])
+        let server = try startServe(dir, trusting: [], extra: ["--trust-policy", policy])
+        #expect(try health(server)["version"] as? Int == 2)
+        #expect(try health(server)["sha256"] as? String == SHA256Hasher.hash(try readBytes(policy)).hex)
+        #expect(try upload(server, dir, "1") == nil)
+        #expect(storedPackages(dir).count == 1)
+        // Revoke, and tell the service.
+        _ = try cli(["trust", "revoke", "--policy", policy, "--key-id", keyID, "--reason", "robot stolen"])
+        kill(server.process.processIdentifier, SIGHUP)
+        #expect(try eventually { try health(server)["version"] as? Int == 3 })
+        #expect(try upload(server, dir, "2") == "signature.key_revoked")
+        #expect(storedPackages(dir).count == 1)
+        // Trust it again through an edit the service notices by itself (remove, then add: no signal).
+        _ = try cli(["trust", "remove", "--policy", policy, "--key-id", keyID])
+        _ = try cli(["trust", "add", "--policy", policy, "--public-key", Repo.testPublicKey, "--environment", "*"])
+        #expect(try eventually { try health(server)["version"] as? Int == 5 })
+        #expect(try upload(server, dir, "3") == nil)
+        #expect(storedPackages(dir).count == 2)
+        #expect(server.process.isRunning)
+        let log = String(decoding: try readBytes(dir.file("serve.log")), as: UTF8.self)
+        #expect(log.contains("trust policy in force"))
+    }
+
+    @Test("A policy that does not load keeps the one in force (never fails open), and is logged with its code")
+    func corruptPolicy() throws {
+        let dir = try TemporaryDirectory()
+        let policy = dir.file("fleet.json")
+        _ = try cli(["trust", "init", "--policy", policy])
+        _ = try cli(["trust", "add", "--policy", policy, "--public-key", Repo.testPublicKey, "--environment", "*"])
+        let server = try startServe(dir, trusting: [], extra: ["--trust-policy", policy])
+        for (label, bytes) in [("truncated", Array(try readBytes(policy).prefix(40))), ("empty", []),
+                               ("other schema", Array(#"{"schema":"x","version":9,"threshold":1,"keys":[]}"#.utf8))] {
+            try Data(bytes).write(to: URL(fileURLWithPath: policy))
+            kill(server.process.processIdentifier, SIGHUP)
+            usleep(1_500_000)
+            #expect(try health(server)["version"] as? Int == 2, "\(label)")
+        }
+        try FileManager.default.removeItem(atPath: policy)
+        kill(server.process.processIdentifier, SIGHUP)
+        usleep(1_500_000)
+        #expect(try upload(server, dir, "1") == nil, "the last good policy is in force")
+        let log = String(decoding: try readBytes(dir.file("serve.log")), as: UTF8.self)
+        #expect(log.contains("trust.policy_invalid"))
+        #expect(server.process.isRunning)
+    }
+
+    @Test("A signed policy: an older or expired one offered while running is refused; a newer one is taken; an unsigned one never")
+    func signedPolicy() throws {
+        let dir = try TemporaryDirectory()
+        let plain = dir.file("plain.json"), live = dir.file("live.json")
+        let root = TrustVector.path("roots/root-1.pem")
+        func signed(_ name: String, expires: String = "2099-01-01T00:00:00Z") throws -> String {
+            let out = dir.file(name)
+            let result = try cli(["trust", "sign", "--policy", plain, "--key", root, "--output", out, "--expires", expires])
+            #expect(result.status == 0, "\(result.stderr)")
+            return out
+        }
+        _ = try cli(["trust", "init", "--policy", plain])
+        _ = try cli(["trust", "add", "--policy", plain, "--public-key", Repo.testPublicKey, "--environment", "*"])
+        let version2 = try signed("v2.json")
+        _ = try cli(["trust", "revoke", "--policy", plain, "--key-id", keyID, "--reason", "stolen"])
+        let version3 = try signed("v3.json")
+        try FileManager.default.copyItem(atPath: version2, toPath: live)
+        let roots = ["--trust-root", TrustVector.path("roots/root-1.pub")]
+        let unsignedStart = try cli(["serve", "--listen", "127.0.0.1:0", "--store", dir.file("s0"), "--trust-policy", plain] + roots)
+        #expect(unsignedStart.status == 2 && unsignedStart.stderr.contains("trust.policy_unsigned"))
+        let server = try startServe(dir, trusting: [], extra: ["--trust-policy", live] + roots)
+        #expect(try health(server)["signed"] as? Bool == true)
+        #expect(try upload(server, dir, "1") == nil)
+        // The newer policy (the revocation) goes in force.
+        try replace(live, with: version3)
+        #expect(try eventually { try health(server)["version"] as? Int == 3 })
+        // Someone who can write the file puts the old one back: refused, the revocation stays.
+        try replace(live, with: version2)
+        kill(server.process.processIdentifier, SIGHUP)
+        usleep(1_500_000)
+        #expect(try health(server)["version"] as? Int == 3)
+        // So is an unsigned policy, whatever it says.
+        try replace(live, with: plain)
+        usleep(1_500_000)
+        #expect(try health(server)["version"] as? Int == 3)
+        let log = String(decoding: try readBytes(dir.file("serve.log")), as: UTF8.self)
+        #expect(log.contains("trust.policy_rollback") && log.contains("trust.policy_unsigned"))
+    }
+
+    func replace(_ path: String, with source: String) throws {
+        let temporary = path + ".new"
+        try? FileManager.default.removeItem(atPath: temporary)
+        try FileManager.default.copyItem(atPath: source, toPath: temporary)
+        guard rename(temporary, path) == 0 else { throw ContinuonPackError(.ioError, "rename") }
+    }
+
+    @Test("When the policy in force expires, new uploads get 503 trust.policy_expired")
+    func expiry() throws {
+        let dir = try TemporaryDirectory()
+        let policy = dir.file("p.json")
+        // Expires two seconds from now.
+        let soon = PackageWriter.timestamp(secondsSinceEpoch: Int64(Date().timeIntervalSince1970) + 2)
+        _ = try cli(["trust", "init", "--policy", policy, "--expires", soon])
+        _ = try cli(["trust", "add", "--policy", policy, "--public-key", Repo.testPublicKey, "--environment", "*"])
+        let server = try startServe(dir, trusting: [], extra: ["--trust-policy", policy])
+        usleep(3_000_000)
+        // A device's uploader retries a 503 until its deadline, keeping its copy; ask the way it does, once.
+        let answer = try run("curl", ["-s", "-w", "\n%{http_code}", "-X", "POST", "-H", "Content-Type: application/json", "-d", "{}",
+                                      server.baseURL.absoluteString + "/upload/storage/v1/b/staging/o?uploadType=resumable&name=x.cpkg"])
+        let lines = answer.text.split(separator: "\n")
+        #expect(lines.last == "503")
+        #expect(try json(Array(lines.dropLast().joined(separator: "\n").utf8))["code"] as? String == "trust.policy_expired")
+        #expect(storedPackages(dir).isEmpty)
+    }
+}
