@@ -8,6 +8,8 @@ wall time, ratios to the reference tool, and peak memory (max RSS from wait4). N
 machine. The README's performance table comes from one run of this script.
 """
 import argparse
+import hashlib
+import json
 import os
 import resource
 import shutil
@@ -57,6 +59,30 @@ def make_blobs(directory, count, size_of):
                 written += len(piece)
 
 
+def write_policy(path, pub, count):
+    """A trust policy (spec section 14) of `count` keys: the test key (every environment) and random robots' keys,
+    each allowed its own environment, as a fleet's would be."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    def entry(raw, environments):
+        body = '{"keytype":"ed25519","keyval":{"public":"%s"},"scheme":"ed25519"}' % raw.hex()
+        return {"key_id": hashlib.sha256(body.encode()).hexdigest(), "public_key": raw.hex(),
+                "environments": environments, "comment": "bench robot"}
+
+    with open(pub, "rb") as f:
+        test = serialization.load_pem_public_key(f.read())
+    raw = test.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    keys = [entry(raw, ["*"])]
+    for index in range(count - 1):
+        other = Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        keys.append(entry(other, ["robot-%05d" % index]))
+    keys.sort(key=lambda k: k["key_id"])
+    document = {"schema": "continuon.trust-policy/v1", "version": 1, "threshold": 1, "keys": keys}
+    with open(path, "wb") as f:
+        f.write(json.dumps(document, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mb", type=int, default=1024)
@@ -82,6 +108,12 @@ def main():
     make_blobs(big, 100, lambda i: args.size_mb * (1 << 20) // 100)
     make_blobs(small, args.small, lambda i: 1024 + (i * 7919) % (15 * 1024))
     out = os.path.join(work, "out")
+
+    vector = os.path.join(ROOT, "TestVectors/valid/package-none.cpkg")
+    fleet = os.path.join(work, "fleet-10000.json")
+    single = os.path.join(work, "fleet-1.json")
+    write_policy(fleet, pub, 10000)
+    write_policy(single, pub, 1)
 
     def fresh(name):
         path = os.path.join(out, name)
@@ -121,6 +153,15 @@ def main():
             ("continuon-pack promote (verify + write + sync)", lambda: [
                 args.binary, "promote", "--from", os.path.dirname(package("pack-big")), "--to", fresh("training"),
                 "--trusted-key", pub]),
+        ]),
+        ("verify with a trust policy, %d MiB package" % args.size_mb, [
+            ("verify --trusted-key (1 key)", lambda: [args.binary, "verify", package("pack-big"), "--trusted-key", pub]),
+            ("verify --trust-policy (10,000 keys)", lambda: [args.binary, "verify", package("pack-big"), "--trust-policy", fleet]),
+        ]),
+        ("verify a 23 KiB package: loading the policy", [
+            ("verify --trusted-key (1 key)", lambda: [args.binary, "verify", vector, "--trusted-key", pub]),
+            ("verify --trust-policy (1 key)", lambda: [args.binary, "verify", vector, "--trust-policy", single]),
+            ("verify --trust-policy (10,000 keys)", lambda: [args.binary, "verify", vector, "--trust-policy", fleet]),
         ]),
         ("pack none, %d small blobs (1-16 KiB)" % args.small, [
             ("tar cf", lambda: ["tar", "cf", os.path.join(fresh("tar-small"), "x.tar"), "-C", small, "."]),

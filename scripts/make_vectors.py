@@ -688,6 +688,18 @@ directory for a staging directory holding `valid/package-none.cpkg` as `<package
 with `SOURCE_DATE_EPOCH` set (so `promoted_at` is `{created_at}`): `{environment_id}/<package_id>/` with every blob,
 and `_provenance.json`, the marker, byte for byte (the promoter's own `.promote/` directory left out).
 
+## Trust policies (`trust/`)
+
+Spec section 14. `cases.json` lists {trust_cases} cases; each names a package (`packages/`), a policy (`policies/`
+plain, `signed/` signed), optionally `roots` (SPKI PEM files under `roots/`; `root-1.pem` and `root-2.pem` are their
+private keys, public and for tests only, seeds SHA-256 of `continuon-pack test vector root 1` and `… 2`),
+`root_threshold` (default 1), `threshold` (the verifier's own, overriding the policy's) and `previous_policy` (a
+signed policy already in force, for the rollback rule), and what must follow: `{{"policy_error": CODE}}` (the policy
+is refused, the CLI exits 2), or `{{"valid", "codes", "statuses"}}` (the package's verdict, the set of error codes,
+and each signature's status in envelope order). The packages are `valid/package-none.cpkg` (`key1.cpkg`) and
+variants signed by the two keys of `keys/` in other orders, for another environment or with a broken signature.
+Plain policies that expire do so in 2020; the others in 2099, so the cases hold at any time in between.
+
 ## TFRecord framing (`tfrecord/`)
 
 Spec section 13.2. Written by `Tests/peers/tfrecord_fixtures.py` (Python, CRC-32C from google-crc32c; deterministic),
@@ -998,7 +1010,7 @@ def make_trust(base_path):
     return len(cases)
 
 
-def write_readme(index):
+def write_readme(index, trust_cases):
     with open(os.path.join(VECTORS, "valid", "expected.json")) as f:
         exp = json.load(f)
     rows = []
@@ -1012,7 +1024,7 @@ def write_readme(index):
         key_id=exp["key_id"], environment_id=PROVENANCE["environment_id"],
         runtime=PROVENANCE["brain_runtime_version"], app=PROVENANCE["ai_app_version"], created_at=exp["created_at"],
         epoch=EPOCH, none_sha256=exp["packages"]["none"]["sha256"], package_id=exp["package_id"],
-        rows="\n".join(rows))
+        rows="\n".join(rows), trust_cases=trust_cases)
     with open(os.path.join(VECTORS, "README.md"), "w") as f:
         f.write(text)
 
@@ -1024,8 +1036,8 @@ def main():
     base_path = make_valid(sys.argv[1])
     make_promotion(sys.argv[1], base_path)
     index = write_invalid(make_invalid(base_path))
-    write_readme(index)
     trust_cases = make_trust(base_path)
+    write_readme(index, trust_cases)
     subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "peers",
                     "tfrecord_fixtures.py"), "write", os.path.join(VECTORS, "tfrecord")], check=True,
                    stdout=subprocess.DEVNULL)

@@ -114,7 +114,9 @@ public struct IngestServer: Sendable {
                 idleTimeout: TimeAmount.seconds(configuration.idleTimeout.components.seconds))),
             configuration: ApplicationConfiguration(
                 address: .hostname(configuration.host, port: configuration.port), serverName: "continuon-pack"),
-            services: [Expirer(sessions: sessions), TrustPolicyWatcher(trust: configuration.trust, logger: logger)],
+            // A service that returns ends the group: the watcher runs only when there is a policy file to watch.
+            services: [Expirer(sessions: sessions)]
+                + (configuration.trust.source == nil ? [] : [TrustPolicyWatcher(trust: configuration.trust, logger: logger)]),
             onServerRunning: { [boundPort, configuration] channel in
                 let port = channel.localAddress?.port ?? configuration.port
                 boundPort.set(port)

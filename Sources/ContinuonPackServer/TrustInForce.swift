@@ -110,7 +110,11 @@ struct TrustPolicyWatcher: Service {
     var interval: Duration = .seconds(1)
 
     func run() async throws {
-        guard let source = trust.source else { return }
+        guard let source = trust.source else {
+            // Nothing to watch; returning would end the service group.
+            try? await gracefulShutdown()
+            return
+        }
         let loaded = trust.current
         logger.notice("trust policy in force", metadata: [
             "version": "\(loaded.policy.version)", "sha256": "\(loaded.sha256)", "keys": "\(loaded.policy.keysByID.count)",

@@ -187,6 +187,30 @@ struct TrustTests {
         #expect(edit.status == 2 && edit.stderr.contains("signed policy"))
     }
 
+    @Test("promote --trust-policy: robot A's package is promoted, its key's package for another environment refused")
+    func promote() throws {
+        let dir = try TemporaryDirectory()
+        let staging = try dir.subdirectory("staging")
+        let verifier = PackageVerifier(trustedKeys: [try Ed25519PublicKey(pemRepresentation: try readBytes(Repo.testPublicKey))])
+        var ids: [String: String] = [:]
+        for name in ["key1", "key1-env02"] {
+            let path = TrustVector.path("packages/\(name).cpkg")
+            let id = try #require(try verifier.verify(path: path).packageID)
+            try FileManager.default.copyItem(atPath: path, toPath: staging + "/" + id + ".cpkg")
+            ids[name] = id
+        }
+        let result = try cli(["promote", "--from", staging, "--to", dir.file("training"), "--json",
+                              "--trust-policy", TrustVector.path("policies/key1-env01.json")])
+        #expect(result.status == 1, "\(result.stderr)")
+        let outcomes = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout)) as? [[String: Any]])
+        let byID = Dictionary(uniqueKeysWithValues: outcomes.map { ($0["package_id"] as? String ?? "?", $0) })
+        #expect(byID[ids["key1"] ?? ""]?["status"] as? String == "promoted")
+        #expect(byID[ids["key1-env02"] ?? ""]?["status"] as? String == "refused")
+        #expect(result.text.contains("signature.environment_not_allowed"))
+        #expect(FileManager.default.fileExists(atPath: dir.file("training/vector-env-01/\(ids["key1"] ?? "")/_provenance.json")))
+        #expect(!FileManager.default.fileExists(atPath: dir.file("training/vector-env-02")))
+    }
+
     @Test("A 10,000-key policy loads in well under a second and verifies like a one-key policy")
     func largePolicy() throws {
         var policy = TrustPolicy(expires: nil)

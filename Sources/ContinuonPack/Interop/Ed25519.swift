@@ -35,22 +35,29 @@ final class MemoryBIO {
 }
 
 /// An Ed25519 public key (RFC 8032), as raw 32 bytes, SPKI PEM, or the securesystemslib key ID.
+///
+/// Only the 32 bytes are kept; OpenSSL's key object is made when the key is used. A trust policy of 10,000 keys then
+/// loads without 10,000 OpenSSL objects (and frees without them), and verifying costs one more small allocation.
 public struct Ed25519PublicKey: Sendable, Hashable {
     /// The 32 raw public key bytes.
     public let rawRepresentation: [UInt8]
-    let key: EVPKey
 
-    /// Creates a key from its 32 raw bytes.
-    /// - Throws: `key.invalid` when the bytes are not 32 long or not accepted by OpenSSL.
+    /// Creates a key from its 32 raw bytes. Any 32 bytes are a key; bytes that are not a point of the curve verify
+    /// no signature.
+    /// - Throws: `key.invalid` when the bytes are not 32 long.
     public init(rawRepresentation raw: [UInt8]) throws {
         guard raw.count == 32 else {
             throw ContinuonPackError(.keyInvalid, "An Ed25519 public key is 32 bytes, not \(raw.count).")
         }
-        guard let pkey = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nil, raw, 32) else {
+        self.rawRepresentation = raw
+    }
+
+    /// OpenSSL's key object for these bytes.
+    func evpKey() throws -> EVPKey {
+        guard let pkey = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nil, rawRepresentation, 32) else {
             throw cryptoError("OpenSSL refused the Ed25519 public key bytes.", code: .keyInvalid)
         }
-        self.rawRepresentation = raw
-        self.key = EVPKey(pkey)
+        return EVPKey(pkey)
     }
 
     init(evpKey: EVPKey) throws {
@@ -84,7 +91,8 @@ public struct Ed25519PublicKey: Sendable, Hashable {
     /// SPKI PEM text, byte-identical to what `openssl pkey -pubout` writes.
     public func pemRepresentation() throws -> String {
         let bio = try MemoryBIO()
-        guard PEM_write_bio_PUBKEY(bio.pointer, key.pointer) == 1 else {
+        let key = try evpKey()
+        guard withExtendedLifetime(key, { PEM_write_bio_PUBKEY(bio.pointer, key.pointer) }) == 1 else {
             throw cryptoError("PEM_write_bio_PUBKEY failed")
         }
         return String(decoding: bio.contents, as: UTF8.self)
@@ -93,14 +101,22 @@ public struct Ed25519PublicKey: Sendable, Hashable {
     /// The key ID: lowercase hex SHA-256 of
     /// `{"keytype":"ed25519","keyval":{"public":"<hex>"},"scheme":"ed25519"}` (as securesystemslib computes it).
     public var keyID: String {
-        let canonical = #"{"keytype":"ed25519","keyval":{"public":""# + Hex.encode(rawRepresentation)
-            + #""},"scheme":"ed25519"}"#
-        return SHA256Hasher.hash(Array(canonical.utf8)).hex
+        var canonical = Array(#"{"keytype":"ed25519","keyval":{"public":""#.utf8)
+        canonical.reserveCapacity(canonical.count + 64 + 24)
+        for byte in rawRepresentation {
+            canonical.append(Hex.digit(byte >> 4))
+            canonical.append(Hex.digit(byte & 0x0f))
+        }
+        canonical += #""},"scheme":"ed25519"}"#.utf8
+        return SHA256Hasher.hash(canonical).hex
     }
 
     /// Verifies a pure Ed25519 signature (RFC 8032) over `message`. Malleable signatures (S >= L) are rejected.
     public func isValidSignature(_ signature: [UInt8], for message: [UInt8]) -> Bool {
-        guard signature.count == 64, let context = EVP_MD_CTX_new() else { return false }
+        guard signature.count == 64, let key = try? evpKey(), let context = EVP_MD_CTX_new() else {
+            _ = openSSLErrorText()
+            return false
+        }
         defer { EVP_MD_CTX_free(context) }
         guard EVP_DigestVerifyInit(context, nil, nil, nil, key.pointer) == 1 else {
             _ = openSSLErrorText()
@@ -114,7 +130,7 @@ public struct Ed25519PublicKey: Sendable, Hashable {
             }
         }
         _ = openSSLErrorText() // leave the thread's error queue clean
-        return result == 1
+        return withExtendedLifetime(key) { result == 1 }
     }
 
     public static func == (lhs: Self, rhs: Self) -> Bool { lhs.rawRepresentation == rhs.rawRepresentation }

@@ -1,8 +1,9 @@
 /// An environment-ID pattern of a trust policy (spec section 14.1): identifier characters and `*`, where `*` stands
 /// for any run of characters (possibly empty) and every other character for itself, case-sensitively.
 public struct EnvironmentPattern: Sendable, Hashable, Comparable, CustomStringConvertible {
-    public let text: String
     private let bytes: [UInt8]
+    /// The pattern as written.
+    public var text: String { String(decoding: bytes, as: UTF8.self) }
 
     /// The longest pattern, in bytes.
     public static let maxBytes = 128
@@ -11,7 +12,6 @@ public struct EnvironmentPattern: Sendable, Hashable, Comparable, CustomStringCo
     public init?(_ text: String) {
         let bytes = Array(text.utf8)
         guard (1...Self.maxBytes).contains(bytes.count), bytes.allSatisfy(Self.isPatternByte) else { return nil }
-        self.text = text
         self.bytes = bytes
     }
 
@@ -55,10 +55,12 @@ public struct EnvironmentPattern: Sendable, Hashable, Comparable, CustomStringCo
 
     private static func isPatternByte(_ byte: UInt8) -> Bool {
         switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+             UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "+"), UInt8(ascii: ":"), UInt8(ascii: "@"), UInt8(ascii: "-"),
+             UInt8(ascii: "*"):
             return true
         default:
-            return Array("._+:@-*".utf8).contains(byte)
+            return false
         }
     }
 }

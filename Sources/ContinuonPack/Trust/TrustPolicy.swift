@@ -26,7 +26,7 @@ public struct TrustPolicy: Sendable, Equatable {
     /// A key of the policy and the rules its signatures are held to.
     public struct Key: Sendable, Equatable {
         public var publicKey: Ed25519PublicKey
-        /// What the key may sign for; empty means nothing.
+        /// What the key may sign for, sorted; empty means nothing.
         public var environments: [EnvironmentPattern]
         /// The key counts only for manifests whose `created_at` is not earlier.
         public var notBefore: String?
@@ -47,7 +47,7 @@ public struct TrustPolicy: Sendable, Equatable {
         init(publicKey: Ed25519PublicKey, keyID: String, environments: [EnvironmentPattern], notBefore: String?,
              notAfter: String?, revocation: Revocation?, comment: String?) {
             self.publicKey = publicKey
-            self.environments = environments
+            self.environments = environments.sorted() // their order carries no meaning (spec section 14.1)
             self.notBefore = notBefore
             self.notAfter = notAfter
             self.revocation = revocation
