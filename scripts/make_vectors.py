@@ -877,9 +877,11 @@ def make_trust(base_path):
          "created_at 2024-02-30T00:00:00Z is not a date, but the shape decoded: it is compared as written.",
          bad_time, p, verdict(bad_time_codes + ["signature.key_expired"], ["signature.key_expired"]))
     p = plain("key1-lab", policy([policy_key(KEY_1, ["lab*"])]))
-    case("invalid-environment-matched-as-written",
-         "environment_id \"lab 01\" breaks section 2, but the shape decoded: lab* matches it as written.",
-         bad_env, p, verdict(bad_env_codes, ["counted"]))
+    case("invalid-environment-lab-star",
+         "environment_id \"lab 01\" is not an identifier: only a pattern of * alone matches it, not lab*.",
+         bad_env, p, verdict(bad_env_codes + ["signature.environment_not_allowed"], ["signature.environment_not_allowed"]))
+    case("invalid-environment-star", "environment_id \"lab 01\" is not an identifier, and * matches it.",
+         bad_env, "policies/key1-star.json", verdict(bad_env_codes, ["counted"]))
 
     # Thresholds.
     p = plain("both-threshold-2", policy([policy_key(KEY_1, ["*"]), policy_key(KEY_2, ["*"])], threshold=2))

@@ -7,9 +7,13 @@ import NIOCore
 extension IngestProblem {
     /// A refusal from a verification report: 422 with the first failure's code, every failure listed.
     init(refusing report: VerificationReport) {
-        let first = report.failures.first
+        self.init(refusing: report.failures)
+    }
+
+    init(refusing failures: [ContinuonPackError]) {
+        let first = failures.first
         self.init(422, first?.code.rawValue ?? "package.invalid", "The package failed verification.", detail: first?.message)
-        errors = report.failures.map { Failure(code: $0.code.rawValue, message: $0.message) }
+        errors = failures.map { Failure(code: $0.code.rawValue, message: $0.message) }
     }
 
     /// `application/problem+json` (RFC 9457): `type`, `title`, `status`, `detail`, plus `code` and (for

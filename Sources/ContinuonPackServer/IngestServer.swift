@@ -239,7 +239,6 @@ public struct IngestServer: Sendable {
 
     private func receive(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         try checkBucket(context)
-        try configuration.trust.checkUsable()
         let query = try UploadQuery(rawQuery: request.uri.query)
         guard let id = query.uploadID else {
             throw IngestProblem(400, "upload.session_missing", "PUT needs an upload_id.").closingConnection()
@@ -437,6 +436,12 @@ public struct IngestServer: Sendable {
             throw await end(session, IngestProblem(400, "upload.checksum_mismatch", "The data does not match the declared crc32c."))
         }
         guard report.valid else { throw await end(session, IngestProblem(refusing: report)) }
+        // The policy may have changed while the upload arrived (a revocation): its signatures must still count.
+        if let failures = configuration.trust.recheck(report) {
+            logger.notice("refused at commit: its signatures no longer count under the trust policy in force",
+                          metadata: ["object": "\(session.objectName)", "version": "\(configuration.trust.current.policy.version)"])
+            throw await end(session, IngestProblem(refusing: failures))
+        }
         guard session.objectName.packageID == report.packageID else {
             throw await end(session, IngestProblem(
                 422, "upload.object_name_mismatch", "The object name is not <package_id>.cpkg of this package.",

@@ -51,6 +51,14 @@ public final class TrustInForce: Sendable {
         PackageVerifier(policy: current.policy, threshold: threshold, limits: limits)
     }
 
+    /// The failures when `report`'s signatures no longer count under the policy in force now (it changed while the
+    /// upload arrived); nil when they still do.
+    func recheck(_ report: VerificationReport) -> [ContinuonPackError]? {
+        let policy = current.policy
+        let judgement = policy.rejudge(report, threshold: threshold)
+        return judgement.accepted ? nil : judgement.failures
+    }
+
     /// Refuses new uploads while the policy in force has expired.
     func checkUsable(now: String = TrustPolicyLoader.currentTime()) throws(IngestProblem) {
         let policy = current.policy

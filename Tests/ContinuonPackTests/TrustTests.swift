@@ -299,6 +299,44 @@ struct TrustServeTests {
         #expect(log.contains("trust policy in force"))
     }
 
+    @Test("A revocation loaded while an upload is under way applies to it: refused at its last chunk, nothing stored")
+    func revocationMidUpload() throws {
+        let dir = try TemporaryDirectory()
+        let policy = dir.file("fleet.json")
+        _ = try cli(["trust", "init", "--policy", policy])
+        _ = try cli(["trust", "add", "--policy", policy, "--public-key", Repo.testPublicKey, "--environment", "*"])
+        let server = try startServe(dir, trusting: [], extra: ["--trust-policy", policy])
+        // A package of about 600 KiB: its first 256 KiB (the envelope and more) arrive under the old policy.
+        let episodes = try dir.subdirectory("big")
+        _ = try dir.write("big/frames.bin", (0..<600_000).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+        let packed = try cli(["pack", episodes, "--key", Repo.path("TestVectors/keys/test-ed25519.pem"), "--output", dir.file("out"),
+                              "--environment-id", "vector-env-01", "--runtime-version", "1.0.0", "--app-version", "1.0.0",
+                              "--compression", "none"])
+        let package = try #require(packed.text.split(separator: "\n").last.map(String.init))
+        let bytes = try readBytes(package)
+        try #require(bytes.count > 262_144)
+        let name = (package as NSString).lastPathComponent
+        let base = server.baseURL.absoluteString
+        let started = try run("curl", ["-s", "-D", "-", "-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/json",
+                                       "-d", "{}", base + "/upload/storage/v1/b/staging/o?uploadType=resumable&name=" + name])
+        let location = try #require(started.text.split(separator: "\r\n").first { $0.lowercased().hasPrefix("location:") })
+            .dropFirst("location:".count).trimmingCharacters(in: .whitespaces)
+        let first = try dir.write("first", Array(bytes[0..<262_144]))
+        let rest = try dir.write("rest", Array(bytes[262_144...]))
+        let firstAnswer = try run("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "--data-binary", "@" + first,
+                                           "-H", "Content-Range: bytes 0-262143/*", location])
+        #expect(firstAnswer.text == "308")
+        _ = try cli(["trust", "revoke", "--policy", policy, "--key-id", keyID, "--reason", "stolen mid-upload"])
+        kill(server.process.processIdentifier, SIGHUP)
+        #expect(try eventually { try health(server)["version"] as? Int == 3 })
+        let last = try run("curl", ["-s", "-w", "\n%{http_code}", "-X", "PUT", "--data-binary", "@" + rest,
+                                    "-H", "Content-Range: bytes 262144-\(bytes.count - 1)/\(bytes.count)", location])
+        let lines = last.text.split(separator: "\n")
+        #expect(lines.last == "422", "\(last.text)")
+        #expect(try json(Array(lines.dropLast().joined(separator: "\n").utf8))["code"] as? String == "signature.key_revoked")
+        #expect(storedPackages(dir).isEmpty)
+    }
+
     @Test("A policy that does not load keeps the one in force (never fails open), and is logged with its code")
     func corruptPolicy() throws {
         let dir = try TemporaryDirectory()

@@ -767,17 +767,18 @@ def check_signatures(env: Envelope, policy: "Policy", threshold: int,
             elif not entry["verified"]:
                 status = "signature.invalid"
             # CHOICE: when the shape decoded but created_at / environment_id
-            # are bad values (manifest.created_at_invalid, .identifier_invalid),
-            # steps 4 to 6 still run on the text as written; 14.3 skips them
-            # only when the shape did not decode.
+            # are bad values (manifest.created_at_invalid), steps 4 and 5 still
+            # run on the text as written; an environment_id that is not an
+            # identifier is matched only by patterns of "*" alone (14.3, step 6).
             elif manifest_obj is not None and key.not_before is not None \
                     and created < key.not_before:
                 status = "signature.key_not_yet_valid"
             elif manifest_obj is not None and key.not_after is not None \
                     and created > key.not_after:
                 status = "signature.key_expired"
-            elif manifest_obj is not None and \
-                    not any(pattern_matches(p, env_id) for p in key.environments):
+            elif manifest_obj is not None and not (
+                    any(set(p) == {"*"} for p in key.environments) if not is_identifier(env_id)
+                    else any(pattern_matches(p, env_id) for p in key.environments)):
                 status = "signature.environment_not_allowed"
             else:
                 status = "counted"

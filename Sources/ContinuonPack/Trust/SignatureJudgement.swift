@@ -21,6 +21,12 @@ public struct SignatureEvidence: Sendable {
     public let key: TrustPolicy.Key?
     /// The signature verifies under `key` (checked for revoked keys too).
     public let verified: Bool
+
+    public init(keyID: String, key: TrustPolicy.Key?, verified: Bool) {
+        self.keyID = keyID
+        self.key = key
+        self.verified = verified
+    }
 }
 
 /// The outcome of the signature check under a policy: each signature's status and the failures to report.
@@ -86,6 +92,18 @@ extension TrustPolicy {
                 "No signature is by a trusted key (key IDs: \(evidence.map(\.keyID).joined(separator: ", ")))."))
         }
         return judgement
+    }
+
+    /// Judges a verified package's signatures again under this policy, without checking a signature twice: a key ID
+    /// names one public key (spec section 5), so a signature that verified under the key a report's policy held
+    /// verifies under this policy's key of the same ID. A running service does this before it stores a package,
+    /// so that a revocation loaded while the upload arrived applies to it.
+    public func rejudge(_ report: VerificationReport, threshold: Int? = nil) -> TrustJudgement {
+        let evidence = report.signatures.map { signature in
+            SignatureEvidence(keyID: signature.keyID, key: keysByID[signature.keyID], verified: signature.verified)
+        }
+        return judge(evidence, environmentID: report.manifest?.provenance.environmentID, createdAt: report.manifest?.createdAt,
+                     threshold: threshold ?? self.threshold)
     }
 
     /// Both steps at once.

@@ -55,9 +55,12 @@ public struct TrustPolicy: Sendable, Equatable {
             self.cachedKeyID = keyID
         }
 
-        /// True when one of the key's patterns matches `environmentID`.
+        /// True when one of the key's patterns matches `environmentID`. An ID that is not an identifier (section 2;
+        /// it may be megabytes long) is matched only by a pattern of `*` alone, so matching never runs on more than
+        /// 128 bytes (spec section 14.3).
         public func allows(environment environmentID: String) -> Bool {
-            environments.contains { $0.matches(environmentID) }
+            guard FormatRules.isValidIdentifier(environmentID) else { return environments.contains(where: \.matchesEverything) }
+            return environments.contains { $0.matches(environmentID) }
         }
     }
 
