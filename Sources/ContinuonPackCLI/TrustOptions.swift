@@ -33,7 +33,8 @@ public struct TrustOptions: ParsableArguments, Sendable {
     /// - Throws: `ValidationError` for a threshold above the distinct keys; `trust.*` codes for a refused policy.
     public func load(inForce: LoadedTrustPolicy? = nil) throws -> LoadedTrustPolicy {
         if let trustPolicy {
-            return try TrustPolicyLoader.load(path: trustPolicy, roots: rootOptions.roots(), inForce: inForce)
+            return try TrustPolicyLoader.load(path: trustPolicy, roots: rootOptions.roots(), statePath: rootOptions.trustState,
+                                              inForce: inForce)
         }
         let keys = try trustedKey.map(loadPublicKey)
         let distinct = Set(keys).count
@@ -44,9 +45,21 @@ public struct TrustOptions: ParsableArguments, Sendable {
         return LoadedTrustPolicy(policy: policy, sha256: "", signed: false, documentBytes: [], rootKeyIDs: [])
     }
 
-    /// A verifier under the loaded policy, with `--threshold` when given.
+    /// A verifier under the loaded policy, with `--threshold` when given (with trust roots, only to raise the
+    /// signed policy's threshold, never to lower it).
     public func verifier(limits: PackageLimits = .default) throws -> PackageVerifier {
-        PackageVerifier(policy: try load().policy, threshold: threshold, limits: limits)
+        let loaded = try load()
+        let threshold = Self.threshold(threshold, for: loaded)
+        if let threshold, threshold > loaded.policy.keysByID.count {
+            throw ValidationError("--threshold \(threshold) is more than the policy's \(loaded.policy.keysByID.count) keys.")
+        }
+        return PackageVerifier(policy: loaded.policy, threshold: threshold, limits: limits)
+    }
+
+    /// The threshold a command's `--threshold` makes under `loaded`: a signed policy's own is a minimum.
+    public static func threshold(_ requested: Int?, for loaded: LoadedTrustPolicy) -> Int? {
+        guard let requested else { return nil }
+        return loaded.signed ? max(requested, loaded.policy.threshold) : requested
     }
 }
 
@@ -58,16 +71,26 @@ public struct RootOptions: ParsableArguments, Sendable {
     @Option(name: .long, help: "How many distinct --trust-root keys must have signed the policy.")
     public var trustRootThreshold = 1
 
+    @Option(name: .long, help: "A file recording the newest signed policy accepted (created if missing, mode 0600): an older one is refused even after a restart.")
+    public var trustState: String?
+
     public init() {}
 
     public func validate() throws {
         if !trustRoot.isEmpty && !(1...trustRoot.count).contains(trustRootThreshold) {
             throw ValidationError("--trust-root-threshold must be between 1 and the number of --trust-root options.")
         }
+        if trustState != nil && trustRoot.isEmpty { throw ValidationError("--trust-state records signed policies: give --trust-root.") }
     }
 
     /// The roots, or nil when none were given.
+    /// - Throws: `ValidationError` when fewer distinct roots were given than must sign.
     public func roots() throws -> TrustRoots? {
-        trustRoot.isEmpty ? nil : TrustRoots(keys: try trustRoot.map(loadPublicKey), threshold: trustRootThreshold)
+        guard !trustRoot.isEmpty else { return nil }
+        let keys = try trustRoot.map(loadPublicKey)
+        guard Set(keys).count >= trustRootThreshold else {
+            throw ValidationError("--trust-root-threshold \(trustRootThreshold) is more than the \(Set(keys).count) distinct roots.")
+        }
+        return TrustRoots(keys: keys, threshold: trustRootThreshold)
     }
 }

@@ -14,9 +14,12 @@ public final class TrustInForce: Sendable {
     public struct Source: Sendable {
         public var path: String
         public var roots: TrustRoots?
-        public init(path: String, roots: TrustRoots?) {
+        /// Where the newest signed policy accepted is recorded (the rollback rule across restarts).
+        public var statePath: String?
+        public init(path: String, roots: TrustRoots?, statePath: String? = nil) {
             self.path = path
             self.roots = roots
+            self.statePath = statePath
         }
     }
 
@@ -24,6 +27,8 @@ public final class TrustInForce: Sendable {
     /// The verifier's threshold when it overrides the policy's.
     public let threshold: Int?
     private let state: NIOLockedValueBox<LoadedTrustPolicy>
+    /// The last reload refused (its code and time), for `/healthz`.
+    private let lastRefusal = NIOLockedValueBox<(code: String, at: String)?>(nil)
     private let reloading = NIOLock()
 
     public init(_ loaded: LoadedTrustPolicy, threshold: Int? = nil, source: Source? = nil) {
@@ -41,21 +46,29 @@ public final class TrustInForce: Sendable {
     /// Loads the policy at `source.path` (refusing to start with one that does not load).
     /// - Throws: `io.error` and the `trust.*` codes.
     public convenience init(source: Source, threshold: Int? = nil) throws {
-        self.init(try TrustPolicyLoader.load(path: source.path, roots: source.roots), threshold: threshold, source: source)
+        self.init(try TrustPolicyLoader.load(path: source.path, roots: source.roots, statePath: source.statePath),
+                  threshold: threshold, source: source)
     }
 
     public var current: LoadedTrustPolicy { state.withLockedValue { $0 } }
 
     /// A verifier under the policy in force now.
     func verifier(limits: PackageLimits) -> PackageVerifier {
-        PackageVerifier(policy: current.policy, threshold: threshold, limits: limits)
+        let loaded = current
+        return PackageVerifier(policy: loaded.policy, threshold: threshold(for: loaded), limits: limits)
+    }
+
+    /// The service's `--threshold` under `loaded`: for a signed policy, only ever above the policy's own.
+    private func threshold(for loaded: LoadedTrustPolicy) -> Int? {
+        guard let threshold else { return nil }
+        return loaded.signed ? max(threshold, loaded.policy.threshold) : threshold
     }
 
     /// The failures when `report`'s signatures no longer count under the policy in force now (it changed while the
     /// upload arrived); nil when they still do.
     func recheck(_ report: VerificationReport) -> [ContinuonPackError]? {
-        let policy = current.policy
-        let judgement = policy.rejudge(report, threshold: threshold)
+        let loaded = current
+        let judgement = loaded.policy.rejudge(report, threshold: threshold(for: loaded))
         return judgement.accepted ? nil : judgement.failures
     }
 
@@ -77,14 +90,17 @@ public final class TrustInForce: Sendable {
             let inForce = current
             let loaded: LoadedTrustPolicy
             do {
-                loaded = try TrustPolicyLoader.load(path: source.path, roots: source.roots, now: now, inForce: inForce)
+                loaded = try TrustPolicyLoader.load(path: source.path, roots: source.roots, statePath: source.statePath, now: now,
+                                                    inForce: inForce)
             } catch let error as ContinuonPackError {
+                lastRefusal.withLockedValue { $0 = (error.code.rawValue, now) }
                 logger.error("trust policy refused; the one in force stays", metadata: [
                     "code": "\(error.code)", "reason": "\(error.message)", "path": "\(source.path)",
                     "version_in_force": "\(inForce.policy.version)",
                 ])
                 return false
             } catch {
+                lastRefusal.withLockedValue { $0 = ("io.error", now) }
                 logger.error("trust policy unreadable; the one in force stays", metadata: ["error": "\(error)", "path": "\(source.path)"])
                 return false
             }
@@ -105,7 +121,11 @@ public final class TrustInForce: Sendable {
             ("version", .number(String(loaded.policy.version))), ("keys", .number(String(loaded.policy.keysByID.count))),
             ("signed", .bool(loaded.signed)), ("expires", loaded.policy.expires.map(JSONValue.string) ?? .null),
         ]
+        fields.append(("expired", .bool(loaded.policy.hasExpired(at: TrustPolicyLoader.currentTime()))))
         if source != nil { fields.append(("sha256", .string(loaded.sha256))) }
+        if let refusal = lastRefusal.withLockedValue({ $0 }) {
+            fields.append(("last_refused", .object([("code", .string(refusal.code)), ("at", .string(refusal.at))])))
+        }
         return .object(fields)
     }
 }

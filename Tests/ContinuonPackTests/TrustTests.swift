@@ -171,9 +171,9 @@ struct TrustTests {
         let root1 = TrustVector.path("roots/root-1.pem"), root2 = TrustVector.path("roots/root-2.pem")
         let noExpiry = try cli(["trust", "sign", "--policy", policy, "--key", root1, "--output", signed])
         #expect(noExpiry.status == 2 && noExpiry.stderr.contains("--expires"))
-        #expect(try cli(["trust", "sign", "--policy", policy, "--key", root1, "--output", signed, "--expires", "2099-01-01T00:00:00Z"]).status == 0)
-        #expect(try cli(["trust", "sign", "--policy", policy, "--key", root1, "--output", signed, "--expires", "2099-01-01T00:00:00Z"]).status == 2,
-                "never overwrites")
+        #expect(try cli(["trust", "set-expiry", "--policy", policy, "--expires", "2099-01-01T00:00:00Z"]).status == 0)
+        #expect(try cli(["trust", "sign", "--policy", policy, "--key", root1, "--output", signed]).status == 0)
+        #expect(try cli(["trust", "sign", "--policy", policy, "--key", root1, "--output", signed]).status == 2, "never overwrites")
         let package = Repo.path("TestVectors/valid/package-none.cpkg")
         let bothRoots = ["--trust-root", TrustVector.path("roots/root-1.pub"), "--trust-root", TrustVector.path("roots/root-2.pub"),
                          "--trust-root-threshold", "2"]
@@ -209,6 +209,64 @@ struct TrustTests {
         #expect(result.text.contains("signature.environment_not_allowed"))
         #expect(FileManager.default.fileExists(atPath: dir.file("training/vector-env-01/\(ids["key1"] ?? "")/_provenance.json")))
         #expect(!FileManager.default.fileExists(atPath: dir.file("training/vector-env-02")))
+    }
+
+    @Test("--trust-state: a signed policy older than the newest accepted is refused after a restart too")
+    func stateAcrossRestarts() throws {
+        let dir = try TemporaryDirectory()
+        let state = dir.file("trust-state.json")
+        let package = Repo.path("TestVectors/valid/package-none.cpkg")
+        let roots = ["--trust-root", TrustVector.path("roots/root-1.pub"), "--trust-state", state]
+        func verify(_ policy: String) throws -> ProcessResult {
+            try cli(["verify", package, "--trust-policy", TrustVector.path(policy)] + roots)
+        }
+        #expect(try verify("signed/v2-root1.json").status == 0)
+        #expect(try TrustFloor.read(path: state)?.version == 2)
+        #expect(try verify("signed/v3-root1.json").status == 0)
+        let rolledBack = try verify("signed/v2-root1.json")
+        #expect(rolledBack.status == 2 && rolledBack.stderr.contains("trust.policy_rollback"), "\(rolledBack.stderr)")
+        #expect(try verify("signed/v3-root1.json").status == 0, "the same policy again is fine")
+        try Data("{".utf8).write(to: URL(fileURLWithPath: state))
+        let damaged = try verify("signed/v3-root1.json")
+        #expect(damaged.status == 2 && damaged.stderr.contains("trust state file is damaged"))
+    }
+
+    @Test("Eight trust add at once: every key lands, one version each (edits are serialized)")
+    func concurrentEdits() throws {
+        let dir = try TemporaryDirectory()
+        let policy = dir.file("p.json")
+        _ = try cli(["trust", "init", "--policy", policy])
+        var processes: [Process] = []
+        for index in 0..<8 {
+            let key = try Ed25519PrivateKey(seed: [UInt8](repeating: UInt8(index + 1), count: 32))
+            let pub = try dir.write("k\(index).pub", Array(try key.publicKey.pemRepresentation().utf8))
+            processes.append(try launchCLI(["trust", "add", "--policy", policy, "--public-key", pub, "--environment", "robot-\(index)"]))
+        }
+        for process in processes { process.waitUntilExit() }
+        #expect(processes.allSatisfy { $0.terminationStatus == 0 })
+        let decoded = try TrustPolicy.decode(try readBytes(policy))
+        #expect(decoded.keysByID.count == 8)
+        #expect(decoded.version == 9)
+    }
+
+    @Test("Hostile policy files: too many JSON values, a FIFO, a directory are refused quickly, never read forever")
+    func hostileFiles() throws {
+        let dir = try TemporaryDirectory()
+        let many = Array("[".utf8) + Array(repeating: Array("0,".utf8), count: TrustPolicy.maxJSONValues).flatMap { $0 } + Array("0]".utf8)
+        let refusal = Result { () throws(ContinuonPackError) in
+            try TrustPolicyLoader.load(many, roots: nil, now: TrustPolicyLoader.currentTime())
+        }
+        guard case let .failure(error) = refusal else {
+            Issue.record("accepted")
+            return
+        }
+        #expect(error.code == .trustPolicyInvalid)
+        let fifo = dir.file("fifo.json")
+        #expect(mkfifo(fifo, 0o600) == 0)
+        for path in [fifo, dir.path] {
+            let result = try cli(["verify", Repo.path("TestVectors/valid/package-none.cpkg"), "--trust-policy", path])
+            #expect(result.status == 2 && result.stderr.contains("trust.policy_invalid"), "\(path): \(result.stderr)")
+        }
     }
 
     @Test("A 10,000-key policy loads in well under a second and verifies like a one-key policy")
@@ -357,6 +415,7 @@ struct TrustServeTests {
         #expect(try upload(server, dir, "1") == nil, "the last good policy is in force")
         let log = String(decoding: try readBytes(dir.file("serve.log")), as: UTF8.self)
         #expect(log.contains("trust.policy_invalid"))
+        #expect((try health(server)["last_refused"] as? [String: Any])?["code"] != nil)
         #expect(server.process.isRunning)
     }
 
@@ -365,13 +424,13 @@ struct TrustServeTests {
         let dir = try TemporaryDirectory()
         let plain = dir.file("plain.json"), live = dir.file("live.json")
         let root = TrustVector.path("roots/root-1.pem")
-        func signed(_ name: String, expires: String = "2099-01-01T00:00:00Z") throws -> String {
+        func signed(_ name: String) throws -> String {
             let out = dir.file(name)
-            let result = try cli(["trust", "sign", "--policy", plain, "--key", root, "--output", out, "--expires", expires])
+            let result = try cli(["trust", "sign", "--policy", plain, "--key", root, "--output", out])
             #expect(result.status == 0, "\(result.stderr)")
             return out
         }
-        _ = try cli(["trust", "init", "--policy", plain])
+        _ = try cli(["trust", "init", "--policy", plain, "--expires", "2099-01-01T00:00:00Z"])
         _ = try cli(["trust", "add", "--policy", plain, "--public-key", Repo.testPublicKey, "--environment", "*"])
         let version2 = try signed("v2.json")
         _ = try cli(["trust", "revoke", "--policy", plain, "--key-id", keyID, "--reason", "stolen"])

@@ -82,6 +82,7 @@ ZSTD_MEMORY = "-M128MB"                  # section 6: zstd window at most 128 Mi
 # Section 14: trust policies
 POLICY_SCHEMA = "continuon.trust-policy/v1"
 POLICY_PAYLOAD_TYPE = "application/vnd.continuon.trust-policy+json"
+MAX_POLICY_VALUES = 4_000_000                 # 14.1: JSON values in a policy file
 MAX_SIGNED_POLICY_BYTES = 96 * 1024 * 1024  # 14.2: a signed policy file
 MAX_POLICY_BYTES = 64 * 1024 * 1024      # 14.1: at most 64 MiB
 MAX_POLICY_KEYS = 100_000
@@ -211,7 +212,7 @@ def _json_key(text: str, pos: int, obj: dict) -> tuple[str, int]:
     return key, _ws(text, pos + 1)
 
 
-def parse_json(data: bytes):
+def parse_json(data: bytes, max_values: int | None = None):
     """RFC 8259 with the rules of section 4: no duplicate keys, depth <= 16,
     valid UTF-8, no lone surrogates. Numbers that are not plain integers up to
     2^53 - 1 become BadNumber (a type error for the caller). Raises JsonError
@@ -221,8 +222,12 @@ def parse_json(data: bytes):
     text = data.decode("utf-8", "surrogateescape")
     stack: list[list] = []              # open containers: [container, current key]
     pos = _ws(text, 0)
+    values = 0
     while True:
         # ---- one value at pos ----
+        values += 1
+        if max_values is not None and values > max_values:
+            raise JsonError("too_many_values")
         c = text[pos:pos + 1]
         if c == "{" or c == "[":
             if len(stack) >= MAX_DEPTH:
@@ -1450,7 +1455,7 @@ def load_policy(path: str, roots: dict, root_threshold: int, check_expiry: bool 
     if len(data) > MAX_SIGNED_POLICY_BYTES:
         raise PolicyRefused("trust.policy_invalid", "file larger than 96 MiB")
     try:
-        obj = parse_json(data)
+        obj = parse_json(data, max_values=MAX_POLICY_VALUES)
     except JsonError as exc:
         raise PolicyRefused("trust.policy_invalid", f"JSON: {exc.kind}") from None
     if not isinstance(obj, dict):

@@ -48,6 +48,8 @@ public struct JSONParseError: Error, Sendable, Equatable {
         case duplicateKey
         case tooDeep
         case invalidUTF8
+        /// More values than the caller allows.
+        case tooManyValues
     }
 
     public let kind: Kind
@@ -60,13 +62,16 @@ public struct JSONParseError: Error, Sendable, Equatable {
 public struct StrictJSONParser {
     private let bytes: [UInt8]
     private let maxDepth: Int
+    /// The most values (objects, arrays, strings, numbers, literals; keys not counted) the document may hold.
+    private var valuesLeft = Int.max
     private var position = 0
     /// The top-level member whose array elements go to `element` instead of the tree.
     private let streamedKey: String?
     private let element: ((JSONValue) -> Void)?
 
-    public static func parse(_ bytes: [UInt8], maxDepth: Int = 16) throws(JSONParseError) -> JSONValue {
+    public static func parse(_ bytes: [UInt8], maxDepth: Int = 16, maxValues: Int = .max) throws(JSONParseError) -> JSONValue {
         var parser = StrictJSONParser(bytes: bytes, maxDepth: maxDepth, streamedKey: nil, element: nil)
+        parser.valuesLeft = maxValues
         return try parser.parseDocument()
     }
 
@@ -117,6 +122,8 @@ public struct StrictJSONParser {
 
     private mutating func parseValue(depth: Int) throws(JSONParseError) -> JSONValue {
         guard let byte = current else { throw error(.syntax, "unexpected end of input") }
+        valuesLeft -= 1
+        guard valuesLeft >= 0 else { throw error(.tooManyValues, "more JSON values than allowed") }
         switch byte {
         case UInt8(ascii: "{"): return try parseObject(depth: depth + 1)
         case UInt8(ascii: "["): return try parseArray(depth: depth + 1)

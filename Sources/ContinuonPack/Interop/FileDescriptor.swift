@@ -228,6 +228,12 @@ package enum FileIO {
         }
     }
 
+    /// True when something (a file, a link, a directory) is at `path`.
+    package static func exists(_ path: String) -> Bool {
+        var info = stat()
+        return lstat(path, &info) == 0
+    }
+
     package static func readFile(_ path: String, limit: Int) throws -> [UInt8] {
         let file = try FileDescriptor.openForReading(path)
         var out: [UInt8] = []

@@ -9,7 +9,7 @@ extension TrustPolicy {
         }
         let root: JSONValue
         do {
-            root = try StrictJSONParser.parse(bytes, maxDepth: 16)
+            root = try StrictJSONParser.parse(bytes, maxDepth: 16, maxValues: maxJSONValues)
         } catch {
             throw invalid("The policy is not valid JSON: \(error.reason) at byte \(error.offset).")
         }

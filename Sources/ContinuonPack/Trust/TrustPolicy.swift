@@ -11,6 +11,9 @@ public struct TrustPolicy: Sendable, Equatable {
     public static let maxEnvironments = 256
     /// The largest policy file read, in bytes.
     public static let maxDocumentBytes = 64 << 20
+    /// The most JSON values a policy file may hold (every object, array, string, number and literal; keys not
+    /// counted): what bounds the memory a hostile file can make a loader spend.
+    public static let maxJSONValues = 4_000_000
     /// The longest `comment` and `revoked.reason`, in bytes.
     public static let maxTextBytes = 1024
 
@@ -25,7 +28,8 @@ public struct TrustPolicy: Sendable, Equatable {
 
     /// A key of the policy and the rules its signatures are held to.
     public struct Key: Sendable, Equatable {
-        public var publicKey: Ed25519PublicKey
+        /// The key; its key ID is computed once (a key ID names one public key).
+        public let publicKey: Ed25519PublicKey
         /// What the key may sign for, sorted; empty means nothing.
         public var environments: [EnvironmentPattern]
         /// The key counts only for manifests whose `created_at` is not earlier.

@@ -44,15 +44,17 @@ public enum TrustPolicyLoader {
     ///   - roots: when given, only a signed policy meeting their threshold is accepted.
     ///   - now: the current time, `YYYY-MM-DDTHH:MM:SSZ` (`TrustPolicyLoader.currentTime()`).
     ///   - inForce: the policy a running service holds, for the rollback rule (signed policies).
+    ///   - floor: the newest signed policy accepted before (a state file), for the rollback rule.
     /// - Throws: `trust.policy_invalid`, `trust.policy_unsigned`, `trust.policy_signature`, `trust.policy_expired`,
     ///   `trust.policy_rollback`.
-    public static func load(_ bytes: [UInt8], roots: TrustRoots?, now: String, inForce: LoadedTrustPolicy? = nil) throws(ContinuonPackError) -> LoadedTrustPolicy {
+    public static func load(_ bytes: [UInt8], roots: TrustRoots?, now: String, inForce: LoadedTrustPolicy? = nil,
+                            floor: TrustFloor? = nil) throws(ContinuonPackError) -> LoadedTrustPolicy {
         guard bytes.count <= envelopeLimits.maxEnvelopeBytes else {
             throw TrustPolicy.invalid("The policy file is \(bytes.count) bytes; the limit is \(envelopeLimits.maxEnvelopeBytes).")
         }
         let root: JSONValue
         do {
-            root = try StrictJSONParser.parse(bytes, maxDepth: 16)
+            root = try StrictJSONParser.parse(bytes, maxDepth: 16, maxValues: TrustPolicy.maxJSONValues)
         } catch {
             throw TrustPolicy.invalid("The policy is not valid JSON: \(error.reason) at byte \(error.offset).")
         }
@@ -85,36 +87,47 @@ public enum TrustPolicyLoader {
         let policy = try TrustPolicy.decode(envelope.payload)
         guard policy.expires != nil else { throw TrustPolicy.invalid("A signed policy must have expires.") }
         try checkExpiry(policy, now: now)
-        if let inForce, inForce.signed {
-            let sameBytes = inForce.documentBytes == envelope.payload
-            if policy.version < inForce.policy.version || (policy.version == inForce.policy.version && !sameBytes) {
-                throw ContinuonPackError(
-                    .trustPolicyRollback,
-                    "The policy is version \(policy.version); version \(inForce.policy.version) is in force"
-                        + (policy.version == inForce.policy.version ? " with other contents." : "."))
-            }
+        if let floor = TrustFloor.highest(inForce.flatMap(TrustFloor.init), floor) {
+            try floor.check(version: policy.version, payloadSHA256: SHA256Hasher.hash(envelope.payload).hex)
         }
         return LoadedTrustPolicy(policy: policy, sha256: digest, signed: true, documentBytes: envelope.payload, rootKeyIDs: rootKeyIDs)
     }
 
     /// Loads the policy file at `path` (read whole, at most the envelope limit).
     /// - Throws: `io.error`, or what `load(_:roots:now:inForce:)` throws.
-    public static func load(path: String, roots: TrustRoots?, now: String = currentTime(), inForce: LoadedTrustPolicy? = nil) throws -> LoadedTrustPolicy {
+    /// Loads the policy file at `path` under the rollback floor kept in `statePath` (when given), and records a
+    /// newer signed policy's floor there once accepted: a restart cannot be used to roll a policy back.
+    /// - Throws: `io.error` (also for a damaged state file), or what `load(_:roots:now:inForce:floor:)` throws.
+    public static func load(path: String, roots: TrustRoots?, statePath: String?, now: String = currentTime(),
+                            inForce: LoadedTrustPolicy? = nil) throws -> LoadedTrustPolicy {
+        let recorded = try statePath.flatMap { try TrustFloor.read(path: $0) }
+        let loaded = try load(path: path, roots: roots, now: now, inForce: inForce, floor: recorded)
+        if let statePath, let floor = TrustFloor(loaded), floor != recorded {
+            try floor.write(path: statePath)
+        }
+        return loaded
+    }
+
+    public static func load(path: String, roots: TrustRoots?, now: String = currentTime(), inForce: LoadedTrustPolicy? = nil,
+                            floor: TrustFloor? = nil) throws -> LoadedTrustPolicy {
+        // Symbolic links are followed (a Kubernetes ConfigMap is one); a FIFO or device is refused without blocking.
+        let file = try FileDescriptor.openForReading(path, nonBlocking: true)
+        var status = stat()
+        guard fstat(file.raw, &status) == 0, status.st_mode & S_IFMT == S_IFREG else {
+            throw TrustPolicy.invalid("\(path) is not a regular file.")
+        }
+        let limit = envelopeLimits.maxEnvelopeBytes
         var bytes: [UInt8] = []
-        var tooLarge = false
-        try FileIO.forEachChunk(of: path) { chunk in
-            guard !tooLarge else { return }
-            if bytes.count + chunk.count > envelopeLimits.maxEnvelopeBytes {
-                tooLarge = true
-                bytes = []
-            } else {
-                bytes.append(contentsOf: chunk)
+        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let count = try chunk.withUnsafeMutableBytes { try file.read(into: $0) }
+            if count == 0 { break }
+            guard bytes.count + count <= limit else {
+                throw TrustPolicy.invalid("\(path) is larger than the limit of \(limit) bytes for a policy.")
             }
+            bytes.append(contentsOf: chunk[0..<count])
         }
-        if tooLarge {
-            throw TrustPolicy.invalid("\(path) is larger than the limit of \(envelopeLimits.maxEnvelopeBytes) bytes for a policy.")
-        }
-        return try load(bytes, roots: roots, now: now, inForce: inForce)
+        return try load(bytes, roots: roots, now: now, inForce: inForce, floor: floor)
     }
 
     /// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -146,8 +159,14 @@ public enum TrustPolicyLoader {
         for key in keys where !envelope.signatures.contains(where: { $0.keyID == key.publicKey.keyID }) {
             envelope.signatures.append(.init(keyID: key.publicKey.keyID, signature: try key.signature(for: pae)))
         }
+        guard envelope.signatures.count <= envelopeLimits.maxSignatures else {
+            throw TrustPolicy.invalid("A signed policy carries at most \(envelopeLimits.maxSignatures) signatures.")
+        }
         return envelope.jsonBytes() + [0x0a]
     }
+
+    /// The largest policy file, plain or signed (spec section 14.2).
+    public static var maxFileBytes: Int { envelopeLimits.maxEnvelopeBytes }
 
     /// A signed policy file is at most 96 MiB: a 64 MiB payload in base64 and its signatures (spec section 14.2).
     static let envelopeLimits: PackageLimits = {

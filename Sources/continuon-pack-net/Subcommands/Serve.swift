@@ -94,15 +94,23 @@ extension ContinuonPackNetCommand {
         }
 
         func run() async throws {
+            // SIGHUP re-reads the trust policy; until its handler is installed (and without a policy file) it must
+            // not end the process.
+            signal(SIGHUP, SIG_IGN)
             let trustInForce: TrustInForce
             if let path = trust.trustPolicy {
                 trustInForce = try TrustInForce(
-                    source: .init(path: path, roots: trust.rootOptions.roots()), threshold: trust.threshold)
+                    source: .init(path: path, roots: trust.rootOptions.roots(), statePath: trust.rootOptions.trustState),
+                    threshold: trust.threshold)
             } else {
                 trustInForce = TrustInForce(try trust.load(), threshold: trust.threshold)
             }
             try ensureDescriptors()
             LoggingSystem.bootstrap(StreamLogHandler.standardError)
+            if trust.trustPolicy != nil && trust.rootOptions.trustRoot.isEmpty {
+                Logger(label: "continuon-pack.serve").warning(
+                    "the trust policy is not signed: whoever can write its file decides which keys count (sign it and give --trust-root)")
+            }
             let parts = listen.split(separator: ":")
             let ingestStore: any IngestStore
             let spoolDirectory: String

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ArgumentParser
 import ContinuonPack
 import ContinuonPackCLI
@@ -11,7 +14,7 @@ extension ContinuonPackCommand {
                 --trust-policy. Every edit raises its version and rewrites it atomically as canonical JSON; a signed \
                 policy is made from a plain one with `trust sign` and is not edited in place.
                 """,
-            subcommands: [Init.self, Add.self, Revoke.self, Remove.self, List.self, Check.self, Sign.self])
+            subcommands: [Init.self, Add.self, Revoke.self, Remove.self, SetExpiry.self, List.self, Check.self, Sign.self])
     }
 }
 
@@ -29,12 +32,19 @@ struct PolicyFileOption: ParsableArguments {
         return try TrustPolicy.decode(bytes)
     }
 
-    /// Writes the next edition: version raised, canonical, atomically replacing the file.
-    func write(_ policy: TrustPolicy) throws {
-        var next = policy
+    /// Reads the plain policy, lets `change` edit it, and writes the next edition (version raised, canonical, the
+    /// file's mode kept) atomically, all under an exclusive lock on the policy's directory, so that two edits at
+    /// once both land, one after the other.
+    func edit(_ change: (inout TrustPolicy) throws -> Void) throws {
+        let lock = try DirectoryLock(FileIO.parentDirectory(of: policy))
+        defer { lock.unlock() }
+        var next = try readPlain()
+        try change(&next)
         next.version += 1
-        try FileIO.replaceFile(next.canonicalBytes(), at: self.policy, mode: 0o644)
-        print("\(self.policy): version \(next.version), \(next.keysByID.count) key(s)")
+        var status = stat()
+        let mode = stat(policy, &status) == 0 ? status.st_mode & 0o7777 : 0o644
+        try FileIO.replaceFile(next.canonicalBytes(), at: policy, mode: mode)
+        print("\(policy): version \(next.version), \(next.keysByID.count) key(s)")
     }
 }
 
@@ -90,7 +100,6 @@ extension ContinuonPackCommand.Trust {
         var replace = false
 
         func run() throws {
-            var policy = try file.readPlain()
             let key = try loadPublicKey(publicKey)
             var patterns: [EnvironmentPattern] = []
             for text in environment {
@@ -109,19 +118,22 @@ extension ContinuonPackCommand.Trust {
             if let comment, comment.utf8.count > TrustPolicy.maxTextBytes {
                 throw ValidationError("--comment is longer than \(TrustPolicy.maxTextBytes) bytes.")
             }
-            if let existing = policy[key.keyID] {
-                guard existing.revocation == nil else {
-                    throw ValidationError("Key \(key.keyID) is revoked; a revoked key is not trusted again by add (remove it first if you mean to).")
+            try file.edit { policy in
+                let existing = policy[key.keyID]
+                if let existing {
+                    guard existing.revocation == nil else {
+                        throw ValidationError("Key \(key.keyID) is revoked; a revoked key is not trusted again by add (remove it first if you mean to).")
+                    }
+                    guard replace else { throw ValidationError("Key \(key.keyID) is already in the policy; give --replace to change its rules.") }
                 }
-                guard replace else { throw ValidationError("Key \(key.keyID) is already in the policy; give --replace to change its rules.") }
+                guard policy.keysByID.count < TrustPolicy.maxKeys || existing != nil else {
+                    throw ValidationError("The policy holds \(TrustPolicy.maxKeys) keys, the limit.")
+                }
+                // --replace changes what is given and keeps the rest (environments are always given anew).
+                policy.set(TrustPolicy.Key(publicKey: key, environments: patterns, notBefore: notBefore ?? existing?.notBefore,
+                                           notAfter: notAfter ?? existing?.notAfter, comment: comment ?? existing?.comment))
             }
-            guard policy.keysByID.count < TrustPolicy.maxKeys || policy[key.keyID] != nil else {
-                throw ValidationError("The policy holds \(TrustPolicy.maxKeys) keys, the limit.")
-            }
-            policy.set(TrustPolicy.Key(publicKey: key, environments: patterns, notBefore: notBefore, notAfter: notAfter,
-                                       comment: comment))
             if patterns.isEmpty { printError("warning: key \(key.keyID) may sign for no environment (give --environment).") }
-            try file.write(policy)
             print("added \(key.keyID)")
         }
     }
@@ -142,15 +154,16 @@ extension ContinuonPackCommand.Trust {
         var at: String?
 
         func run() throws {
-            var policy = try file.readPlain()
-            guard var key = policy[keyId] else { throw ValidationError("Key \(keyId) is not in \(file.policy).") }
             guard (1...TrustPolicy.maxTextBytes).contains(reason.utf8.count) else {
                 throw ValidationError("--reason must be 1 to \(TrustPolicy.maxTextBytes) bytes.")
             }
-            guard key.revocation == nil else { throw ValidationError("Key \(keyId) is already revoked.") }
-            key.revocation = .init(at: try timestamp(at, "--at") ?? TrustPolicyLoader.currentTime(), reason: reason)
-            policy.set(key)
-            try file.write(policy)
+            let at = try timestamp(at, "--at") ?? TrustPolicyLoader.currentTime()
+            try file.edit { policy in
+                guard var key = policy[keyId] else { throw ValidationError("Key \(keyId) is not in \(file.policy).") }
+                guard key.revocation == nil else { throw ValidationError("Key \(keyId) is already revoked.") }
+                key.revocation = .init(at: at, reason: reason)
+                policy.set(key)
+            }
             print("revoked \(keyId)")
         }
     }
@@ -165,10 +178,30 @@ extension ContinuonPackCommand.Trust {
         var keyId: String
 
         func run() throws {
-            var policy = try file.readPlain()
-            guard policy.remove(keyID: keyId) != nil else { throw ValidationError("Key \(keyId) is not in \(file.policy).") }
-            try file.write(policy)
+            try file.edit { policy in
+                guard policy.remove(keyID: keyId) != nil else { throw ValidationError("Key \(keyId) is not in \(file.policy).") }
+            }
             print("removed \(keyId)")
+        }
+    }
+
+    struct SetExpiry: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "set-expiry",
+            abstract: "Set when the policy stops being usable (a new version; sign it again to renew a signed policy).")
+
+        @OptionGroup var file: PolicyFileOption
+
+        @Option(name: .long, help: "YYYY-MM-DDTHH:MM:SSZ (UTC).")
+        var expires: String?
+
+        @Flag(name: .long, help: "Remove the expiry (a signed policy must have one).")
+        var never = false
+
+        func run() throws {
+            guard (expires == nil) != !never else { throw ValidationError("Give --expires T or --never.") }
+            let expiry = try timestamp(expires, "--expires")
+            try file.edit { policy in policy.expires = expiry }
         }
     }
 
@@ -183,11 +216,14 @@ extension ContinuonPackCommand.Trust {
         var json = false
 
         func run() throws {
-            let loaded = try TrustPolicyLoader.load(path: file.policy, roots: roots.roots())
+            // An expired policy is still shown (and said to be expired).
+            let loaded = try TrustPolicyLoader.load(path: file.policy, roots: roots.roots(), now: "0000-01-01T00:00:00Z")
             let policy = loaded.policy
+            let expired = policy.hasExpired(at: TrustPolicyLoader.currentTime())
+            if expired { printError("warning: \(file.policy) expired at \(policy.expires ?? "?"); verifiers refuse it.") }
             if json {
                 guard case var .object(members) = policy.jsonValue else { return }
-                members += [("sha256", .string(loaded.sha256)), ("signed", .bool(loaded.signed)),
+                members += [("sha256", .string(loaded.sha256)), ("signed", .bool(loaded.signed)), ("expired", .bool(expired)),
                             ("root_key_ids", .array(loaded.rootKeyIDs.map(JSONValue.string)))]
                 printJSON(.object(members))
                 return
@@ -252,8 +288,9 @@ extension ContinuonPackCommand.Trust {
             abstract: "Sign a policy with a root key (services given --trust-root then accept only signed, newer, unexpired policies).",
             discussion: """
                 From a plain policy, writes a new signed policy to --output (never overwriting a file); it must have \
-                an expiry (--expires sets it). From a signed policy, adds this root's signature (--output defaults \
-                to the same file, replaced atomically), so that several roots can sign one after another.
+                an expiry (trust set-expiry). From a signed policy, adds this root's signature (--output defaults \
+                to the same file, replaced atomically), so that several roots can sign one after another. To renew \
+                or change a signed policy, edit the plain one (each edit raises its version) and sign it again.
                 """)
 
         @OptionGroup var file: PolicyFileOption
@@ -267,31 +304,53 @@ extension ContinuonPackCommand.Trust {
         @Option(name: .long, help: "Where to write the signed policy.")
         var output: String?
 
-        @Option(name: .long, help: "Set the policy's expiry before signing a plain policy (YYYY-MM-DDTHH:MM:SSZ).")
-        var expires: String?
 
         func run() throws {
             guard !key.isEmpty else { throw ValidationError("Give at least one --key.") }
             let keys = try key.map { try loadPrivateKey($0, passphraseFile: passphraseFile) }
-            let bytes = try readSmallFile(file.policy, limit: TrustPolicy.maxDocumentBytes * 2)
+            let bytes = try readSmallFile(file.policy, limit: TrustPolicyLoader.maxFileBytes)
             if case .object(let members)? = try? StrictJSONParser.parse(bytes), members.contains(where: { $0.0 == "payloadType" }) {
-                guard expires == nil else { throw ValidationError("--expires changes a plain policy; this one is signed already.") }
                 let signed = try TrustPolicyLoader.addSignatures(to: bytes, with: keys)
                 try FileIO.replaceFile(signed, at: output ?? file.policy, mode: 0o644)
                 print("\(output ?? file.policy): signed by \(keys.map(\.publicKey.keyID).joined(separator: ", "))")
                 return
             }
             guard let output else { throw ValidationError("Give --output for the signed policy.") }
-            var policy = try TrustPolicy.decode(bytes)
-            if let expires = try timestamp(expires, "--expires") { policy.expires = expires }
+            let policy = try TrustPolicy.decode(bytes)
             guard let expires = policy.expires else {
-                throw ValidationError("A signed policy must expire: give --expires YYYY-MM-DDTHH:MM:SSZ.")
+                throw ValidationError("A signed policy must expire: trust set-expiry --policy \(file.policy) --expires YYYY-MM-DDTHH:MM:SSZ first.")
             }
             guard !policy.hasExpired(at: TrustPolicyLoader.currentTime()) else {
-                throw ValidationError("--expires \(expires) has passed.")
+                throw ValidationError("The policy expired at \(expires); set a later expiry first.")
             }
             try FileIO.writeNewFile(TrustPolicyLoader.sign(policy, with: keys), to: output, mode: 0o644)
             print("\(output): version \(policy.version), expires \(expires), signed by \(keys.map(\.publicKey.keyID).joined(separator: ", "))")
         }
     }
+}
+
+/// An exclusive `flock` on a directory, held until `unlock()`: serializes `trust` edits of the policies in it
+/// without creating a file beside them.
+private final class DirectoryLock {
+    private var fd: Int32
+
+    init(_ directory: String) throws {
+        fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw ContinuonPackError(.ioError, "Cannot open \(directory) to lock it.") }
+        while flock(fd, LOCK_EX) != 0 {
+            guard errno == EINTR else {
+                close(fd)
+                throw ContinuonPackError(.ioError, "Cannot lock \(directory).")
+            }
+        }
+    }
+
+    func unlock() {
+        guard fd >= 0 else { return }
+        flock(fd, LOCK_UN)
+        close(fd)
+        fd = -1
+    }
+
+    deinit { unlock() }
 }
