@@ -93,24 +93,24 @@ public enum TrustPolicyLoader {
         return LoadedTrustPolicy(policy: policy, sha256: digest, signed: true, documentBytes: envelope.payload, rootKeyIDs: rootKeyIDs)
     }
 
-    /// Loads the policy file at `path` (read whole, at most the envelope limit).
-    /// - Throws: `io.error`, or what `load(_:roots:now:inForce:)` throws.
-    /// Loads the policy file at `path` under the rollback floor kept in `statePath` (when given), and records a
-    /// newer signed policy's floor there once accepted: a restart cannot be used to roll a policy back.
+    /// Loads the policy file at `path`, under the rollback floor kept in `statePath` when given, and records a newer
+    /// signed policy's floor there once accepted: a restart cannot be used to roll a policy back.
     /// - Throws: `io.error` (also for a damaged state file), or what `load(_:roots:now:inForce:floor:)` throws.
-    public static func load(path: String, roots: TrustRoots?, statePath: String?, now: String = currentTime(),
+    public static func load(path: String, roots: TrustRoots?, statePath: String? = nil, now: String = currentTime(),
                             inForce: LoadedTrustPolicy? = nil) throws -> LoadedTrustPolicy {
         let recorded = try statePath.flatMap { try TrustFloor.read(path: $0) }
-        let loaded = try load(path: path, roots: roots, now: now, inForce: inForce, floor: recorded)
+        let bytes = try readPolicyFile(path)
+        let loaded = try load(bytes, roots: roots, now: now, inForce: inForce, floor: recorded)
         if let statePath, let floor = TrustFloor(loaded), floor != recorded {
             try floor.write(path: statePath)
         }
         return loaded
     }
 
-    public static func load(path: String, roots: TrustRoots?, now: String = currentTime(), inForce: LoadedTrustPolicy? = nil,
-                            floor: TrustFloor? = nil) throws -> LoadedTrustPolicy {
-        // Symbolic links are followed (a Kubernetes ConfigMap is one); a FIFO or device is refused without blocking.
+    /// The whole file at `path`, at most the policy file limit. Symbolic links are followed (a Kubernetes ConfigMap
+    /// is one); anything but a regular file (a FIFO, a device, a directory) is refused without blocking.
+    /// - Throws: `trust.policy_invalid`, `io.error`.
+    private static func readPolicyFile(_ path: String) throws -> [UInt8] {
         let file = try FileDescriptor.openForReading(path, nonBlocking: true)
         var status = stat()
         guard fstat(file.raw, &status) == 0, status.st_mode & S_IFMT == S_IFREG else {
@@ -127,7 +127,7 @@ public enum TrustPolicyLoader {
             }
             bytes.append(contentsOf: chunk[0..<count])
         }
-        return try load(bytes, roots: roots, now: now, inForce: inForce, floor: floor)
+        return bytes
     }
 
     /// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -139,7 +139,7 @@ public enum TrustPolicyLoader {
     /// canonical bytes (`TrustPolicy.canonicalBytes()`), which must have `expires`.
     /// - Throws: `trust.policy_invalid` without `expires`; `crypto.failure`.
     public static func sign(_ policy: TrustPolicy, with keys: [Ed25519PrivateKey]) throws -> [UInt8] {
-        guard policy.expires != nil else { throw TrustPolicy.invalid("A signed policy must have expires (trust sign --expires).") }
+        guard policy.expires != nil else { throw TrustPolicy.invalid("A signed policy must have expires (trust set-expiry).") }
         return try Envelope.sign(payload: policy.canonicalBytes(), payloadType: payloadType, with: keys).jsonBytes() + [0x0a]
     }
 
