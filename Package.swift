@@ -97,7 +97,9 @@ let package = Package(
         // What both executables share: exit codes, output, key loading.
         .target(
             name: "ContinuonPackCLI",
-            dependencies: ["ContinuonPack", "ContinuonPackPromote", .product(name: "ArgumentParser", package: "swift-argument-parser", condition: .when(traits: ["Tools"]))],
+            dependencies: ["ContinuonPack", "ContinuonPackPromote",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser", condition: .when(traits: ["Tools"])),
+                           .product(name: "Logging", package: "swift-log", condition: .when(traits: ["Tools"]))],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         // keygen, pack, verify, inspect, sign-blob, verify-blob; hands upload, outbox and serve to continuon-pack-net.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import ContinuonPack
 import ContinuonPackPromote
+import Logging
 
 /// `promote`'s options, shared by both executables: `continuon-pack` promotes from a directory itself and hands a
 /// `gs://` staging area over to `continuon-pack-net` (which holds the Cloud Storage client).
@@ -65,7 +66,20 @@ public struct PromoteOptions: ParsableArguments, Sendable {
         } catch let error as ContinuonPackError {
             throw ValidationError(error.message)
         }
-        let outcomes = try promoter.promoteAll()
+        // One log line per package on standard error, as serve logs (swift-log): what an operator's log pipeline reads.
+        let logger = Logger(label: "continuon-pack.promote")
+        let outcomes = try promoter.promoteAll { outcome in
+            var metadata: Logger.Metadata = [
+                "package_id": "\(outcome.packageID)", "outcome": "\(outcome.status.rawValue)",
+                "environment_id": "\(outcome.environmentID ?? "-")", "blobs": "\(outcome.blobs)", "bytes": "\(outcome.bytes)",
+            ]
+            if !outcome.errors.isEmpty { metadata["codes"] = "\(outcome.errors.map(\.code.rawValue).joined(separator: ","))" }
+            switch outcome.status {
+            case .promoted, .alreadyPromoted, .busy: logger.info("package", metadata: metadata)
+            case .refused: logger.warning("package refused", metadata: metadata)
+            case .failed: logger.error("package failed", metadata: metadata)
+            }
+        }
         if json {
             printJSON(.array(outcomes.map(\.jsonValue)))
         } else {

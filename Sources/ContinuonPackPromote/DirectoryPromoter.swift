@@ -1,5 +1,7 @@
 import CContinuonSystem
 import ContinuonPack
+import Dispatch
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -121,6 +123,8 @@ public struct DirectoryPromoter: Promoter {
         let report: VerificationReport
         do {
             report = try verifier.verify(stream: file, name: stagedPath, sink: stager)
+            // Every staged blob durable before anything is published.
+            try stager.finish()
         } catch {
             // The stager's own refusal (two blobs that cannot both be files: `a` and `a/b`) is about the package.
             if let refusal = stager.refusal { return .refused(packageID, nil, [refusal]) }
@@ -224,12 +228,15 @@ public final class HashingStream: PackageStream {
     public func digest() -> SHA256Digest { hasher.finalize() }
 }
 
-/// Writes each blob the verifier hands over under the package's `.partial/` directory: new files only, reached
-/// without following links, each fsynced when complete.
+/// Writes each blob aside as the verifier hands it over (`BlobSink`): into `directory`, each file's bytes started
+/// towards the disk as they arrive (Linux `sync_file_range`) and fsynced at the blob's end by a thread of its own, so
+/// that verification goes on with the next blob while the disk catches up. `finish()` waits for every fsync; only
+/// then may the blobs be published.
 final class BlobStager: BlobSink {
     private let directory: DirectoryHandle
     private var current: FileDescriptor?
     private var written: UInt64 = 0
+    private let syncer = BackgroundSyncer()
     /// Set when the package's blobs cannot all be files (`a` and `a/b`): a refusal, not an I/O error.
     private(set) var refusal: ContinuonPackError?
 
@@ -248,17 +255,73 @@ final class BlobStager: BlobSink {
     func blobBytes(_ bytes: UnsafeRawBufferPointer) throws {
         guard let current else { return }
         try current.writeAll(bytes)
-        // Start writing these bytes back now (Linux sync_file_range), so that the fsync at the blob's end has
-        // little left to wait for: the disk works while the verifier hashes.
+        // Start writing these bytes back now, so that the fsync at the blob's end has little left to wait for.
         _ = csystem_start_writeback(current.raw, Int64(written), Int64(bytes.count))
         written += UInt64(bytes.count)
     }
 
     func endBlob(_ blob: BlobDescriptor) throws {
-        try current?.sync()
-        try current?.close()
+        guard let file = current else { return }
         current = nil
         written = 0
+        try syncer.syncAndClose(file)
     }
+
+    /// Waits until every blob is fsynced and closed.
+    /// - Throws: the first fsync or close error (`io.error`).
+    func finish() throws {
+        try current?.close()
+        current = nil
+        try syncer.finish()
+    }
+}
+
+/// Fsyncs and closes files on a serial queue of its own, at most `limit` waiting at once (each holds a descriptor).
+final class BackgroundSyncer {
+    /// A file handed to the queue: owned by it from then on.
+    private final class Handoff: @unchecked Sendable {
+        let file: FileDescriptor
+        init(_ file: FileDescriptor) { self.file = file }
+    }
+
+    /// The first fsync or close error, shared with the queue.
+    private final class FirstError: Sendable {
+        let value = Mutex<(any Error)?>(nil)
+    }
+
+    private let queue = DispatchQueue(label: "continuon-pack.promote.sync")
+    private let group = DispatchGroup()
+    private let slots: DispatchSemaphore
+    private let firstError = FirstError()
+
+    init(limit: Int = 32) { slots = DispatchSemaphore(value: limit) }
+
+    /// Queues `file` to be fsynced and closed; waits while `limit` files are queued already.
+    /// - Throws: an earlier file's fsync or close error.
+    func syncAndClose(_ file: FileDescriptor) throws {
+        try firstError.value.withLock { if let error = $0 { throw error } }
+        slots.wait()
+        group.enter()
+        let handoff = Handoff(file)
+        queue.async { [group, slots, firstError] in
+            do {
+                try handoff.file.sync()
+                try handoff.file.close()
+            } catch {
+                firstError.value.withLock { if $0 == nil { $0 = error } }
+            }
+            slots.signal()
+            group.leave()
+        }
+    }
+
+    /// Waits for every queued file.
+    /// - Throws: the first fsync or close error.
+    func finish() throws {
+        group.wait()
+        try firstError.value.withLock { if let error = $0 { throw error } }
+    }
+
+    deinit { group.wait() }
 }
 

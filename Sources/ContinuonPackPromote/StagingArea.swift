@@ -78,19 +78,23 @@ extension Promoter {
     }
 
     /// Promotes every staged package of the shard; a failure of one package never stops the others.
+    /// - Parameter onEach: receives each outcome as soon as it is known (for logs).
     /// - Throws: `io.error` only when staging cannot be listed.
-    public func promoteAll() throws -> [PromotionOutcome] {
+    public func promoteAll(onEach: (PromotionOutcome) -> Void = { _ in }) throws -> [PromotionOutcome] {
         try stagedPackageIDs().map { id in
+            let outcome: PromotionOutcome
             do {
-                return try promote(packageID: id)
+                outcome = try promote(packageID: id)
             } catch let error as ContinuonPackError where error.code == .promoteConflict {
-                return PromotionOutcome(packageID: id, status: .refused, environmentID: nil, blobs: 0, bytes: 0, errors: [error])
+                outcome = PromotionOutcome(packageID: id, status: .refused, environmentID: nil, blobs: 0, bytes: 0, errors: [error])
             } catch let error as ContinuonPackError {
-                return PromotionOutcome(packageID: id, status: .failed, environmentID: nil, blobs: 0, bytes: 0, errors: [error])
+                outcome = PromotionOutcome(packageID: id, status: .failed, environmentID: nil, blobs: 0, bytes: 0, errors: [error])
             } catch {
-                return PromotionOutcome(packageID: id, status: .failed, environmentID: nil, blobs: 0, bytes: 0,
-                                        errors: [ContinuonPackError(.ioError, "\(error)")])
+                outcome = PromotionOutcome(packageID: id, status: .failed, environmentID: nil, blobs: 0, bytes: 0,
+                                           errors: [ContinuonPackError(.ioError, "\(error)")])
             }
+            onEach(outcome)
+            return outcome
         }
     }
 }

@@ -408,6 +408,24 @@ struct PromoteTests {
         #expect(promoted.count == 3 && promoted.values.allSatisfy { $0 == 1 }, "\(promoted)")
     }
 
+    @Test("A valid package whose blob paths cannot all be files (a beside a/b) is refused promote.conflict, and leaves nothing published")
+    func fileBesideDirectory() throws {
+        let dir = try TemporaryDirectory()
+        let staging = try dir.subdirectory("staging")
+        // The format allows these two paths; a file system cannot hold both.
+        let result = try PackageWriter(provenance: sampleProvenance, signingKey: try loadKey(Repo.path("TestVectors/keys/test-ed25519.pem")),
+                                       compression: .none, createdAt: "2024-01-01T00:00:00Z")
+            .write(blobs: [BlobSource(path: "a", content: .bytes(Array("file".utf8))),
+                           BlobSource(path: "a/b", content: .bytes(Array("below".utf8)))], toDirectory: staging)
+        let (status, outcomes) = try Self.promote(Staged(dir: dir, staging: staging, training: dir.path + "/training"))
+        #expect(status == 1)
+        #expect(outcomes.first?["status"] as? String == "refused")
+        #expect((outcomes.first?["errors"] as? [[String: Any]])?.first?["code"] as? String == "promote.conflict")
+        let published = dir.path + "/training/" + sampleProvenance.environmentID + "/" + result.packageID
+        #expect(!FileManager.default.fileExists(atPath: published + "/_provenance.json"))
+        #expect(!FileManager.default.fileExists(atPath: published + "/a"))
+    }
+
     @Test("TestVectors/promotion: promoting the known-answer package writes exactly those files, marker byte for byte")
     func vector() throws {
         let dir = try TemporaryDirectory()
