@@ -43,6 +43,7 @@ extension ContinuonPackError.Code {
     public static let sourceInvalid: Self = "pack.source_invalid"
     public static let sourceChanged: Self = "pack.source_changed"
     public static let sourceEmpty: Self = "pack.no_blobs"
+    public static let sourcePathUnwritable: Self = "pack.path_unwritable"
 
     // MARK: - Outbox and upload
     public static let outboxCorrupt: Self = "outbox.state_corrupt"

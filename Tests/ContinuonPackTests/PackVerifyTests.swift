@@ -255,4 +255,29 @@ struct PackVerifyTests {
             #expect(!(try verifier.verify(path: path).valid), "truncation to \(length) bytes was accepted")
         }
     }
+
+    @Test("A blob path libarchive would write with a non-conforming ustar fallback name is refused before packing; long paths that split are packed and verify")
+    func longPaths() throws {
+        let key = try loadKey(Repo.path("TestVectors/keys/test-ed25519.pem"))
+        let writer = PackageWriter(provenance: sampleProvenance, signingKey: key, compression: .none, createdAt: "2024-01-01T00:00:00Z")
+        let out = try TemporaryDirectory()
+        // 155 + "/" + 100 bytes: a ustar prefix and name hold it; 156 + "/" + 99 fits neither split.
+        let fits = String(repeating: "p", count: 155) + "/" + String(repeating: "n", count: 100)
+        let result = try writer.write(blobs: [BlobSource(path: fits, content: .bytes([1]))], toDirectory: out.path)
+        let verifier = PackageVerifier(trustedKeys: [key.publicKey])
+        #expect(try verifier.verify(path: result.path).valid)
+        for unwritable in [String(repeating: "p", count: 156) + "/" + String(repeating: "n", count: 99),
+                           Array(repeating: String(repeating: "d", count: 50), count: 5).joined(separator: "/") + "/b.bin"] {
+            let empty = try TemporaryDirectory()
+            #expect(throws: ContinuonPackError.self) {
+                try writer.write(blobs: [BlobSource(path: unwritable, content: .bytes([1]))], toDirectory: empty.path)
+            }
+            #expect(try empty.entries().isEmpty, "nothing left behind")
+            do {
+                _ = try writer.write(blobs: [BlobSource(path: unwritable, content: .bytes([1]))], toDirectory: empty.path)
+            } catch let error as ContinuonPackError {
+                #expect(error.code == .sourcePathUnwritable)
+            }
+        }
+    }
 }

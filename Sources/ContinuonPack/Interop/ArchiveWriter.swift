@@ -178,3 +178,33 @@ final class ArchiveWriter {
         return ContinuonPackError(.archiveWriteFailed, "libarchive could not \(what).", cause: text ?? "status \(status)")
     }
 }
+
+extension ArchiveWriter {
+    /// True when libarchive writes a member named `path` as the format requires: with a pax `path` record that
+    /// extends the name of its ustar header (spec section 6). For paths that fit no ustar name and prefix, libarchive
+    /// 3.6 writes a shortened fallback name that is not a prefix of the path (a package every verifier refuses), so
+    /// the packer asks before it packs. Writes one header into an anonymous temporary file and reads it back through
+    /// the verifier's own tar rules. Call under a UTF-8 locale (`withUTF8Locale`).
+    /// - Throws: `io.error`, `pack.archive_write_failed`.
+    static func writesConformingHeader(for path: String) throws -> Bool {
+        guard let stream = tmpfile() else { throw ContinuonPackError(.ioError, "Cannot make a temporary file.") }
+        defer { fclose(stream) }
+        let file = FileDescriptor(raw: dup(fileno(stream)), path: "<header probe>")
+        let writer = try ArchiveWriter(compression: .none, output: file)
+        try writer.beginEntry(path: path, size: 0)
+        let (size, _) = try writer.finish()
+        var bytes = [UInt8](repeating: 0, count: Int(size))
+        var offset = 0
+        while offset < bytes.count {
+            let count = try bytes.withUnsafeMutableBytes {
+                try file.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[offset...]), at: Int64(offset))
+            }
+            guard count > 0 else { break }
+            offset += count
+        }
+        var auditor = TarAuditor()
+        bytes.withUnsafeBytes { auditor.feed($0) }
+        auditor.finish()
+        return auditor.violation == nil
+    }
+}

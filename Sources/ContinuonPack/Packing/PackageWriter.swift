@@ -116,7 +116,31 @@ public struct PackageWriter: Sendable {
                     "Blob paths \(quoted(other)) and \(quoted(blob.path)) differ only in case or Unicode normalization.")
             }
         }
-        return try withUTF8Locale { try pack(sorted, into: directory) }
+        return try withUTF8Locale {
+            // A path too long for the ustar name and prefix fields is written with a pax record; libarchive's
+            // fallback name for some of them breaks the format's rule. Refuse those rather than write a package no
+            // verifier accepts.
+            for blob in sorted where !Self.fitsUstarFields(blob.path) {
+                guard try ArchiveWriter.writesConformingHeader(for: blob.path) else {
+                    throw ContinuonPackError(
+                        .sourcePathUnwritable,
+                        "Blob path \(quoted(blob.path)) (\(blob.path.utf8.count) bytes) cannot be written so that tar readers agree on its name: "
+                            + "shorten it so that it splits at a '/' into at most 155 and 100 bytes.")
+                }
+            }
+            return try pack(sorted, into: directory)
+        }
+    }
+
+    /// True when `path`'s bytes fit the ustar name field (100 bytes), or split at a `/` into the prefix (155) and
+    /// name (100) fields: libarchive's header for it then needs no fallback name.
+    static func fitsUstarFields(_ path: String) -> Bool {
+        let bytes = Array(path.utf8)
+        if bytes.count <= 100 { return true }
+        guard bytes.count <= 256 else { return false }
+        return bytes.indices.contains { index in
+            bytes[index] == UInt8(ascii: "/") && index <= 155 && bytes.count - index - 1 <= 100 && index > 0
+        }
     }
 
     private func pack(_ blobs: [BlobSource], into directory: String) throws -> PackResult {
