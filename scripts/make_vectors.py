@@ -335,6 +335,12 @@ def make_invalid(base_path):
         m = base.manifest_for(archive, manifest_blobs, compression=compression)
         add(name, signed_package(m, archive), codes, description)
 
+    # The cap of 20 listed blob failures: every code found still appears (spec section 7, report).
+    blob_case("error-cap-every-code", [("u%02d" % i, b"") for i in range(25)], [("m.bin", b"listed")],
+              ["blob.unexpected", "blob.missing"],
+              "25 unlisted members, then the one listed blob missing: past the 20th failure the first of a new code is "
+              "still listed.")
+
     # Structure of the outer package.
     add("empty-file", b"", ["package.not_tar"], "A zero-byte file.")
     add("not-a-tar", b"This is a text file, not a package.\n" * 20, ["package.not_tar"], "Text, not a tar.")

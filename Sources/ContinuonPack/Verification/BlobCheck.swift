@@ -31,10 +31,21 @@ extension VerificationRun {
         let blobs = manifest.blobs
         var matcher = BlobMatcher(blobs)
         var next = 0
+        // The first 20 blob failures are listed, and past them the first of each code not listed yet (so that every
+        // code found appears); the others are counted in errors_omitted, whichever way the walk ends.
         var listed = 0
+        var listedCodes: Set<ContinuonPackError.Code> = []
+        var omitted = 0
+        defer { if report.outcomes[.blobs] == .failed { report.omittedFailures += omitted } }
         func note(_ error: ContinuonPackError) {
-            if listed < maxListed { report.fail(.blobs, error) } else { report.outcomes[.blobs] = .failed }
-            listed += 1
+            if listed < maxListed || !listedCodes.contains(error.code) {
+                report.fail(.blobs, error)
+                listedCodes.insert(error.code)
+                listed += 1
+            } else {
+                report.outcomes[.blobs] = .failed
+                omitted += 1
+            }
         }
         // One hashing context for every blob.
         let hasher = SHA256Hasher()
@@ -105,7 +116,6 @@ extension VerificationRun {
         for (index, blob) in blobs.enumerated() where !matcher.isMatched(index) {
             note(ContinuonPackError(.blobMissing, "The manifest lists \(quoted(blob.path)) but the archive does not hold it."))
         }
-        report.omittedFailures += max(0, listed - maxListed)
         report.hold(.blobs)
     }
 }
