@@ -566,6 +566,12 @@ def make_invalid(base_path):
     archive = gzip.compress(good_archive, mtime=0) + b"trailing"
     add("gzip-trailing-garbage", signed_package(base.manifest_for(archive, good_blobs, compression="gzip"), archive),
         ["archive.trailing_data"], "Bytes after the end of the gzip stream.")
+    for name, tail, codes, description in (
+            ("gzip-tail-1f", b"\x1f", ["archive.trailing_data"], "One byte 1f after the gzip member: not a second member."),
+            ("gzip-tail-1f8b", b"\x1f\x8b", ["archive.corrupt"],
+             "Bytes 1f 8b after the gzip member: a second member begins (too short for a header), so corrupt.")):
+        archive = gzip.compress(good_archive, mtime=0) + tail
+        add(name, signed_package(base.manifest_for(archive, good_blobs, compression="gzip"), archive), codes, description)
     archive = zstd_compress(good_archive) + b"trailing"
     add("zstd-trailing-garbage", signed_package(base.manifest_for(archive, good_blobs, compression="zstd"), archive),
         ["archive.corrupt"], "Bytes after the last zstd frame (not a frame: the stream does not decode).")

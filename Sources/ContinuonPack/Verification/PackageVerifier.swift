@@ -545,10 +545,15 @@ struct VerificationRun {
                let raw = (decompressed as? DecompressedSource)?.reader {
                 // Everything the decompressor did not consume is data after the compressed stream.
                 try member.drain(using: buffer)
-                if UInt64(raw.rawBytes) < member.byteCount {
+                let leftover = member.byteCount - UInt64(min(UInt64(raw.rawBytes), member.byteCount))
+                if compression == .gzip, Self.startsSecondGzipMember(leftover: leftover, tail: member.tail) {
+                    // A second member that libarchive did not take for one (too short for a whole header).
+                    report.fail(.archive, ContinuonPackError(
+                        .archiveCorrupt, "Bytes 1f 8b (a second gzip member) follow the first; the archive is exactly one member."))
+                } else if leftover > 0 {
                     report.fail(.archive, ContinuonPackError(
                         .archiveTrailingData,
-                        "\(member.byteCount - UInt64(raw.rawBytes)) bytes follow the end of the \(compression.rawValue) stream."))
+                        "\(leftover) bytes follow the end of the \(compression.rawValue) stream."))
                 } else if let crc = tarBytes.crc32, !Self.gzipTrailerMatches(member.tail, crc) {
                     report.fail(.archive, ContinuonPackError(
                         .archiveCorrupt, "The gzip trailer (CRC-32 and length) does not match the decompressed data."))
@@ -568,6 +573,15 @@ struct VerificationRun {
             return
         }
         _ = reportViolation(tarBytes.auditor, layer: .archive)
+    }
+
+    /// True when the `leftover` bytes after the first gzip member begin with `1f 8b` (spec section 6: a second
+    /// member, `archive.corrupt`). libarchive itself reads a whole second header as a member; shorter ones are left
+    /// over, and then they are among the last eight bytes read.
+    static func startsSecondGzipMember(leftover: UInt64, tail: [UInt8]) -> Bool {
+        guard leftover >= 2, leftover <= UInt64(tail.count) else { return false }
+        let start = tail.count - Int(leftover)
+        return tail[start] == 0x1f && tail[start + 1] == 0x8b
     }
 
     /// A gzip member ends with CRC-32 and ISIZE (length mod 2^32), both little-endian.
