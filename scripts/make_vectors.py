@@ -79,7 +79,7 @@ def octal(value, width):
 
 
 def ustar_header(name, size, typeflag=b"0", mode=0o644, uid=0, gid=0, mtime=0, uname=b"", linkname=b"",
-                 magic=b"ustar\x0000", devmajor=0, devminor=0):
+                 magic=b"ustar\x0000", devmajor=0, devminor=0, patch=None):
     name = name if isinstance(name, bytes) else name.encode()
     prefix = b""
     if len(name) > 100:
@@ -100,6 +100,8 @@ def ustar_header(name, size, typeflag=b"0", mode=0o644, uid=0, gid=0, mtime=0, u
     h[329:337] = octal(devmajor, 8)
     h[337:345] = octal(devminor, 8)
     h[345:345 + len(prefix)] = prefix
+    for offset, raw in (patch or {}).items():  # raw bytes over a field, before the checksum
+        h[offset:offset + len(raw)] = raw
     h[148:156] = b"%06o\0 " % sum(h)
     return bytes(h)
 
@@ -119,13 +121,13 @@ def pax_records(records):
     return out
 
 
-def member(name, data=b"", pax=None, **header):
+def member(name, data=b"", pax=None, pax_patch=None, **header):
     """One tar member (with an optional pax header) as bytes."""
     out = b""
     name = name if isinstance(name, bytes) else name.encode()
     if pax is not None:
         records = pax_records(pax)
-        out += ustar_header(b"PaxHeader/x", len(records), typeflag=b"x") + pad(records)
+        out += ustar_header(b"PaxHeader/x", len(records), typeflag=b"x", patch=pax_patch) + pad(records)
         if any(key == "path" for key, _ in pax):
             name = name[:100]  # the ustar name is only a stand-in (a byte prefix) for the pax path
     return out + ustar_header(name, len(data), **header) + pad(data)
@@ -335,6 +337,31 @@ def make_invalid(base_path):
         m = base.manifest_for(archive, manifest_blobs, compression=compression)
         add(name, signed_package(m, archive), codes, description)
 
+    # Numeric fields of every header are octal (devmajor/devminor may be blank), checked wherever the header stands:
+    # libarchive checks the first header of each tar, so these break a header other than the first.
+    def later_member_case(name, codes, description, **member_args):
+        members = [member(p, d) for p, d in good_blobs]
+        path, data = good_blobs[1]
+        members[1] = member(path, data, **member_args)
+        archive = tar(*members)
+        add(name, signed_package(base.manifest_for(archive, good_blobs), archive), codes, description)
+
+    later_member_case("inner-mode-digits-nul-garbage", ["archive.corrupt"],
+                      "The second member's mode is digits, a NUL, then a letter: not an octal field (not metadata).",
+                      patch={100: b"000644\0Z"})
+    later_member_case("inner-devmajor-garbage", ["archive.corrupt"],
+                      "The second member's devmajor holds letters (its value is not interpreted, its syntax is).",
+                      patch={329: b"zzzzzzz\0"})
+    later_member_case("inner-pax-header-mode-garbage", ["archive.corrupt"],
+                      "The second member's pax header has letters in its mode field (values of a pax header's fields are "
+                      "not interpreted; their syntax is checked).",
+                      pax=[("path", good_blobs[1][0])], pax_patch={100: b"zzzzzzz\0"})
+    envelope_member = bytearray(member("manifest.dsse.json", base.envelope))
+    envelope_member[0:512] = ustar_header("manifest.dsse.json", len(base.envelope), patch={100: b"0644\0xyz"})
+    add("outer-first-header-numeric-garbage", bytes(envelope_member) + pad(b"") + member("episodes.tar", good_archive)
+        + b"\0" * 1024, ["package.not_tar"],
+        "The first header's mode is digits, a NUL, then letters: it cannot be read as a tar header.")
+
     # The cap of 20 listed blob failures: every code found still appears (spec section 7, report).
     blob_case("error-cap-every-code", [("u%02d" % i, b"") for i in range(25)], [("m.bin", b"listed")],
               ["blob.unexpected", "blob.missing"],
@@ -351,6 +378,12 @@ def make_invalid(base_path):
         ["package.member_count"], "A third member after the episode archive.")
     add("envelope-only", tar(member("manifest.dsse.json", base.envelope)), ["package.member_count"],
         "The episode archive is missing.")
+    add("outer-zero-block-then-archive",
+        member("manifest.dsse.json", base.envelope) + b"\0" * 512 + member("episodes.tar", good_archive) + b"\0" * 1024,
+        ["package.trailing_data"],
+        "The envelope, one zero block, then the archive member: a lone zero block followed by data (section 7.1).")
+    add("outer-one-zero-block", b"\0" * 512, ["package.corrupt"],
+        "One zero block and the end of the file: an end-of-archive marker cut short.")
     add("outer-trailing-garbage", outer(base.envelope, good_archive, extra=b"smuggled bytes"),
         ["package.trailing_data"], "Non-zero bytes after the end-of-archive marker.")
     add("outer-second-tar", outer(base.envelope, good_archive) + tar(member("evil.bin", b"evil")),
@@ -436,6 +469,9 @@ def make_invalid(base_path):
         ["manifest.field_invalid"], "A blob size written as 0.0.")
     add("manifest-unknown-field", with_manifest(lambda m: m.update(comment="hi")), ["manifest.unknown_field"],
         "An unknown top-level member.")
+    add("manifest-unknown-field-and-schema",
+        with_manifest(lambda m: m.update(comment="hi", schema="continuon.episode-package/v2")), ["manifest.unknown_field"],
+        "An unknown top-level member and another schema: the unknown member comes first (section 7.4's order).")
 
     def upper(m):
         m["blobs"][1]["sha256"] = m["blobs"][1]["sha256"].upper()

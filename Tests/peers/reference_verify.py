@@ -97,7 +97,7 @@ IDENTIFIER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:@-]{0,127}")
 HEX64_RE = re.compile(r"[0-9a-f]{64}")
 TIMESTAMP_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z")
 OCTAL_FIELD_RE = re.compile(rb" *([0-7]+)[ \0]*")
-DECIMAL_RE = re.compile(rb"0|[1-9][0-9]{0,19}")
+DECIMAL_RE = re.compile(rb"[0-9]{1,20}")       # section 6: decimal digits, leading zeros allowed
 
 PATTERN_RE = re.compile(r"[A-Za-z0-9._+:@*-]{1,128}")   # 14.1; only validated by regex, never matched by one
 
@@ -478,6 +478,22 @@ def checksum_ok(block: bytes) -> bool:
     return stored is not None and stored == sum(block[:148]) + 8 * 0x20 + sum(block[156:])
 
 
+NUMERIC_FIELDS = {"mode": (100, 108), "uid": (108, 116), "gid": (116, 124), "size": (124, 136),
+                  "mtime": (136, 148)}
+
+
+def numeric_field_problem(block: bytes) -> str | None:
+    """The first numeric field of a header that breaks section 6's syntax, or None."""
+    for key, (a, b) in NUMERIC_FIELDS.items():
+        if parse_octal(block[a:b]) is None:
+            return key
+    for key, (a, b) in (("devmajor", (329, 337)), ("devminor", (337, 345))):
+        raw = block[a:b]
+        if raw.strip(b"\0 ") and parse_octal(raw) is None:
+            return key
+    return None
+
+
 def parse_header(block: bytes) -> dict:
     """Checksum, magic, version and numeric fields of one header (section 6)."""
     if not checksum_ok(block):
@@ -485,19 +501,13 @@ def parse_header(block: bytes) -> dict:
     if block[257:263] != b"ustar\0" or block[263:265] != b"00":
         raise TarFault(CORRUPT, "not a POSIX ustar header")
     typeflag = block[156:157]
-    # CHOICE: "the name, mode and times of the pax header itself are not
-    # interpreted": mode and mtime of a pax header are not parsed; every other
-    # numeric field (devmajor/devminor included) must be well-formed everywhere.
-    fields = {"uid": (108, 116), "gid": (116, 124), "size": (124, 136),
-              "devmajor": (329, 337), "devminor": (337, 345)}
-    if typeflag != b"x":
-        fields.update(mode=(100, 108), mtime=(136, 148))
-    hdr = {}
-    for key, (a, b) in fields.items():
-        value = parse_octal(block[a:b])
-        if value is None:
-            raise TarFault(CORRUPT, f"bad numeric field {key}")
-        hdr[key] = value
+    # Section 6: every header's numeric fields, pax headers' included, are
+    # octal numbers (their values on a pax header are not interpreted);
+    # devmajor and devminor may also be blank (all NUL or spaces).
+    problem = numeric_field_problem(block)
+    if problem:
+        raise TarFault(CORRUPT, f"bad numeric field {problem}")
+    hdr = {key: parse_octal(block[a:b]) for key, (a, b) in NUMERIC_FIELDS.items()}
     name, prefix = cstring(block[0:100]), cstring(block[345:500])
     hdr["name"] = prefix + b"/" + name if prefix else name
     hdr["typeflag"] = typeflag
@@ -853,9 +863,10 @@ def _typed(obj: dict, types: dict) -> None:
 
 def check_manifest_shape(payload: bytes) -> Manifest:
     """Shape errors, in a fixed order; the first one raises ShapeError.
-    CHOICE: the order is JSON (document order: syntax, duplicate key, nesting),
-    then top level (schema, members, types), provenance, archive, blob count,
-    then each blob entry in order."""
+    The order is section 7.4's: JSON (document order: syntax, duplicate key,
+    nesting), not an object, the first unknown top-level member, then top level
+    (schema, members, types), provenance, archive, blob count, then each blob
+    entry in order."""
     try:
         obj = parse_json(payload)
     except JsonError as exc:
@@ -863,6 +874,9 @@ def check_manifest_shape(payload: bytes) -> Manifest:
                           "depth": "manifest.limit_exceeded"}[exc.kind]) from None
     if not isinstance(obj, dict):
         raise ShapeError("manifest.field_invalid")
+    # Section 7.4's order: not an object; the first unknown top-level member; `schema`; …
+    if any(k not in ("schema", "package_id", "created_at", "provenance", "archive", "blobs") for k in obj):
+        raise ShapeError("manifest.unknown_field")
     if "schema" in obj and is_str(obj["schema"]) and obj["schema"] != SCHEMA:
         raise ShapeError("manifest.schema")
     _members(obj, ("schema", "package_id", "created_at", "provenance", "archive", "blobs"))
@@ -1239,10 +1253,16 @@ def scan_package(f, size: int, report: Report) -> tuple[Member, Member, bool]:
         raise Stop(code)
 
     first = f.read(BLOCK)
-    if len(first) < BLOCK or (first != ZERO_BLOCK and not checksum_ok(first)):
+    # Section 7.1: a first header whose checksum or numeric fields are broken is not a tar header.
+    if len(first) < BLOCK or (first != ZERO_BLOCK and (not checksum_ok(first) or numeric_field_problem(first))):
         stop("package.not_tar")
     if first == ZERO_BLOCK:
-        stop("package.member_count")
+        # Section 7.1: a first zero block begins the end-of-archive marker, judged as any (section 6).
+        second = f.read(BLOCK)
+        if len(second) < BLOCK:
+            stop("package.corrupt")
+        stop("package.member_count" if second == ZERO_BLOCK else "package.trailing_data")
+        f.seek(0)
 
     reader = TarReader(FileSource(f, 0, size))
     members: list[Member] = []
@@ -1270,6 +1290,10 @@ def scan_package(f, size: int, report: Report) -> tuple[Member, Member, bool]:
         if exc.kind != TRAILING:
             stop("package.corrupt")
         trailing = True
+        # Section 7.1: a lone zero block followed by data before two members is trailing data; the member count
+        # is not judged then.
+        if len(members) != 2:
+            stop("package.trailing_data")
     if len(members) != 2:
         stop("package.member_count")
     return members[0], members[1], trailing

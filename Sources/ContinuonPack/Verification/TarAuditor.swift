@@ -177,6 +177,13 @@ struct TarAuditor {
             violation = .corrupt("a header size field is not octal")
             return
         }
+        // Every header's numeric fields, pax headers' included, hold octal numbers (devmajor and devminor may also be
+        // blank), whatever their values mean: libarchive checks this on the first header of each tar, so checking
+        // it on every header makes the verdict independent of where a header stands (spec section 6).
+        if let field = Self.malformedNumericField(block) {
+            violation = .corrupt("a header's \(field) field is not an octal number")
+            return
+        }
         let typeflag = block[156]
         if typeflag == UInt8(ascii: "x") {
             guard pendingPax == nil else {
@@ -244,7 +251,10 @@ struct TarAuditor {
         var records = paxBuffer[...]
         var seen = Set<String>()
         while !records.isEmpty {
+            // The length: 1 to 20 decimal digits (leading zeros allowed, no sign), then a space.
             guard let space = records.firstIndex(of: 0x20),
+                  (1...20).contains(space - records.startIndex),
+                  records[records.startIndex..<space].allSatisfy({ (48...57).contains($0) }),
                   let length = Int(String(decoding: records[records.startIndex..<space], as: UTF8.self)),
                   length > space - records.startIndex + 1, length <= records.count,
                   records[records.startIndex + length - 1] == 0x0a
@@ -317,6 +327,20 @@ struct TarAuditor {
             offset += 1
         }
         return true
+    }
+
+    /// The name of the first numeric field of a header that is not an octal number (mode, uid, gid, mtime), or not
+    /// an octal number or blank (devmajor, devminor); nil when all are well formed.
+    private static func malformedNumericField(_ block: UnsafeRawBufferPointer) -> String? {
+        for (name, start, length) in [("mode", 100, 8), ("uid", 108, 8), ("gid", 116, 8), ("mtime", 136, 12)]
+        where octal(block, start, length) == nil {
+            return name
+        }
+        for (name, start) in [("devmajor", 329), ("devminor", 337)] {
+            let blank = field(block, start, 8).allSatisfy { $0 == 0 || $0 == 0x20 }
+            if !blank && octal(block, start, 8) == nil { return name }
+        }
+        return nil
     }
 
     /// An octal numeric field: optional leading spaces, octal digits, then NUL or space padding. Base-256 and
