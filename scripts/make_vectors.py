@@ -571,6 +571,12 @@ def make_invalid(base_path):
     archive = tar(*(member(p, d, pax=[("path", p)]) for p, d in umlaut))
     add("path-unicode-case-collision", signed_package(base.manifest_for(archive, umlaut), archive),
         ["manifest.path_collision"], "Two NFC paths that differ only in the case of a non-ASCII letter.")
+    # Lowercase mapping per code point, without context (spec section 2): Σ maps to σ wherever it stands, so ΑΣ and
+    # ασ collide (Python's str.lower() would map a final Σ to ς and miss it).
+    sigma = sorted_blobs([("\u0391\u03a3", b"upper"), ("\u03b1\u03c3", b"lower")])
+    archive = tar(*(member(p, d, pax=[("path", p)]) for p, d in sigma))
+    add("path-sigma-collision", signed_package(base.manifest_for(archive, sigma), archive),
+        ["manifest.path_collision"], "ΑΣ and ασ: a final capital sigma lowercases to σ (no context rule), so they collide.")
     nfd = sorted_blobs(good_blobs + [("cafe\u0301.txt", b"nfd")])
     archive = tar(*(member(p, d, pax=[("path", p)] if not p.isascii() else None) for p, d in nfd))
     add("path-not-nfc", signed_package(base.manifest_for(archive, nfd), archive),

@@ -340,7 +340,9 @@ def is_valid_path(raw: bytes) -> bool:
 
 
 def collision_key(value: str) -> str:
-    return unicodedata.normalize("NFC", value.lower())
+    # Section 2: each code point's default lowercase mapping on its own (no context rule such as Final_Sigma,
+    # which str.lower() applies to a whole string), then NFC.
+    return unicodedata.normalize("NFC", "".join(c.lower() for c in value))
 
 
 # --------------------------------------------------------------------------
@@ -633,6 +635,13 @@ class TarReader:
             hdr = parse_header(block)
             if hdr["typeflag"] == b"x" and pax is None:
                 pax = self._read_pax(hdr["size"])
+                # Section 6: a pax header's records are judged when it is read: a record other than path and
+                # size is a metadata error there (whatever the member after it is); a bad size value is corrupt.
+                if any(key not in (b"path", b"size") for key in pax):
+                    yield Member(hdr["name"], 0, "metadata")
+                    return
+                if b"size" in pax and not DECIMAL_RE.fullmatch(pax[b"size"]):
+                    raise TarFault(CORRUPT, "bad pax size")
                 continue
             if hdr["typeflag"] == b"x":
                 # CHOICE: a second pax header in a row breaks "preceded at most
@@ -644,6 +653,10 @@ class TarReader:
 
     def _member(self, hdr: dict, pax: dict[bytes, bytes]) -> Member:
         name, size, normalized = hdr["name"], hdr["size"], hdr["normalized"]
+        if hdr["typeflag"] not in (b"0", b"\0"):
+            # Section 6: the member's type is judged before its pax path extends its name.
+            self.pending, self.padding = size, pad_len(size)
+            return Member(name, size, "member_type", self.src.tell())
         for key, value in pax.items():
             if key == b"path":
                 if not value.startswith(name):
@@ -1239,11 +1252,40 @@ class BlobWalk:
             self._code("blob.digest_mismatch")
 
 
+def check_envelope_and_manifest(env_bytes: bytes, policy: Policy, threshold: int, report: Report):
+    """Steps 2 to 5; returns the manifest when its shape decoded (for steps 6 and 7), else None."""
+    # 2. Envelope
+    env = check_envelope(env_bytes, report)
+    if env is None:
+        report.not_checked("signature", "manifest", "package_id", "archive", "blobs")
+        return None
+    # The manifest's shape is decoded first: 14.3 needs its environment_id
+    # and created_at. Codes are still reported in section 7's order.
+    manifest, shape_error = None, None
+    try:
+        manifest = check_manifest_shape(env.payload)
+    except ShapeError as exc:
+        shape_error = exc
+    # 3. Signature (a failure does not stop the other checks)
+    check_signatures(env, policy, threshold, manifest.obj if manifest else None, report)
+    # 4. Manifest
+    if shape_error is not None:
+        report.fail("manifest", shape_error.code)
+        report.not_checked("package_id", "archive", "blobs")
+        return None
+    report.package_id = manifest.obj["package_id"]
+    check_manifest_values(manifest, report)
+    # 5. Package ID
+    if compute_package_id(manifest.obj["provenance"], manifest.blobs) != manifest.obj["package_id"]:
+        report.fail("package_id", "manifest.package_id_mismatch")
+    return manifest
+
+
 # --------------------------------------------------------------------------
 # Section 7 step 1: the outer package
 # --------------------------------------------------------------------------
 
-def scan_package(f, size: int, report: Report) -> tuple[Member, Member, bool]:
+def scan_package(f, size: int, report: Report, on_envelope=None) -> tuple[Member, Member, bool]:
     """Reads the outer tar from its first byte to its last. Returns the two
     members and whether trailing data follows the end-of-archive marker (that is
     reported last). Every other violation raises Stop after reporting its code."""
@@ -1286,6 +1328,8 @@ def scan_package(f, size: int, report: Report) -> tuple[Member, Member, bool]:
             members.append(m)
             if m.offset + m.size > size:
                 stop("package.corrupt")   # a member cut short
+            if len(members) == 1 and on_envelope is not None:
+                on_envelope(m)
     except TarFault as exc:
         if exc.kind != TRAILING:
             stop("package.corrupt")
@@ -1570,41 +1614,26 @@ def verify(pkg: str, policy: Policy, threshold: int) -> Report:
 
 
 def _verify(pkg: str, policy: Policy, threshold: int, report: Report) -> None:
-    with open(pkg, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        env_member, arc_member, trailing = scan_package(f, size, report)
-        f.seek(env_member.offset)
-        env_bytes = f.read(env_member.size)
+    state: dict = {}
+
+    def on_envelope(env_member: Member) -> None:
+        """Section 7.1: the envelope is checked as soon as its member is complete; its codes stay even when the
+        outer tar breaks later (only blob codes are dropped then)."""
+        with open(pkg, "rb") as g:
+            g.seek(env_member.offset)
+            env_bytes = g.read(env_member.size)
         if len(env_bytes) != env_member.size:
             raise OSError("package shrank while reading")
+        state["manifest"] = check_envelope_and_manifest(env_bytes, policy, threshold, report)
 
-    # 2. Envelope
-    env = check_envelope(env_bytes, report)
-    if env is None:
-        report.not_checked("signature", "manifest", "package_id", "archive", "blobs")
-    else:
-        # The manifest's shape is decoded first: 14.3 needs its environment_id
-        # and created_at. Codes are still reported in section 7's order.
-        manifest, shape_error = None, None
-        try:
-            manifest = check_manifest_shape(env.payload)
-        except ShapeError as exc:
-            shape_error = exc
-        # 3. Signature (a failure does not stop the other checks)
-        check_signatures(env, policy, threshold, manifest.obj if manifest else None, report)
-        # 4. Manifest
-        if shape_error is not None:
-            report.fail("manifest", shape_error.code)
-            report.not_checked("package_id", "archive", "blobs")
-        if manifest is not None:
-            report.package_id = manifest.obj["package_id"]
-            check_manifest_values(manifest, report)
-            # 5. Package ID
-            if compute_package_id(manifest.obj["provenance"], manifest.blobs) != \
-                    manifest.obj["package_id"]:
-                report.fail("package_id", "manifest.package_id_mismatch")
-            # 6 and 7. Archive and blobs
-            check_archive(pkg, arc_member, manifest, report)
+    with open(pkg, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        env_member, arc_member, trailing = scan_package(f, size, report, on_envelope)
+
+    manifest = state.get("manifest")
+    if manifest is not None:
+        # 6 and 7. Archive and blobs
+        check_archive(pkg, arc_member, manifest, report)
 
     # 1, found last: trailing data after the outer end-of-archive marker.
     if trailing:

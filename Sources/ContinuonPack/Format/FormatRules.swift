@@ -80,7 +80,9 @@ public enum FormatRules {
         let isOwnKey = path.withUTF8 { bytes in
             bytes.allSatisfy { $0 < 0x80 && !(UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0) }
         }
-        return isOwnKey ? path : path.lowercased()
+        // Each scalar's lowercase mapping on its own (Swift applies no context rule such as Final_Sigma), then NFC
+        // (spec section 2).
+        return isOwnKey ? path : nfc(path.lowercased())
     }
 
     /// `YYYY-MM-DDTHH:MM:SSZ` with a real calendar date and time.

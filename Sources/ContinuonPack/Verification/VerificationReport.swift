@@ -60,7 +60,10 @@ public struct VerificationReport: Sendable {
     mutating func fail(_ check: Check, _ error: ContinuonPackError) {
         // When the episode archive cannot be read to its end, which blob checks ran first depends on buffering:
         // the format says no blob codes are reported then (docs/signed-ingestion.md, section 7).
-        if error.code == .archiveCorrupt || error.code == .archiveLimit {
+        // The same holds when the outer package breaks (anything but trailing data, which is found last): which
+        // blobs were read before the break depends on buffering, so no blob codes (spec section 7.1).
+        if error.code == .archiveCorrupt || error.code == .archiveLimit
+            || (check == .structure && error.code != .packageTrailingData) {
             dropFailures(of: .blobs)
             blobsAbandoned = true
         }
