@@ -762,6 +762,26 @@ six broken copies. `expected.json` gives, for each file, `corrupt`: null, or the
 the record start that `promote.tfrecord_corrupt` must name. TensorFlow's reader fails on each broken file but
 `truncated-header.tfrecord` (a partial header at the end, which it drops silently and the format refuses).
 
+## Conformance: running the whole suite against another verifier
+
+One command runs every vector above (`valid/`, `invalid/`, `trust/cases.json`) through a verifier and prints one
+line per disagreement, then `N passed, M failed` (exit 0 only when nothing failed):
+
+```sh
+python3 Tests/peers/check_reference_vectors.py --command "/path/to/your-verifier"
+```
+
+Without `--command` it checks `Tests/peers/reference_verify.py`, a verifier written from `docs/signed-ingestion.md`
+alone, which agrees on every vector. The verifier under test is called once per vector as
+`COMMAND PKG --trusted-key PEM… --threshold N` or, for trust cases,
+`COMMAND PKG --trust-policy FILE [--trust-root PEM…] [--root-threshold N] [--threshold N] [--previous-policy FILE]`
+(`--previous-policy`: a signed policy already in force, for the rollback rule). It prints one JSON object on
+standard output: `valid` (boolean), `errors` (the error codes, as strings or as objects with a `code`),
+`signatures` (each with its `status`, for trust cases) and, when it refuses the policy, `policy_error` (the
+`trust.*` code). Its exit status is 0 for valid, 1 for invalid, 2 for a refused policy or a usage or I/O error.
+What is compared: the exit status, `valid`, the set of error codes, and for trust cases the statuses in envelope
+order or the policy's refusal code.
+
 ## Third-party vectors (`rfc8032/`)
 
 `rfc8032/ed25519.json`: the four Ed25519 test vectors of RFC 8032 section 7.1 (TEST 1, 2, 3 and SHA(abc)),

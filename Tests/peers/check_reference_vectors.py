@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import os
 import subprocess
 import sys
@@ -37,9 +38,18 @@ def run_verifier(verifier: str, package: str, keys: list[str], threshold: int, t
     return run_verifier_args(verifier, args, timeout)
 
 
+# The command line the verifier under test starts with (set by --command; the reference verifier by default).
+COMMAND: list[str] = []
+
+
+def codes_of(report: dict) -> set[str]:
+    """The error codes of a report: `errors` as code strings, or as objects with a `code` (as verify --json)."""
+    return {e["code"] if isinstance(e, dict) else e for e in report["errors"]}
+
+
 def run_verifier_args(verifier: str, args: list[str], timeout: float):
     """Runs the verifier with `args`; returns as run_verifier does."""
-    cmd = [sys.executable, verifier] + args
+    cmd = (COMMAND or [sys.executable, verifier]) + args
     try:
         proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -62,7 +72,7 @@ def expect(verifier: str, label: str, package: str, keys: list[str], threshold: 
     status, report, problem = run_verifier(verifier, package, keys, threshold, timeout)
     if report is None:
         return f"{label}: {problem} (exit {status})"
-    got = set(report["errors"])
+    got = codes_of(report)
     want_status = 0 if valid else 1
     issues = []
     if problem:
@@ -111,7 +121,7 @@ def run_trust_case(verifier: str, trust_dir: str, case: dict, timeout: float) ->
         if report.get("policy_error") != want:
             issues.append(f"policy_error {report.get('policy_error')!r}, expected {want!r}"
                           + (f" (verdict valid={report.get('valid')!r}, codes "
-                             f"{sorted(set(report['errors']))})" if "policy_error" not in report else ""))
+                             f"{sorted(codes_of(report))})" if "policy_error" not in report else ""))
         return f"{label}: " + "; ".join(issues) if issues else None
     if "policy_error" in report:
         return f"{label}: policy refused ({report['policy_error']!r}, exit {status}), expected a verdict"
@@ -120,7 +130,7 @@ def run_trust_case(verifier: str, trust_dir: str, case: dict, timeout: float) ->
         issues.append(f"exit {status}, expected {want_status}")
     if report.get("valid") is not want_valid:
         issues.append(f"valid={report.get('valid')!r}, expected {want_valid!r}")
-    got = set(report["errors"])
+    got = codes_of(report)
     if got != want_codes:
         missing, extra = sorted(want_codes - got), sorted(got - want_codes)
         issues.append(f"codes {sorted(got)}, expected {sorted(want_codes)}"
@@ -138,7 +148,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--vectors", default=DEFAULT_VECTORS)
     parser.add_argument("--verifier", default=DEFAULT_VERIFIER)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--command", help="the verifier under test as a command line (split like a shell does), "
+                                          "to which each vector's arguments are appended; default: the reference "
+                                          "verifier, run by this Python")
     args = parser.parse_args(argv)
+    if args.command:
+        COMMAND[:] = shlex.split(args.command)
     keys_dir = os.path.join(args.vectors, "keys")
     invalid_dir = os.path.join(args.vectors, "invalid")
     valid_dir = os.path.join(args.vectors, "valid")
