@@ -126,6 +126,7 @@ class Report:
         self.ignored_key_ids: list[str] = []
         self.signatures: list[dict] = []
         self.package_id: str | None = None
+        self.done: set[str] = set()       # checks that ran before a structure failure (their status stays)
 
     def fail(self, check: str, code: str) -> None:
         if code not in self.errors:
@@ -139,8 +140,14 @@ class Report:
                 self.checks[check] = "not_checked"
 
     def stop_after(self, check: str) -> None:
-        """Everything after `check` in section 7's order is not checked."""
-        self.not_checked(*CHECKS[CHECKS.index(check) + 1:])
+        """Everything after `check` in section 7's order that has not run is not checked."""
+        self.not_checked(*(c for c in CHECKS[CHECKS.index(check) + 1:] if c not in self.done))
+
+    def drop_blob_codes(self) -> None:
+        """Section 7.1: after a structure failure no blob code stays (which blobs were read can depend on
+        buffering); the blobs check is then not checked."""
+        self.errors = [code for code in self.errors if not code.startswith("blob.")]
+        self.checks["blobs"] = "not_checked"
 
     @property
     def valid(self) -> bool:
@@ -903,6 +910,8 @@ def check_manifest_shape(payload: bytes) -> Manifest:
     _members(obj["archive"], ("name", "compression", "size", "sha256"))
     _typed(obj["archive"], {"name": is_str, "compression": is_str, "size": is_json_int,
                             "sha256": is_str})
+    if obj["archive"]["compression"] not in COMPRESSION_NAMES:
+        raise ShapeError("manifest.field_invalid")
     if len(obj["blobs"]) > MAX_BLOBS:
         raise ShapeError("manifest.limit_exceeded")
     blobs = []
@@ -927,12 +936,10 @@ def check_manifest_values(manifest: Manifest, report: Report) -> None:
                                                  "environment_id")):
         fail("manifest.identifier_invalid")
     arc = obj["archive"]
-    # CHOICE: an unknown compression is a value error (manifest.field_invalid,
-    # section 8 "a bad compression"); the checks go on.
-    if arc["compression"] not in COMPRESSION_NAMES:
-        fail("manifest.field_invalid")
-    elif COMPRESSION_NAMES[arc["compression"]] != arc["name"]:
-        report.fail("archive", "archive.name_mismatch")
+    # Section 7.4: an unknown compression is a shape error (check_manifest_shape); the
+    # name/compression pair is a manifest value error.
+    if COMPRESSION_NAMES[arc["compression"]] != arc["name"]:
+        fail("archive.name_mismatch")
     if not is_hex64(arc["sha256"]):
         fail("manifest.digest_invalid")
     total = 0
@@ -1285,12 +1292,14 @@ def check_envelope_and_manifest(env_bytes: bytes, policy: Policy, threshold: int
 # Section 7 step 1: the outer package
 # --------------------------------------------------------------------------
 
-def scan_package(f, size: int, report: Report, on_envelope=None) -> tuple[Member, Member, bool]:
+def scan_package(f, size: int, report: Report, on_envelope=None, on_archive=None) -> tuple[Member, Member, bool]:
     """Reads the outer tar from its first byte to its last. Returns the two
     members and whether trailing data follows the end-of-archive marker (that is
     reported last). Every other violation raises Stop after reporting its code."""
     def stop(code: str, check: str = "package.structure"):
         report.fail(check, code)
+        if code != "package.trailing_data":
+            report.drop_blob_codes()
         report.stop_after("package.structure")
         raise Stop(code)
 
@@ -1330,6 +1339,8 @@ def scan_package(f, size: int, report: Report, on_envelope=None) -> tuple[Member
                 stop("package.corrupt")   # a member cut short
             if len(members) == 1 and on_envelope is not None:
                 on_envelope(m)
+            if len(members) == 2 and on_archive is not None:
+                on_archive(m)
     except TarFault as exc:
         if exc.kind != TRAILING:
             stop("package.corrupt")
@@ -1625,15 +1636,18 @@ def _verify(pkg: str, policy: Policy, threshold: int, report: Report) -> None:
         if len(env_bytes) != env_member.size:
             raise OSError("package shrank while reading")
         state["manifest"] = check_envelope_and_manifest(env_bytes, policy, threshold, report)
+        report.done.update(("envelope", "signature", "manifest", "package_id"))
+
+    def on_archive(arc_member: Member) -> None:
+        """Steps 6 and 7 as soon as the archive member is whole; the outer tar's end is judged after them."""
+        manifest = state.get("manifest")
+        if manifest is not None:
+            check_archive(pkg, arc_member, manifest, report)
+            report.done.add("archive")
 
     with open(pkg, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        env_member, arc_member, trailing = scan_package(f, size, report, on_envelope)
-
-    manifest = state.get("manifest")
-    if manifest is not None:
-        # 6 and 7. Archive and blobs
-        check_archive(pkg, arc_member, manifest, report)
+        _, _, trailing = scan_package(f, size, report, on_envelope, on_archive)
 
     # 1, found last: trailing data after the outer end-of-archive marker.
     if trailing:
