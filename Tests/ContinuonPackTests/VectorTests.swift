@@ -50,6 +50,21 @@ struct VectorTests {
         #expect(result.lastLine.hasSuffix(" 0 failed"), "\(result.lastLine)")
     }
 
+    @Test("The reference verifier reports the same check statuses (held, failed, not_checked) on every hostile vector")
+    func referenceStatusesAgree() throws {
+        for vector in try InvalidVector.all() {
+            let keys = try vector.trustedKeys.map { try Ed25519PublicKey(pemRepresentation: try readBytes($0)) }
+            let report = try PackageVerifier(trustedKeys: keys, threshold: vector.threshold).verify(path: vector.path)
+            let ours = Dictionary(uniqueKeysWithValues: VerificationReport.Check.allCases.map {
+                ($0.rawValue, report.outcomes[$0]?.rawValue ?? "not_checked")
+            })
+            let reference = try peer("reference_verify.py", [vector.path, "--threshold", String(vector.threshold)]
+                + vector.trustedKeys.flatMap { ["--trusted-key", $0] })
+            let theirs = try json(reference.stdout)["checks"] as? [String: String] ?? [:]
+            #expect(ours == theirs, "\(vector.name)")
+        }
+    }
+
     @Test("Each documented error code of a vector appears in the spec")
     func codesAreDocumented() throws {
         let spec = String(decoding: try readBytes(Repo.path("docs/signed-ingestion.md")), as: UTF8.self)
