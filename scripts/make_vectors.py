@@ -440,6 +440,45 @@ def make_invalid(base_path):
     add("signature-tampered", outer(envelope(manifest_bytes, sig_filter=lambda s: s[:10] + bytes([s[10] ^ 1]) + s[11:]),
                                     good_archive), ["signature.invalid"], "One bit of the signature flipped.")
 
+    # Conformance decisions (spec section 7), one vector each.
+    flip = lambda s: s[:10] + bytes([s[10] ^ 1]) + s[11:]
+    tampered_full = outer(envelope(manifest_bytes, sig_filter=flip), good_archive)
+    add("signature-tampered-and-truncated", tampered_full[:2048 + 512 + 1000], ["signature.invalid", "package.corrupt"],
+        "A broken signature and a package cut inside the archive: the envelope was checked when its member was "
+        "whole, so its code stays beside package.corrupt.")
+    tampered_blob = dict(good_blobs)
+    first_path = good_blobs[1][0]
+    bad_archive = archive_of(sorted_blobs([(p, (d + b"!" if p == first_path else d)) for p, d in good_blobs]))
+    m = base.manifest_for(good_archive, good_blobs)
+    m["archive"]["size"], m["archive"]["sha256"] = len(bad_archive), hashlib.sha256(bad_archive).hexdigest()
+    add("no-signatures-and-size-mismatch",
+        outer(envelope(canonical_json(m), keys=()), bad_archive),
+        ["signature.missing", "blob.size_mismatch"],
+        "No signature, and a blob one byte longer than listed: signature.missing is the only signature code; the "
+        "other checks go on.")
+    add("manifest-shape-before-values",
+        with_manifest(lambda m: (m.update(package_id="not-hex"), m["blobs"][0].update(size=1.5)), fix_id=False),
+        ["manifest.field_invalid"],
+        "A package_id that is not hex and a blob size of 1.5: the shape error alone (values are judged only on a "
+        "decoded shape).")
+    add("manifest-array", signed_package(None, good_archive, archive_name="episodes.tar", manifest_bytes=b"[]"),
+        ["manifest.field_invalid"], "The payload is JSON but not an object.")
+    add("manifest-bom", signed_package(None, good_archive, archive_name="episodes.tar",
+                                       manifest_bytes=b"\xef\xbb\xbf" + manifest_bytes),
+        ["manifest.json_invalid"], "The manifest starts with a UTF-8 byte-order mark.")
+    linkpath = tar(*(member(p, d) for p, d in good_blobs[:1]),
+                   member("link", b"", pax=[("linkpath", "target")], typeflag=b"2"))
+    add("inner-pax-linkpath-then-symlink",
+        signed_package(base.manifest_for(linkpath, good_blobs[:1]), linkpath), ["blob.metadata"],
+        "A pax linkpath record before a symbolic link: records are judged when the pax header is read.")
+    # A header straddling the decompression limit (section 9): one 100-byte blob, so the limit is
+    # 100 + 3584 + 1024 + 10240 = 14948 bytes; 28 empty unlisted members end at 14848, and the next header straddles.
+    small = [("a.bin", b"x" * 100)]
+    straddle = tar(member(*small[0]), *(member("u%03d" % i) for i in range(27)), member("u999"))
+    add("header-straddles-limit", signed_package(base.manifest_for(straddle, small), straddle),
+        ["archive.limit_exceeded"],
+        "A header whose 512 bytes straddle the decompression limit: judged only when whole, so the limit comes first.")
+
     def malleate(s):
         value = int.from_bytes(s[32:], "little") + L
         return s[:32] + value.to_bytes(32, "little")
