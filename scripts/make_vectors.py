@@ -382,6 +382,9 @@ def make_invalid(base_path):
         member("manifest.dsse.json", base.envelope) + b"\0" * 512 + member("episodes.tar", good_archive) + b"\0" * 1024,
         ["package.trailing_data"],
         "The envelope, one zero block, then the archive member: a lone zero block followed by data (section 7.1).")
+    add("outer-zero-block-then-short-data", outer(base.envelope, good_archive, end=b"\0" * 512) + b"x" * 100,
+        ["package.corrupt"],
+        "One zero block, then 100 bytes and the end of the file: fewer than 512 bytes after it, so a truncated marker.")
     add("outer-one-zero-block", b"\0" * 512, ["package.corrupt"],
         "One zero block and the end of the file: an end-of-archive marker cut short.")
     add("outer-trailing-garbage", outer(base.envelope, good_archive, extra=b"smuggled bytes"),

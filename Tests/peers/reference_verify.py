@@ -614,10 +614,11 @@ class TarReader:
             if nonzero(exc.partial):
                 raise TarFault(TRAILING, "data after a lone zero block") from None
             raise
-        if nonzero(second):
-            raise TarFault(TRAILING, "data after a lone zero block")
+        # Section 6: fewer than 512 bytes after a lone zero block is a truncated marker, whatever they hold.
         if len(second) < BLOCK:
             raise TarFault(CORRUPT, "end-of-archive marker truncated")
+        if nonzero(second):
+            raise TarFault(TRAILING, "data after a lone zero block")
         after = 0
         while True:
             n = self._zero_bytes(min(CHUNK, MAX_TRAILING + 1 - after), TRAILING)
