@@ -814,7 +814,7 @@ python3 Tests/peers/check_reference_vectors.py --command "/path/to/your-verifier
 ```
 
 Without `--command` it checks `Tests/peers/reference_verify.py`, a verifier written from `docs/signed-ingestion.md`
-alone, which agrees on every vector. The verifier under test is called once per vector as
+alone, which agrees on every vector; `--command "continuon-pack verify --json"` checks ours, which does too. The verifier under test is called once per vector as
 `COMMAND PKG --trusted-key PEM… --threshold N` or, for trust cases,
 `COMMAND PKG --trust-policy FILE [--trust-root PEM…] [--root-threshold N] [--threshold N] [--previous-policy FILE]`
 (`--previous-policy`: a signed policy already in force, for the rollback rule). It prints one JSON object on

@@ -33,8 +33,12 @@ public struct TrustOptions: ParsableArguments, Sendable {
     /// - Throws: `ValidationError` for a threshold above the distinct keys; `trust.*` codes for a refused policy.
     public func load(inForce: LoadedTrustPolicy? = nil) throws -> LoadedTrustPolicy {
         if let trustPolicy {
-            return try TrustPolicyLoader.load(path: trustPolicy, roots: rootOptions.roots(), statePath: rootOptions.trustState,
-                                              inForce: inForce)
+            let roots = try rootOptions.roots()
+            let previous = try inForce ?? rootOptions.previousPolicy.map {
+                try TrustPolicyLoader.load(path: $0, roots: roots, now: "0000-01-01T00:00:00Z")
+            }
+            return try TrustPolicyLoader.load(path: trustPolicy, roots: roots, statePath: rootOptions.trustState,
+                                              inForce: previous)
         }
         let keys = try trustedKey.map(loadPublicKey)
         let distinct = Set(keys).count
@@ -68,11 +72,15 @@ public struct RootOptions: ParsableArguments, Sendable {
     @Option(name: .long, help: "A root public key (SPKI PEM) that must have signed the trust policy; repeat for several. With it, only a signed, unexpired policy is accepted.")
     public var trustRoot: [String] = []
 
-    @Option(name: .long, help: "How many distinct --trust-root keys must have signed the policy.")
+    @Option(name: [.customLong("trust-root-threshold"), .customLong("root-threshold")],
+            help: "How many distinct --trust-root keys must have signed the policy.")
     public var trustRootThreshold = 1
 
     @Option(name: .long, help: "A file recording the newest signed policy accepted (created if missing, mode 0600): an older one is refused even after a restart.")
     public var trustState: String?
+
+    @Option(name: .long, help: "A signed policy already in force: the rollback rule is applied against it (to reproduce a service's decision; the conformance suite's trust cases).")
+    public var previousPolicy: String?
 
     public init() {}
 
@@ -81,6 +89,7 @@ public struct RootOptions: ParsableArguments, Sendable {
             throw ValidationError("--trust-root-threshold must be between 1 and the number of --trust-root options.")
         }
         if trustState != nil && trustRoot.isEmpty { throw ValidationError("--trust-state records signed policies: give --trust-root.") }
+        if previousPolicy != nil && trustRoot.isEmpty { throw ValidationError("--previous-policy is a signed policy: give --trust-root.") }
     }
 
     /// The roots, or nil when none were given.

@@ -50,6 +50,13 @@ struct VectorTests {
         #expect(result.lastLine.hasSuffix(" 0 failed"), "\(result.lastLine)")
     }
 
+    @Test("continuon-pack verify --json passes the conformance suite through the one command another verifier would run")
+    func conformanceCommand() throws {
+        let result = try peer("check_reference_vectors.py", ["--command", Repo.cli + " verify --json"])
+        #expect(result.status == 0, "\(result.text)")
+        #expect(result.lastLine.hasSuffix(" 0 failed"), "\(result.lastLine)")
+    }
+
     @Test("The reference verifier reports the same check statuses (held, failed, not_checked) on every hostile vector")
     func referenceStatusesAgree() throws {
         for vector in try InvalidVector.all() {

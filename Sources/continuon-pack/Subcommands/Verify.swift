@@ -28,7 +28,17 @@ extension ContinuonPackCommand {
         }
 
         func run() throws {
-            var verifier = try trust.verifier()
+            var verifier: PackageVerifier
+            do {
+                verifier = try trust.verifier()
+            } catch let error as ContinuonPackError where json && error.code.rawValue.hasPrefix("trust.") {
+                // A refused policy is not a verdict; with --json it is still reported as JSON (exit 2).
+                printJSON(.object([
+                    ("valid", .bool(false)), ("policy_error", .string(error.code.rawValue)),
+                    ("errors", .array([.object([("code", .string(error.code.rawValue)), ("message", .string(error.message))])])),
+                ]))
+                throw ExitStatus.usageOrIO
+            }
             verifier.checkTFRecords = checkTfrecord
             var reports: [VerificationReport] = []
             for package in packages {
