@@ -45,25 +45,18 @@ public struct TrustOptions: ParsableArguments, Sendable {
         if let threshold, threshold > distinct {
             throw ValidationError("--threshold \(threshold) is more than the \(distinct) distinct trusted keys.")
         }
-        let policy = TrustPolicy(trustedKeys: keys, threshold: threshold ?? 1)
-        return LoadedTrustPolicy(policy: policy, sha256: "", signed: false, documentBytes: [], rootKeyIDs: [])
+        return LoadedTrustPolicy(trustedKeys: keys, threshold: threshold ?? 1)
     }
 
     /// A verifier under the loaded policy, with `--threshold` when given (with trust roots, only to raise the
     /// signed policy's threshold, never to lower it).
     public func verifier(limits: PackageLimits = .default) throws -> PackageVerifier {
         let loaded = try load()
-        let threshold = Self.threshold(threshold, for: loaded)
+        let threshold = loaded.threshold(overriding: threshold)
         if let threshold, threshold > loaded.policy.keysByID.count {
             throw ValidationError("--threshold \(threshold) is more than the policy's \(loaded.policy.keysByID.count) keys.")
         }
         return PackageVerifier(policy: loaded.policy, threshold: threshold, limits: limits)
-    }
-
-    /// The threshold a command's `--threshold` makes under `loaded`: a signed policy's own is a minimum.
-    public static func threshold(_ requested: Int?, for loaded: LoadedTrustPolicy) -> Int? {
-        guard let requested else { return nil }
-        return loaded.signed ? max(requested, loaded.policy.threshold) : requested
     }
 }
 

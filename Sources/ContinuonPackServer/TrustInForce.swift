@@ -39,8 +39,7 @@ public final class TrustInForce: Sendable {
 
     /// The trusted-key policy: `keys`, each allowed every environment, with `threshold`.
     public convenience init(trustedKeys: [Ed25519PublicKey], threshold: Int = 1) {
-        self.init(LoadedTrustPolicy(policy: TrustPolicy(trustedKeys: trustedKeys, threshold: threshold), sha256: "",
-                                    signed: false, documentBytes: [], rootKeyIDs: []))
+        self.init(LoadedTrustPolicy(trustedKeys: trustedKeys, threshold: threshold))
     }
 
     /// Loads the policy at `source.path` (refusing to start with one that does not load).
@@ -55,20 +54,14 @@ public final class TrustInForce: Sendable {
     /// A verifier under the policy in force now.
     func verifier(limits: PackageLimits) -> PackageVerifier {
         let loaded = current
-        return PackageVerifier(policy: loaded.policy, threshold: threshold(for: loaded), limits: limits)
-    }
-
-    /// The service's `--threshold` under `loaded`: for a signed policy, only ever above the policy's own.
-    private func threshold(for loaded: LoadedTrustPolicy) -> Int? {
-        guard let threshold else { return nil }
-        return loaded.signed ? max(threshold, loaded.policy.threshold) : threshold
+        return PackageVerifier(policy: loaded.policy, threshold: loaded.threshold(overriding: threshold), limits: limits)
     }
 
     /// The failures when `report`'s signatures no longer count under the policy in force now (it changed while the
     /// upload arrived); nil when they still do.
     func recheck(_ report: VerificationReport) -> [ContinuonPackError]? {
         let loaded = current
-        let judgement = loaded.policy.rejudge(report, threshold: threshold(for: loaded))
+        let judgement = loaded.policy.rejudge(report, threshold: loaded.threshold(overriding: threshold))
         return judgement.accepted ? nil : judgement.failures
     }
 

@@ -2,6 +2,12 @@ import Foundation
 import Testing
 @testable import ContinuonPack
 
+/// `trust init` then `trust add` of the test key for `environment`: the policy most tests start from.
+func makeTestKeyPolicy(_ path: String, environment: String = "*", initArguments: [String] = []) throws {
+    _ = try cli(["trust", "init", "--policy", path] + initArguments)
+    _ = try cli(["trust", "add", "--policy", path, "--public-key", Repo.testPublicKey, "--environment", environment])
+}
+
 /// One entry of TestVectors/trust/cases.json (spec section 14).
 struct TrustVector: Sendable, CustomTestStringConvertible {
     let name: String
@@ -148,8 +154,7 @@ struct TrustTests {
     func revokeAndRemove() throws {
         let dir = try TemporaryDirectory()
         let policy = dir.file("p.json")
-        _ = try cli(["trust", "init", "--policy", policy])
-        _ = try cli(["trust", "add", "--policy", policy, "--public-key", Repo.testPublicKey, "--environment", "*"])
+        try makeTestKeyPolicy(policy)
         let keyID = try Ed25519PublicKey(pemRepresentation: try readBytes(Repo.testPublicKey)).keyID
         let package = Repo.path("TestVectors/valid/package-none.cpkg")
         #expect(try cli(["verify", package, "--trust-policy", policy]).status == 0)
@@ -169,8 +174,7 @@ struct TrustTests {
     func signing() throws {
         let dir = try TemporaryDirectory()
         let policy = dir.file("p.json"), signed = dir.file("signed.json")
-        _ = try cli(["trust", "init", "--policy", policy])
-        _ = try cli(["trust", "add", "--policy", policy, "--public-key", Repo.testPublicKey, "--environment", "*"])
+        try makeTestKeyPolicy(policy)
         let root1 = TrustVector.path("roots/root-1.pem"), root2 = TrustVector.path("roots/root-2.pem")
         let noExpiry = try cli(["trust", "sign", "--policy", policy, "--key", root1, "--output", signed])
         #expect(noExpiry.status == 2 && noExpiry.stderr.contains("--expires"))
@@ -336,8 +340,7 @@ struct TrustServeTests {
     func revocation() throws {
         let dir = try TemporaryDirectory()
         let policy = dir.file("fleet.json")
-        _ = try cli(["trust", "init", "--policy", policy])
-        _ = try cli(["trust", "add", "--policy", policy, "--public-key", Repo.testPublicKey, "--environment", "vector-*"])
+        try makeTestKeyPolicy(policy, environment: "vector-*")
         let server = try startServe(dir, trusting: [], extra: ["--trust-policy", policy])
         #expect(try health(server)["version"] as? Int == 2)
         #expect(try health(server)["sha256"] as? String == SHA256Hasher.hash(try readBytes(policy)).hex)
@@ -364,8 +367,7 @@ struct TrustServeTests {
     func revocationMidUpload() throws {
         let dir = try TemporaryDirectory()
         let policy = dir.file("fleet.json")
-        _ = try cli(["trust", "init", "--policy", policy])
-        _ = try cli(["trust", "add", "--policy", policy, "--public-key", Repo.testPublicKey, "--environment", "*"])
+        try makeTestKeyPolicy(policy)
         let server = try startServe(dir, trusting: [], extra: ["--trust-policy", policy])
         // A package of about 600 KiB: its first 256 KiB (the envelope and more) arrive under the old policy.
         let episodes = try dir.subdirectory("big")
@@ -402,8 +404,7 @@ struct TrustServeTests {
     func corruptPolicy() throws {
         let dir = try TemporaryDirectory()
         let policy = dir.file("fleet.json")
-        _ = try cli(["trust", "init", "--policy", policy])
-        _ = try cli(["trust", "add", "--policy", policy, "--public-key", Repo.testPublicKey, "--environment", "*"])
+        try makeTestKeyPolicy(policy)
         let server = try startServe(dir, trusting: [], extra: ["--trust-policy", policy])
         for (label, bytes) in [("truncated", Array(try readBytes(policy).prefix(40))), ("empty", []),
                                ("other schema", Array(#"{"schema":"x","version":9,"threshold":1,"keys":[]}"#.utf8))] {
@@ -433,8 +434,7 @@ struct TrustServeTests {
             #expect(result.status == 0, "\(result.stderr)")
             return out
         }
-        _ = try cli(["trust", "init", "--policy", plain, "--expires", "2099-01-01T00:00:00Z"])
-        _ = try cli(["trust", "add", "--policy", plain, "--public-key", Repo.testPublicKey, "--environment", "*"])
+        try makeTestKeyPolicy(plain, initArguments: ["--expires", "2099-01-01T00:00:00Z"])
         let version2 = try signed("v2.json")
         _ = try cli(["trust", "revoke", "--policy", plain, "--key-id", keyID, "--reason", "stolen"])
         let version3 = try signed("v3.json")
@@ -474,8 +474,7 @@ struct TrustServeTests {
         let policy = dir.file("p.json")
         // Expires two seconds from now.
         let soon = PackageWriter.timestamp(secondsSinceEpoch: Int64(Date().timeIntervalSince1970) + 2)
-        _ = try cli(["trust", "init", "--policy", policy, "--expires", soon])
-        _ = try cli(["trust", "add", "--policy", policy, "--public-key", Repo.testPublicKey, "--environment", "*"])
+        try makeTestKeyPolicy(policy, initArguments: ["--expires", soon])
         let server = try startServe(dir, trusting: [], extra: ["--trust-policy", policy])
         usleep(3_000_000)
         // A device's uploader retries a 503 until its deadline, keeping its copy; ask the way it does, once.

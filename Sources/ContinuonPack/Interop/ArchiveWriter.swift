@@ -192,18 +192,10 @@ extension ArchiveWriter {
         let file = FileDescriptor(raw: dup(fileno(stream)), path: "<header probe>")
         let writer = try ArchiveWriter(compression: .none, output: file)
         try writer.beginEntry(path: path, size: 0)
-        let (size, _) = try writer.finish()
-        var bytes = [UInt8](repeating: 0, count: Int(size))
-        var offset = 0
-        while offset < bytes.count {
-            let count = try bytes.withUnsafeMutableBytes {
-                try file.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[offset...]), at: Int64(offset))
-            }
-            guard count > 0 else { break }
-            offset += count
-        }
+        _ = try writer.finish()
+        // The writer wrote with pwrite: the descriptor's offset is still 0.
         var auditor = TarAuditor()
-        bytes.withUnsafeBytes { auditor.feed($0) }
+        try FileIO.forEachChunk(of: file) { auditor.feed($0) }
         auditor.finish()
         return auditor.violation == nil
     }

@@ -17,7 +17,7 @@ public struct TrustFloor: Sendable, Equatable {
     /// The floor a loaded signed policy sets; nil for a plain policy (the rule concerns signed ones only).
     public init?(_ loaded: LoadedTrustPolicy) {
         guard loaded.signed else { return nil }
-        self.init(version: loaded.policy.version, payloadSHA256: SHA256Hasher.hash(loaded.documentBytes).hex)
+        self.init(version: loaded.policy.version, payloadSHA256: loaded.documentSHA256)
     }
 
     /// The higher of two floors (the one a newer policy set).

@@ -21,17 +21,31 @@ public struct LoadedTrustPolicy: Sendable {
     public let sha256: String
     /// True when it came from a signed envelope.
     public let signed: Bool
-    /// The policy document's bytes (a signed policy's payload): what the rollback rule compares.
-    public let documentBytes: [UInt8]
+    /// SHA-256 (lowercase hex) of the policy document's bytes (a signed policy's payload): what the rollback rule
+    /// compares.
+    public let documentSHA256: String
     /// The root keys whose signatures counted (signed policies).
     public let rootKeyIDs: [String]
 
-    public init(policy: TrustPolicy, sha256: String, signed: Bool, documentBytes: [UInt8], rootKeyIDs: [String]) {
+    public init(policy: TrustPolicy, sha256: String, signed: Bool, documentSHA256: String, rootKeyIDs: [String]) {
         self.policy = policy
         self.sha256 = sha256
         self.signed = signed
-        self.documentBytes = documentBytes
+        self.documentSHA256 = documentSHA256
         self.rootKeyIDs = rootKeyIDs
+    }
+
+    /// The policy a list of trusted keys makes (no file behind it).
+    public init(trustedKeys: [Ed25519PublicKey], threshold: Int) {
+        self.init(policy: TrustPolicy(trustedKeys: trustedKeys, threshold: threshold), sha256: "", signed: false,
+                  documentSHA256: "", rootKeyIDs: [])
+    }
+
+    /// The threshold a verifier's own `--threshold` makes under this policy: a signed policy's is a minimum, so that
+    /// whoever configures the verifier cannot lower what the roots signed.
+    public func threshold(overriding requested: Int?) -> Int? {
+        guard let requested else { return nil }
+        return signed ? max(requested, policy.threshold) : requested
     }
 }
 
@@ -59,7 +73,7 @@ public enum TrustPolicyLoader {
             throw TrustPolicy.invalid("The policy is not valid JSON: \(error.reason) at byte \(error.offset).")
         }
         let digest = SHA256Hasher.hash(bytes).hex
-        guard root["payloadType"] != nil else {
+        guard isSigned(root) else {
             guard bytes.count <= TrustPolicy.maxDocumentBytes else {
                 throw TrustPolicy.invalid("The policy is \(bytes.count) bytes; the limit is \(TrustPolicy.maxDocumentBytes).")
             }
@@ -69,7 +83,7 @@ public enum TrustPolicyLoader {
             }
             let policy = try TrustPolicy.decode(root)
             try checkExpiry(policy, now: now)
-            return LoadedTrustPolicy(policy: policy, sha256: digest, signed: false, documentBytes: bytes, rootKeyIDs: [])
+            return LoadedTrustPolicy(policy: policy, sha256: digest, signed: false, documentSHA256: digest, rootKeyIDs: [])
         }
         let envelope: Envelope
         do {
@@ -87,10 +101,11 @@ public enum TrustPolicyLoader {
         let policy = try TrustPolicy.decode(envelope.payload)
         guard policy.expires != nil else { throw TrustPolicy.invalid("A signed policy must have expires.") }
         try checkExpiry(policy, now: now)
+        let payloadDigest = SHA256Hasher.hash(envelope.payload).hex
         if let floor = TrustFloor.highest(inForce.flatMap(TrustFloor.init), floor) {
-            try floor.check(version: policy.version, payloadSHA256: SHA256Hasher.hash(envelope.payload).hex)
+            try floor.check(version: policy.version, payloadSHA256: payloadDigest)
         }
-        return LoadedTrustPolicy(policy: policy, sha256: digest, signed: true, documentBytes: envelope.payload, rootKeyIDs: rootKeyIDs)
+        return LoadedTrustPolicy(policy: policy, sha256: digest, signed: true, documentSHA256: payloadDigest, rootKeyIDs: rootKeyIDs)
     }
 
     /// Loads the policy file at `path`, under the rollback floor kept in `statePath` when given, and records a newer
@@ -118,17 +133,21 @@ public enum TrustPolicyLoader {
         }
         let limit = envelopeLimits.maxEnvelopeBytes
         var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 1 << 20)
-        while true {
-            let count = try chunk.withUnsafeMutableBytes { try file.read(into: $0) }
-            if count == 0 { break }
-            guard bytes.count + count <= limit else {
+        try FileIO.forEachChunk(of: file) { chunk in
+            guard bytes.count + chunk.count <= limit else {
                 throw TrustPolicy.invalid("\(path) is larger than the limit of \(limit) bytes for a policy.")
             }
-            bytes.append(contentsOf: chunk[0..<count])
+            bytes.append(contentsOf: chunk)
         }
         return bytes
     }
+
+    /// True when `bytes` are a JSON object with a `payloadType` member: a signed policy (spec section 14.2).
+    public static func isSignedPolicy(_ bytes: [UInt8]) -> Bool {
+        (try? StrictJSONParser.parse(bytes, maxDepth: 16, maxValues: TrustPolicy.maxJSONValues)).map(isSigned) ?? false
+    }
+
+    private static func isSigned(_ root: JSONValue) -> Bool { root["payloadType"] != nil }
 
     /// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
     public static func currentTime() -> String {

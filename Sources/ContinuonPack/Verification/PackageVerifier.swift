@@ -415,13 +415,9 @@ struct VerificationRun {
     /// never all held at once. The policy's rules need the manifest's environment and time, so the manifest is
     /// decoded first; the signature check is still reported before it (spec section 7).
     private mutating func checkEnvelopeAndManifest(_ bytes: consuming [UInt8]) -> Manifest? {
-        guard var envelope = checkEnvelope(consume bytes) else { return nil }
+        guard let envelope = checkEnvelope(consume bytes) else { return nil }
         let evidence = envelope.signatures.isEmpty ? [] : verifier.policy.evidence(for: envelope)
-        let decoded = { [limits = verifier.limits] (envelope: inout Envelope) -> Result<Manifest, ContinuonPackError> in
-            let payload = envelope.payload
-            envelope.payload = []
-            return Result { () throws(ContinuonPackError) -> Manifest in try Manifest.decode(payload, limits: limits) }
-        }(&envelope)
+        let decoded = Self.decodeManifest(consume envelope, limits: verifier.limits)
         let manifest = try? decoded.get()
         let judgement = verifier.policy.judge(evidence, environmentID: manifest?.provenance.environmentID,
                                               createdAt: manifest?.createdAt, threshold: verifier.effectiveThreshold)
@@ -441,6 +437,11 @@ struct VerificationRun {
         report.hold(.manifest)
         report.hold(.packageID)
         return manifest
+    }
+
+    /// Decodes the manifest the envelope carries; the envelope (and so its payload) is let go on return.
+    private static func decodeManifest(_ envelope: consuming Envelope, limits: PackageLimits) -> Result<Manifest, ContinuonPackError> {
+        Result { () throws(ContinuonPackError) -> Manifest in try Manifest.decode(envelope.payload, limits: limits) }
     }
 
     /// Decodes the envelope and checks its payload type; nil when the envelope cannot be decoded.

@@ -26,7 +26,7 @@ struct PolicyFileOption: ParsableArguments {
     /// Reads the plain policy for an edit (its expiry is not a reason to refuse editing it).
     func readPlain() throws -> TrustPolicy {
         let bytes = try readSmallFile(policy, limit: TrustPolicy.maxDocumentBytes)
-        if case .object(let members)? = try? StrictJSONParser.parse(bytes), members.contains(where: { $0.0 == "payloadType" }) {
+        if TrustPolicyLoader.isSignedPolicy(bytes) {
             throw ValidationError("\(policy) is a signed policy: edit the plain policy it was made from, then run trust sign again.")
         }
         return try TrustPolicy.decode(bytes)
@@ -309,7 +309,7 @@ extension ContinuonPackCommand.Trust {
             guard !key.isEmpty else { throw ValidationError("Give at least one --key.") }
             let keys = try key.map { try loadPrivateKey($0, passphraseFile: passphraseFile) }
             let bytes = try readSmallFile(file.policy, limit: TrustPolicyLoader.maxFileBytes)
-            if case .object(let members)? = try? StrictJSONParser.parse(bytes), members.contains(where: { $0.0 == "payloadType" }) {
+            if TrustPolicyLoader.isSignedPolicy(bytes) {
                 let signed = try TrustPolicyLoader.addSignatures(to: bytes, with: keys)
                 try FileIO.replaceFile(signed, at: output ?? file.policy, mode: 0o644)
                 print("\(output ?? file.policy): signed by \(keys.map(\.publicKey.keyID).joined(separator: ", "))")
