@@ -303,8 +303,8 @@ class Service:
         files = size = 0
         for directory, _, names in os.walk(self.spool):
             for name in names:
-                if directory == self.spool and name == ".lock":
-                    continue
+                if directory == self.spool and (name == ".lock" or name.endswith(".session")):
+                    continue  # journals: kept with each session's answer for an hour
                 try:
                     size += os.lstat(os.path.join(directory, name)).st_size
                     files += 1

@@ -20,6 +20,17 @@ extension IngestProblem {
     /// verification failures) `errors` [{code, message}], the same codes `continuon-pack verify --json` prints.
     /// `Connection: close` when the rest of the request should not be read.
     var response: Response {
+        var fields = HTTPFields()
+        fields[.contentType] = "application/problem+json"
+        for (name, value) in headers { if let field = HTTPField.Name(name) { fields[field] = value } }
+        if closesConnection { fields[.connection] = "close" }
+        return Response(
+            status: .init(code: status), headers: fields,
+            body: ResponseBody(byteBuffer: ByteBuffer(bytes: CanonicalJSON.encode(jsonValue))))
+    }
+
+    /// The problem-details object.
+    var jsonValue: JSONValue {
         var members: [(String, JSONValue)] = [
             ("type", .string("urn:continuon-pack:error:" + code)), ("title", .string(title)),
             ("status", .number(String(status))), ("code", .string(code)),
@@ -30,13 +41,23 @@ extension IngestProblem {
                 .object([("code", .string(error.code)), ("message", .string(error.message))])
             })))
         }
-        var fields = HTTPFields()
-        fields[.contentType] = "application/problem+json"
-        for (name, value) in headers { if let field = HTTPField.Name(name) { fields[field] = value } }
-        if closesConnection { fields[.connection] = "close" }
-        return Response(
-            status: .init(code: status), headers: fields,
-            body: ResponseBody(byteBuffer: ByteBuffer(bytes: CanonicalJSON.encode(.object(members)))))
+        return .object(members)
+    }
+
+    /// A problem read back from its details (a session's recorded answer); headers are not kept.
+    init?(json value: JSONValue) {
+        guard case let .string(code)? = value["code"], case let .string(title)? = value["title"],
+              let status = value["status"]?.safeUnsignedInteger, (400...599).contains(status)
+        else { return nil }
+        var detail: String?
+        if case let .string(text)? = value["detail"] { detail = text }
+        self.init(Int(status), code, title, detail: detail)
+        if case let .array(items)? = value["errors"] {
+            for item in items {
+                guard case let .string(code)? = item["code"], case let .string(message)? = item["message"] else { return nil }
+                errors.append(Failure(code: code, message: message))
+            }
+        }
     }
 }
 

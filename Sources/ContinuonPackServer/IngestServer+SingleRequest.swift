@@ -2,6 +2,9 @@ import ContinuonPack
 import ContinuonPackIngest
 import Hummingbird
 import NIOCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Single-request uploads, as Google's clients send every object of up to 8 MiB (`uploadType=multipart`) and as
 /// `curl` users do (`uploadType=media`): the body is verified while it streams in, exactly as a resumable
@@ -87,9 +90,22 @@ extension IngestServer {
                 .closingConnection()
         }
         let session = UploadSession(id: Self.newSessionID(), objectName: name, total: nil, metadata: metadata, remembered: false)
-        try await sessions.add(session)
-        guard case .open = try await sessions.acquire(session.id) else {
-            throw IngestProblem(500, "server.internal", "The service failed; the failure is logged.")
+        // A journal held for the whole request marks its spool file as in use for other instances' sweeps.
+        do {
+            session.journal = try await blocking { [spool] in try SessionJournal.create(path: spool.journalPath(session.id), record: session.record) }
+        } catch {
+            logger.error("cannot create a session journal", metadata: ["error": "\(error)"])
+            throw Self.spoolUnavailable
+        }
+        do {
+            try await sessions.add(session)
+            guard case .open = try await sessions.acquire(session.id) else {
+                throw IngestProblem(500, "server.internal", "The service failed; the failure is logged.")
+            }
+        } catch {
+            unlink(session.journal?.path ?? "")
+            session.journal?.close()
+            throw error
         }
         logger.info("upload started", metadata: ["object": "\(name)", "session": "\(session.id)", "mode": "single request"])
         return session
@@ -134,7 +150,6 @@ extension IngestServer {
 
     /// Ends a single-request session without an answer to keep: its spool and slot are given back.
     private func abandon(_ session: UploadSession) async {
-        session.releaseSpool()
-        await sessions.end(session.id, .failure(IngestProblem(500, "server.internal", "abandoned")))
+        await conclude(session, .failure(IngestProblem(500, "server.internal", "abandoned")))
     }
 }

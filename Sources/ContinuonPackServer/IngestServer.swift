@@ -77,13 +77,15 @@ public struct IngestServer: Sendable {
         self.configuration = configuration
         self.store = store
         self.logger = logger
-        self.sessions = UploadSessions(limits: configuration.sessions)
         try FileManager.default.createDirectory(
             atPath: configuration.spoolDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         spool = try SpoolDirectory(path: configuration.spoolDirectory)
-        let leftovers = spool.removeLeftovers()
-        if leftovers > 0 {
-            logger.warning("removed spool files of sessions a previous process left", metadata: ["count": "\(leftovers)"])
+        self.sessions = UploadSessions(limits: configuration.sessions, spool: spool)
+        // Sessions that a previous process (or another instance) left are taken up when their clients come back;
+        // what no session owns, or what expired meanwhile, goes now.
+        let swept = spool.sweep(limits: configuration.sessions)
+        if swept.total > 0 {
+            logger.notice("spool swept at start", metadata: ["orphaned": "\(swept.orphaned)", "expired": "\(swept.expired)"])
         }
     }
 
@@ -115,7 +117,7 @@ public struct IngestServer: Sendable {
             configuration: ApplicationConfiguration(
                 address: .hostname(configuration.host, port: configuration.port), serverName: "continuon-pack"),
             // A service that returns ends the group: the watcher runs only when there is a policy file to watch.
-            services: [Expirer(sessions: sessions)]
+            services: [Expirer(sessions: sessions, spool: spool, logger: logger)]
                 + (configuration.trust.source == nil ? [] : [TrustPolicyWatcher(trust: configuration.trust, logger: logger)]),
             onServerRunning: { [boundPort, configuration] channel in
                 let port = channel.localAddress?.port ?? configuration.port
@@ -127,7 +129,7 @@ public struct IngestServer: Sendable {
         group.maximumGracefulShutdownDuration = configuration.shutdownTimeout
         group.maximumCancellationDuration = .seconds(5)
         let ran = await Result { try await ServiceGroup(configuration: group).run() }
-        await sessions.discardAll()
+        await sessions.closeAll()
         try ran.get()
     }
 
@@ -185,7 +187,20 @@ public struct IngestServer: Sendable {
             throw IngestProblem(412, "upload.object_exists", "The object already exists (ifGenerationMatch=0).")
         }
         let id = Self.newSessionID()
-        try await sessions.add(UploadSession(id: id, objectName: name, total: total, metadata: metadata))
+        let session = UploadSession(id: id, objectName: name, total: total, metadata: metadata)
+        // The journal first: from now on any instance sharing the spool can take the session up.
+        do {
+            try await blocking { try SessionJournal.create(path: spool.journalPath(id), record: session.record).close() }
+        } catch {
+            logger.error("cannot create a session journal", metadata: ["error": "\(error)"])
+            throw Self.spoolUnavailable
+        }
+        do {
+            try await sessions.add(session)
+        } catch {
+            unlink(spool.journalPath(id))
+            throw error
+        }
         var headers = HTTPFields()
         headers[.location] = baseURL(request) + "/upload/storage/v1/b/" + UploadTarget.escapeComponent(configuration.bucket)
             + "/o?uploadType=resumable&name=" + name.text + "&upload_id=" + id
@@ -247,38 +262,50 @@ public struct IngestServer: Sendable {
         guard Self.isSessionID(id) else {
             throw IngestProblem(404, "upload.session_unknown", "No such upload session.").closingConnection()
         }
-        switch try await acquire(id) {
+        var acquired = try await acquire(id)
+        if case let .open(session) = acquired {
+            do {
+                if let outcome = try await attach(session) {
+                    acquired = .finished(outcome)
+                } else {
+                    let response = try await receive(request, into: session)
+                    await detach(session)
+                    return response
+                }
+            } catch {
+                await detach(session)
+                throw error
+            }
+        }
+        switch acquired {
         case let .finished(.success(object)):
             var headers = HTTPFields()
             if hasBody { headers[.connection] = "close" }
             return jsonResponse(200, object.jsonValue, headers: headers)
         case let .finished(.failure(problem)):
             throw hasBody ? problem.closingConnection() : problem
-        case let .open(session):
-            do {
-                let response = try await receive(request, into: session)
-                await sessions.release(id)
-                return response
-            } catch {
-                await sessions.release(id)
-                throw error
-            }
+        case .open:
+            throw IngestProblem(500, "server.internal", "The service failed; the failure is logged.")
         }
     }
 
     /// The session, waiting up to two seconds for a request that still holds it (a client that resumes right after
     /// its connection was cut arrives before the cut request has let go); then `503 upload.session_busy`.
+    /// The same wait applies to a session that another instance sharing the spool holds.
     private func acquire(_ id: String) async throws -> UploadSessions.Acquired {
-        for _ in 0..<40 {
-            let attempt = await Result { try await sessions.acquire(id) }
-            switch attempt {
+        for attempt in 0...40 {
+            let result = await Result { () async throws -> UploadSessions.Acquired in
+                if let known = try await sessions.acquire(id) { return known }
+                return try await adopt(id)
+            }
+            switch result {
             case let .success(acquired): return acquired
-            case let .failure(problem as IngestProblem) where problem.code == "upload.session_busy":
+            case let .failure(problem as IngestProblem) where problem.code == "upload.session_busy" && attempt < 40:
                 try await Task.sleep(for: .milliseconds(50))
             case let .failure(error): throw error
             }
         }
-        return try await sessions.acquire(id)
+        throw Self.sessionBusy
     }
 
     private func receive(_ request: Request, into session: UploadSession) async throws -> Response {
@@ -315,6 +342,8 @@ public struct IngestServer: Sendable {
                 throw await end(session, IngestProblem(refusing: verdict))
             }
         }
+        // What the answer says is held is durable first: after a crash the session resumes from here.
+        try checkpoint(session)
         var headers = HTTPFields()
         if session.received > 0 { headers[.range] = "bytes=0-\(session.received - 1)" }
         return Response(status: .init(code: 308, reasonPhrase: "Resume Incomplete"), headers: headers)
@@ -382,6 +411,7 @@ public struct IngestServer: Sendable {
                 logger.error("cannot write a spool file", metadata: ["session": "\(session.id)"])
                 throw Self.spoolUnavailable
             }
+            CrashPoint.reach("serve.during_chunk")
             if split.excess > 0 {
                 throw IngestProblem(400, "upload.range_invalid", "The request body is longer than its Content-Range.",
                                     detail: "The service holds \(session.received) bytes.").closingConnection()
@@ -406,10 +436,9 @@ public struct IngestServer: Sendable {
     /// Ends a session with a refusal: its spool file, descriptors and verifier thread are given back now, and
     /// later requests get the same answer. Returns the problem to throw.
     func end(_ session: UploadSession, _ problem: IngestProblem) async -> IngestProblem {
-        session.releaseSpool()
         var stored = problem
         stored.closesConnection = false
-        await sessions.end(session.id, .failure(stored))
+        await conclude(session, .failure(stored))
         logger.warning("upload refused", metadata: [
             "object": "\(session.objectName)", "session": "\(session.id)", "status": "\(problem.status)", "code": "\(problem.code)",
         ])
@@ -425,6 +454,8 @@ public struct IngestServer: Sendable {
             logger.error("cannot sync a spool file", metadata: ["session": "\(session.id)"])
             throw await end(session, IngestProblem(500, "server.io_error", "The service could not keep the upload; start again."))
         }
+        try checkpoint(session)
+        CrashPoint.reach("serve.before_verdict")
         // The verifier has been reading the spool while it grew; it now sees the end. Take its verdict.
         guard let report = await spool.verification.result() else {
             throw await end(session, IngestProblem(500, "server.io_error", "The service could not read the upload back; start again."))
@@ -449,7 +480,9 @@ public struct IngestServer: Sendable {
         }
         let object = StoredObject(name: session.objectName.text, bucket: configuration.bucket, checksums: checksums,
                                   keyIDs: report.verifiedKeyIDs)
+        CrashPoint.reach("serve.before_commit")
         let committed = await Result { try await store.commit(spoolPath: spool.path, object: object) }
+        CrashPoint.reach("serve.after_commit")
         guard case let .success(outcome) = committed else {
             // Kept: the client's next request (a status query) tries the commit again.
             logger.error("commit failed", metadata: ["object": "\(session.objectName)", "error": "\(committed)"])
@@ -462,8 +495,7 @@ public struct IngestServer: Sendable {
         ]
         switch outcome {
         case .stored, .alreadyStored:
-            session.releaseSpool()
-            await sessions.end(session.id, .success(object))
+            await conclude(session, .success(object))
             metadata["outcome"] = outcome == .stored ? "stored" : "already_stored"
             logger.info("upload accepted", metadata: metadata)
             return jsonResponse(200, object.jsonValue)
@@ -546,16 +578,23 @@ final class BoundPort: @unchecked Sendable {
     func get() -> Int { lock.lock(); defer { lock.unlock() }; return value }
 }
 
-/// Expires sessions left alone (and old answers) every 15 seconds.
+/// Every 15 seconds: expires sessions left alone (and old answers) from the table, then sweeps the spool directory
+/// (expired sessions' files, whichever instance left them, and files no session owns).
 struct Expirer: Service {
     let sessions: UploadSessions
+    let spool: SpoolDirectory
+    let logger: Logger
 
     func run() async throws {
         // Ends on graceful shutdown (SIGTERM/SIGINT), so that the service group can stop.
         try? await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
-                try await Task.sleep(for: .seconds(15))
+                try await Task.sleep(for: sessions.limits.sweepInterval)
                 await sessions.expire()
+                let swept = try await blocking { [spool, limits = sessions.limits] in spool.sweep(limits: limits) }
+                if swept.total > 0 {
+                    logger.info("spool swept", metadata: ["orphaned": "\(swept.orphaned)", "expired": "\(swept.expired)"])
+                }
             }
         }
     }

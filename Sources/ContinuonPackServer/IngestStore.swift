@@ -173,6 +173,7 @@ public struct LocalDirectoryStore: IngestStore {
             }
             chmod(path, 0o644)
             try FileIO.syncDirectory(directory)
+            CrashPoint.reach("serve.store_linked")
             // Replaces a record that a concurrent lookup may have recomputed (without the key IDs) in between.
             try? FileIO.replaceFile(CanonicalJSON.encodePretty(object.jsonValue), at: path + ".json", mode: 0o644)
             return true

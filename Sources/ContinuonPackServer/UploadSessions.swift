@@ -1,8 +1,12 @@
 import ContinuonPack
 import ContinuonPackIngest
+#if canImport(Glibc)
+import Glibc
+#endif
 
-/// One resumable upload. Touched only by the one request that holds it (`UploadSessions.acquire`), or by the
-/// table when it expires.
+/// One upload. Touched only by the one request that holds it (`UploadSessions.acquire`), or by the table when it
+/// expires. The session's state on disk (its journal and spool file) is the truth; this is a cache of it, checked
+/// against the journal at each request (`IngestServer.attach`).
 final class UploadSession: @unchecked Sendable {
     let id: String
     let objectName: PackageObjectName
@@ -13,10 +17,23 @@ final class UploadSession: @unchecked Sendable {
     /// The held bytes; nil until the first byte arrives.
     var spool: SpoolFile?
     var received: UInt64 { spool?.held ?? 0 }
+    /// The journal, open and locked while a request of this process holds the session.
+    var journal: SessionJournal?
+    /// The journal as this process last left it (nil: not read yet).
+    var stamp: JournalStamp?
+    /// What the journal's last checkpoint says.
+    var checkpointed: UInt64 = 0
+    var checkpointedTotal: UInt64?
 
-    /// Gives back the held bytes' file, descriptors and verifier thread (the session ended or is dropped).
+    /// Gives back the held bytes' file, descriptors and verifier thread, and removes the file (the session ended).
     func releaseSpool() {
         spool?.discard()
+        spool = nil
+    }
+
+    /// Gives back the descriptors and the verifier thread; the file stays (the session may be taken up again).
+    func closeSpool() {
+        spool?.close()
         spool = nil
     }
 
@@ -31,6 +48,20 @@ final class UploadSession: @unchecked Sendable {
         self.total = total
         self.declaredMD5 = metadata.md5Hash
         self.declaredCRC32C = metadata.crc32c
+    }
+
+    /// A session taken up from its journal (bytes and checkpoint are read by `attach`).
+    init(id: String, record: SessionRecord) {
+        self.id = id
+        self.remembered = true
+        self.objectName = record.objectName
+        self.total = record.total
+        self.declaredMD5 = record.declaredMD5
+        self.declaredCRC32C = record.declaredCRC32C
+    }
+
+    var record: SessionRecord {
+        SessionRecord(objectName: objectName, total: total, declaredMD5: declaredMD5, declaredCRC32C: declaredCRC32C, single: !remembered)
     }
 }
 
@@ -57,6 +88,8 @@ public struct SessionLimits: Sendable {
     public var quietAfter: Duration
     public var minBytesPerSecond: UInt64
     public var grace: Duration
+    /// How often sessions are expired and the spool directory swept.
+    public var sweepInterval: Duration = .seconds(15)
 
     public init(maxActive: Int = 64, maxEmpty: Int = 32768, emptyGrace: Duration = .seconds(60),
                 expiry: Duration = .seconds(24 * 3600), emptyExpiry: Duration = .seconds(600),
@@ -119,8 +152,13 @@ actor UploadSessions {
     private var finishedOrder = FIFO<String>()
     private var activeCount = 0
     let limits: SessionLimits
+    /// Where sessions dropped or evicted by the table have their files (nil in unit tests of the table alone).
+    let spool: SpoolDirectory?
 
-    init(limits: SessionLimits) { self.limits = limits }
+    init(limits: SessionLimits, spool: SpoolDirectory? = nil) {
+        self.limits = limits
+        self.spool = spool
+    }
 
     var counts: (empty: Int, active: Int, finished: Int) { (open.count - activeCount, activeCount, finished.count) }
 
@@ -141,20 +179,19 @@ actor UploadSessions {
             }
             _ = addedOrder.popFirst()
             open[oldest] = nil
+            spool?.remove(oldest)
         }
         open[session.id] = Open(session: session, lastActivity: .now)
         addedOrder.append(session.id)
         if addedOrder.count > 2 * (open.count + 16) { addedOrder.removeAll { open[$0] == nil } }
     }
 
-    /// The session for one request, or the answer it already ended with.
-    /// - Throws: 404 `upload.session_unknown`, 503 `upload.session_busy` (another request is using it).
-    func acquire(_ id: String) throws(IngestProblem) -> Acquired {
+    /// The session for one request, or the answer it already ended with; nil when this process does not know it
+    /// (it may be taken up from the spool directory: `adopt`).
+    /// - Throws: 503 `upload.session_busy` (another request is using it).
+    func acquire(_ id: String) throws(IngestProblem) -> Acquired? {
         if let entry = finished[id] { return .finished(entry.outcome) }
-        guard var entry = open[id] else {
-            throw IngestProblem(404, "upload.session_unknown", "No such upload session.",
-                                detail: "It expired or never existed; start a new upload.")
-        }
+        guard var entry = open[id] else { return nil }
         guard !entry.busy else {
             throw IngestProblem(503, "upload.session_busy", "Another request is using this upload session.")
                 .adding(header: "Retry-After", "1")
@@ -163,6 +200,30 @@ actor UploadSessions {
         entry.lastActivity = .now
         open[id] = entry
         return .open(entry.session)
+    }
+
+    /// Adds a session taken up from the spool directory, held by the calling request; false when one of that ID is
+    /// known already (another request took it up meanwhile).
+    func adopt(_ session: UploadSession) -> Bool {
+        guard open[session.id] == nil, finished[session.id] == nil else { return false }
+        var entry = Open(session: session, lastActivity: .now)
+        entry.busy = true
+        open[session.id] = entry
+        addedOrder.append(session.id)
+        return true
+    }
+
+    /// Keeps an answer read from a session's journal.
+    func remember(_ id: String, _ outcome: Result<StoredObject, IngestProblem>) {
+        guard open[id] == nil, finished[id] == nil else { return }
+        keepFinished(id, outcome)
+    }
+
+    /// Drops a session from this process's table without an answer (its files are gone, or another process ended
+    /// it): descriptors and thread are given back by the caller.
+    func forget(_ id: String) {
+        guard let entry = open.removeValue(forKey: id) else { return }
+        if entry.active { activeCount -= 1 }
     }
 
     func release(_ id: String) {
@@ -187,10 +248,12 @@ actor UploadSessions {
         let now = ContinuousClock.now
         if activeCount >= limits.maxActive,
            let (victimID, victim) = open.filter({ $0.value.isEvictable(now: now, limits) }).min(by: { $0.value.lastProgress < $1.value.lastProgress }) {
-            victim.session.releaseSpool()
-            end(victimID, .failure(IngestProblem(
+            let outcome = Result<StoredObject, IngestProblem>.failure(IngestProblem(
                 410, "upload.session_evicted", "The upload session was dropped to make room for active uploads.",
-                detail: "It had received no new bytes for a while, or too few; start a new upload.")))
+                detail: "It had received no new bytes for a while, or too few; start a new upload."))
+            victim.session.closeSpool()
+            spool?.recordEnd(victimID, outcome)
+            end(victimID, outcome)
         }
         guard activeCount < limits.maxActive else {
             let busy = open.values.contains { $0.active && $0.busy }
@@ -220,6 +283,10 @@ actor UploadSessions {
         guard let entry = open.removeValue(forKey: id) else { return }
         if entry.active { activeCount -= 1 }
         guard entry.session.remembered else { return }
+        keepFinished(id, outcome)
+    }
+
+    private func keepFinished(_ id: String, _ outcome: Result<StoredObject, IngestProblem>) {
         while finished.count >= limits.maxFinished, let oldest = finishedOrder.popFirst() {
             finished[oldest] = nil
         }
@@ -227,14 +294,15 @@ actor UploadSessions {
         finishedOrder.append(id)
     }
 
-    /// Drops sessions left alone too long (their spool files too) and old answers; returns how many were dropped.
+    /// Drops sessions left alone too long and old answers from this process's table (their descriptors and threads
+    /// too; their files are the spool sweep's: `SpoolDirectory.sweep`); returns how many sessions were dropped.
     @discardableResult
     func expire(now: ContinuousClock.Instant = .now) -> Int {
         var dropped = 0
         for (id, entry) in open where !entry.busy {
             let limit = entry.active ? limits.expiry : limits.emptyExpiry
             if now - entry.lastActivity > limit {
-                entry.session.releaseSpool()
+                entry.session.closeSpool()
                 if entry.active { activeCount -= 1 }
                 open[id] = nil
                 dropped += 1
@@ -247,10 +315,18 @@ actor UploadSessions {
         return dropped
     }
 
-    /// Ends every open session (the service stops): spool files removed, verifier threads stopped.
-    func discardAll() {
+    /// Lets go of every open session (the service stops): descriptors closed, verifier threads stopped; the
+    /// journals and spool files stay, for the next start or another instance.
+    func closeAll() {
         for entry in open.values {
-            entry.session.releaseSpool()
+            if entry.session.remembered {
+                entry.session.closeSpool()
+            } else {
+                // A single-request upload cannot be resumed: its files go.
+                entry.session.releaseSpool()
+                if let journal = entry.session.journal { unlink(journal.path) }
+            }
+            entry.session.journal?.close()
         }
         open = [:]
         activeCount = 0

@@ -24,6 +24,9 @@ public struct TransferChecksums {
         size += UInt64(bytes.count)
     }
 
+    /// The CRC-32C of the bytes so far (a checkpoint of a spooled upload records it).
+    package var crc32cValue: UInt32 { crc.value }
+
     /// The digests; call once.
     public func finalize() -> Result {
         Result(

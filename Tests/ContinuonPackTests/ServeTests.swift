@@ -15,9 +15,10 @@ func storedPackages(_ dir: TemporaryDirectory) -> [String] {
     ((try? FileManager.default.contentsOfDirectory(atPath: dir.file("store"))) ?? []).filter { $0.hasSuffix(".cpkg") }
 }
 
-/// What the service's spool directory holds besides its lock (nothing, once every upload ended).
+/// The bytes the service's spool directory holds (nothing, once every upload ended; the journals that keep each
+/// session's answer are not counted).
 func spoolLeftovers(_ dir: TemporaryDirectory) -> [String] {
-    ((try? FileManager.default.contentsOfDirectory(atPath: dir.file("store/.spool"))) ?? []).filter { $0 != ".lock" }
+    ((try? FileManager.default.contentsOfDirectory(atPath: dir.file("store/.spool"))) ?? []).filter { !$0.hasSuffix(".session") }
 }
 
 @Suite("The ingestion endpoint (continuon-pack serve)", .serialized)

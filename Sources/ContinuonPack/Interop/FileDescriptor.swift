@@ -95,6 +95,11 @@ package final class FileDescriptor {
         guard fsync(raw) == 0 else { throw Self.ioError("Cannot fsync \(path)", path: path) }
     }
 
+    /// Makes the file's data (and its size) durable, without the other metadata `sync` also writes.
+    package func syncData() throws {
+        guard fdatasync(raw) == 0 else { throw Self.ioError("Cannot fdatasync \(path)", path: path) }
+    }
+
     package func close() throws {
         guard !closed else { return }
         closed = true
