@@ -6,8 +6,9 @@ crash, restart and soak tests drive `continuon-pack serve` with it and count wha
     result.status, result.body, result.sent, result.faults, result.resent
 
 On a fault (connection refused, reset or cut, a 5xx, a 503 session_busy) it waits a little, asks the service what it
-holds (`Content-Range: bytes */T`) and goes on from there: exactly what Google's clients do. `resent` counts the
-bytes it sent beyond the package's size. Python 3.11 standard library only.
+holds (`Content-Range: bytes */T`) and goes on from there: exactly what Google's clients do. `faults` counts runs of
+failed attempts (a service that is down for two seconds is one fault); `resent` counts the bytes it sent beyond the
+package's size. Python 3.11 standard library only.
 """
 import http.client
 import json
@@ -119,7 +120,9 @@ def upload(session, data, chunk=1 << 20, deadline=None, timeout=30, cut=None, re
                 return _finish(result, status, body, size)
             raise ConnectionError("chunk answered %d" % status)
         except (ConnectionError, OSError, http.client.HTTPException, TimeoutError):
-            result.faults += 1
+            # A run of failed attempts (the service down for a while) is one fault.
+            if not need_status:
+                result.faults += 1
             need_status = True
             time.sleep(0.2)
 
