@@ -254,7 +254,7 @@ def main():
         text = f.read().decode(errors="replace")
     if "spool swept at start" in text[before:]:
         broken.append("a restart after the soak still found files to sweep")
-    takeups = text.count("session taken up from its journal")
+    takeups = text.count("session rebuilt from its checkpoint")
     per_fault = resent / faults if faults else 0.0
     if per_fault > CHUNK:
         broken.append("%.0f bytes re-sent per fault on average (more than one %d-byte chunk)" % (per_fault, CHUNK))
@@ -263,7 +263,7 @@ def main():
         "packages": len(pool), "package_mib": round(sum(len(i["data"]) for i in pool) / (1 << 20), 1),
         "outcomes": {"%s %s" % key: value for key, value in sorted(tally.items(), key=str)},
         "faults": faults, "bytes_sent": sent, "bytes_resent": resent, "resent_per_fault": round(per_fault),
-        "worst_client_resent_per_fault": round(worst_fault), "chunk": CHUNK, "sessions_taken_up": takeups,
+        "worst_client_resent_per_fault": round(worst_fault), "chunk": CHUNK, "sessions_rebuilt": takeups,
         "restart_gap_s_max": round(max(restarts), 2) if restarts else 0,
         "spool_files_left": len(parts), "open_sessions_left": len(open_sessions), "broken": broken,
     }

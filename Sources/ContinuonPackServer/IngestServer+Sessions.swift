@@ -20,15 +20,19 @@ extension IngestServer {
 
     /// Takes up a session this process does not know from its journal in the spool directory (after a restart, or
     /// one that another instance started), held by the calling request.
-    /// - Throws: 404 `upload.session_unknown` (no journal, or one that cannot be read: its files are removed),
+    /// - Throws: 404 `upload.session_unknown` (no journal, or one this service cannot read: left to the sweep),
     ///   503 `upload.session_busy` (another process holds it), 503 `server.spool_unavailable`.
     func adopt(_ id: String) async throws -> UploadSessions.Acquired {
         let journal = try openJournal(id)
-        guard let record = journal.read(), !record.single else {
-            logger.warning("a session journal cannot be read; the session is dropped", metadata: ["session": "\(id)"])
-            unlink(spool.partPath(id))
-            unlink(journal.path)
+        let read = await Result { try await blocking { try journal.read() } }
+        guard case let .success(readRecord) = read else {
             journal.close()
+            logger.error("cannot read a session journal", metadata: ["session": "\(id)", "error": "\(read)"])
+            throw Self.spoolUnavailable
+        }
+        guard let record = readRecord, !record.single else {
+            journal.close()
+            logger.warning("a session journal cannot be read; the session cannot be taken up", metadata: ["session": "\(id)"])
             throw Self.sessionUnknown("Its record could not be read; start a new upload.")
         }
         if let outcome = record.outcome {
@@ -59,15 +63,14 @@ extension IngestServer {
         }
     }
 
-    /// Locks the session's journal for this request and brings the session up to date with it: the answer it
-    /// ended with (returned: another instance ended it), or its checkpoint (bytes past it are cut off, the held
-    /// bytes re-read for the checksums, a new verifier started).
-    /// - Throws: 404 `upload.session_unknown` (its files are gone, or do not agree with the journal: removed),
-    ///   503 `upload.session_busy`, 429 `upload.too_many_sessions` (no slot to hold its bytes).
-    func attach(_ session: UploadSession) async throws -> Result<StoredObject, IngestProblem>? {
-        if session.journal == nil {
+    /// The journal of a session this process knows, waiting up to two seconds for another process (or a sweep)
+    /// that holds it.
+    private func lockJournal(_ session: UploadSession) async throws -> SessionJournal {
+        for attempt in 0...40 {
             do {
-                session.journal = try openJournal(session.id)
+                return try openJournal(session.id)
+            } catch let problem as IngestProblem where problem.code == "upload.session_busy" && attempt < 40 {
+                try await Task.sleep(for: .milliseconds(50))
             } catch let problem as IngestProblem where problem.status == 404 {
                 // Removed by another process (expired, swept): this process's copy goes too.
                 session.closeSpool()
@@ -75,10 +78,40 @@ extension IngestServer {
                 throw problem
             }
         }
+        throw Self.sessionBusy
+    }
+
+    /// Locks the session's journal for this request and brings the session up to date with it: the answer it
+    /// ended with (returned: another instance ended it), or its checkpoint. This process's copy is used as it is
+    /// only while the journal and the spool file are exactly as this process left them; if another process appended
+    /// to the same file after this process's last checkpoint, only the new bytes are read; otherwise the session is
+    /// rebuilt from its checkpoint (bytes past it cut off, the held bytes re-read for the checksums, a new verifier).
+    /// - Throws: 404 `upload.session_unknown` (its bytes are lost: its files are removed), 503
+    ///   `upload.session_busy`, 429 `upload.too_many_sessions` (no slot to hold its bytes), 503
+    ///   `server.spool_unavailable` (a failure that may pass: the files are kept).
+    func attach(_ session: UploadSession) async throws -> Result<StoredObject, IngestProblem>? {
+        if session.journal == nil { session.journal = try await lockJournal(session) }
         guard let journal = session.journal else { throw Self.sessionUnknown() }
-        guard journal.stamp != session.stamp || session.stamp == nil else { return nil }
-        guard let record = journal.read() else {
-            dropBroken(session, "its journal cannot be read")
+        let stamp = journal.stamp
+        if let known = session.stamp, known == stamp {
+            if let spool = session.spool, spool.isCurrent { return nil }
+            if session.spool == nil && session.checkpointed == 0 {
+                // Bytes of a first chunk that never reached a checkpoint (a process died in it).
+                unlink(spool.partPath(session.id))
+                return nil
+            }
+        }
+        session.stamp = nil // until the session agrees with its journal again
+        let read = await Result { try await blocking { try journal.read() } }
+        guard case let .success(readRecord) = read else {
+            logger.error("cannot read a session journal", metadata: ["session": "\(session.id)", "error": "\(read)"])
+            throw Self.spoolUnavailable
+        }
+        guard let record = readRecord else {
+            logger.warning("a session journal cannot be read; the session cannot go on", metadata: ["session": "\(session.id)"])
+            session.closeSpool()
+            journal.close()
+            session.journal = nil
             await sessions.forget(session.id)
             throw Self.sessionUnknown("Its record could not be read; start a new upload.")
         }
@@ -88,6 +121,14 @@ extension IngestServer {
             session.journal = nil
             await sessions.end(session.id, outcome)
             return outcome
+        }
+        if let file = session.spool, file.held == session.checkpointed, record.held >= file.held,
+           (try? await blocking({ try file.catchUp(to: record.held, crc32c: record.heldCRC32C) })) != nil {
+            session.total = record.total
+            session.checkpointed = record.held
+            session.checkpointedTotal = record.total
+            session.stamp = journal.stamp
+            return nil
         }
         session.closeSpool()
         session.total = record.total
@@ -99,14 +140,24 @@ extension IngestServer {
             let resumed = await Result {
                 try await blocking { try SpoolFile(resuming: path, held: record.held, crc32c: record.heldCRC32C, verifier: verifier, label: label) }
             }
-            guard case let .success(file) = resumed else {
-                dropBroken(session, "its spool file does not agree with its journal: \(resumed)")
+            switch resumed {
+            case let .success(file):
+                session.spool = file
+                logger.info("session rebuilt from its checkpoint", metadata: ["session": "\(session.id)", "held": "\(record.held)"])
+            case let .failure(lost as SpoolLost):
+                logger.warning("a session's bytes are lost; the session is dropped", metadata: ["session": "\(session.id)", "reason": "\(lost.reason)"])
+                unlink(spool.partPath(session.id))
+                unlink(journal.path)
+                journal.close()
+                session.journal = nil
                 await sessions.forget(session.id)
                 throw Self.sessionUnknown("The bytes it held were lost; start a new upload.")
+            case let .failure(error):
+                await sessions.deactivate(session.id)
+                logger.error("cannot take a session up", metadata: ["session": "\(session.id)", "error": "\(error)"])
+                throw Self.spoolUnavailable
             }
-            session.spool = file
         } else {
-            // Bytes of a first chunk that never reached a checkpoint.
             unlink(spool.partPath(session.id))
             await sessions.deactivate(session.id)
         }
@@ -114,54 +165,55 @@ extension IngestServer {
         return nil
     }
 
-    private func dropBroken(_ session: UploadSession, _ reason: String) {
-        logger.warning("a session cannot be taken up; it is dropped", metadata: ["session": "\(session.id)", "reason": "\(reason)"])
-        session.releaseSpool()
-        unlink(spool.partPath(session.id))
-        if let journal = session.journal {
-            unlink(journal.path)
-            journal.close()
-        }
-        session.journal = nil
-    }
-
-    /// Makes the bytes held durable and records them in the journal, if there is anything new to record.
-    /// - Throws: 503 `server.spool_unavailable` (the spool file or the journal cannot be synced).
-    func checkpoint(_ session: UploadSession) throws {
-        guard session.remembered, let spool = session.spool, let journal = session.journal,
-              spool.held != session.checkpointed || session.total != session.checkpointedTotal
+    /// Makes the bytes held durable and records them in the journal, if there is anything new to record. The
+    /// first checkpoint also syncs the spool directory, so that the session's files survive a power loss.
+    /// - Throws: 503 `server.spool_unavailable` (the spool file or the journal cannot be synced; the session is
+    ///   then taken up from its last checkpoint at its next request).
+    func checkpoint(_ session: UploadSession) async throws {
+        guard session.remembered, let file = session.spool, let journal = session.journal,
+              file.held != session.checkpointed || session.total != session.checkpointedTotal
         else { return }
-        do {
-            let (held, crc) = try spool.syncHeld()
-            try journal.checkpoint(held: held, crc32c: crc, total: session.total)
-            session.checkpointed = held
-            session.checkpointedTotal = session.total
-            session.stamp = journal.stamp
-        } catch {
-            logger.error("cannot checkpoint a session", metadata: ["session": "\(session.id)", "error": "\(error)"])
+        let first = session.checkpointed == 0, total = session.total, directory = spool.path
+        let synced = await Result {
+            try await blocking { () -> (UInt64, JournalStamp?) in
+                let (held, crc) = try file.syncHeld()
+                if first { try FileIO.syncDirectory(directory) }
+                try journal.checkpoint(held: held, crc32c: crc, total: total)
+                return (held, journal.stamp)
+            }
+        }
+        guard case let .success((held, stamp)) = synced else {
+            logger.error("cannot checkpoint a session", metadata: ["session": "\(session.id)", "error": "\(synced)"])
+            session.closeSpool()
+            session.stamp = nil
             throw Self.spoolUnavailable
         }
+        session.checkpointed = held
+        session.checkpointedTotal = total
+        session.stamp = stamp
     }
 
     /// Ends a request's hold on a session: what it received is checkpointed (a chunk cut short keeps what arrived),
     /// the journal touched (the session's expiry counts from it) and unlocked.
     func detach(_ session: UploadSession) async {
         if let journal = session.journal {
-            try? checkpoint(session)
+            try? await checkpoint(session)
             journal.touch()
-            session.stamp = journal.stamp
             journal.close()
             session.journal = nil
         }
         await sessions.release(session.id)
     }
 
-    /// Ends a session with its answer: recorded in its journal first (for late requests, here or at another
-    /// instance; a single-request upload's journal is removed instead), then its spool file goes.
+    /// Ends a session with its answer: recorded in its journal and synced first (for late requests, here or at
+    /// another instance; a single-request upload's journal is removed instead), then its spool file goes.
     func conclude(_ session: UploadSession, _ outcome: Result<StoredObject, IngestProblem>) async {
         if let journal = session.journal {
             if session.remembered {
-                try? journal.recordOutcome(outcome)
+                let recorded = await Result { try await blocking { try journal.recordOutcome(outcome) } }
+                if case .failure = recorded {
+                    logger.error("cannot record a session's answer", metadata: ["session": "\(session.id)", "error": "\(recorded)"])
+                }
                 journal.touch()
             } else {
                 unlink(journal.path)

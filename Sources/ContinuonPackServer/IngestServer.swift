@@ -190,7 +190,11 @@ public struct IngestServer: Sendable {
         let session = UploadSession(id: id, objectName: name, total: total, metadata: metadata)
         // The journal first: from now on any instance sharing the spool can take the session up.
         do {
-            try await blocking { try SessionJournal.create(path: spool.journalPath(id), record: session.record).close() }
+            session.stamp = try await blocking { [spool] in
+                let journal = try SessionJournal.create(path: spool.journalPath(id), record: session.record)
+                defer { journal.close() }
+                return journal.stamp
+            }
         } catch {
             logger.error("cannot create a session journal", metadata: ["error": "\(error)"])
             throw Self.spoolUnavailable
@@ -343,7 +347,7 @@ public struct IngestServer: Sendable {
             }
         }
         // What the answer says is held is durable first: after a crash the session resumes from here.
-        try checkpoint(session)
+        try await checkpoint(session)
         var headers = HTTPFields()
         if session.received > 0 { headers[.range] = "bytes=0-\(session.received - 1)" }
         return Response(status: .init(code: 308, reasonPhrase: "Resume Incomplete"), headers: headers)
@@ -454,7 +458,7 @@ public struct IngestServer: Sendable {
             logger.error("cannot sync a spool file", metadata: ["session": "\(session.id)"])
             throw await end(session, IngestProblem(500, "server.io_error", "The service could not keep the upload; start again."))
         }
-        try checkpoint(session)
+        try await checkpoint(session)
         CrashPoint.reach("serve.before_verdict")
         // The verifier has been reading the spool while it grew; it now sees the end. Take its verdict.
         guard let report = await spool.verification.result() else {

@@ -182,7 +182,13 @@ public struct LocalDirectoryStore: IngestStore {
         guard let existing = try await lookup(name) else {
             throw ContinuonPackError(.ioError, "\(name) exists in the store but is not a regular file.")
         }
-        return Self.sameBytes(existing, object) ? .alreadyStored : .conflict(existing)
+        guard Self.sameBytes(existing, object) else { return .conflict(existing) }
+        if existing.keyIDs.isEmpty && !object.keyIDs.isEmpty {
+            // The record was recomputed without the key IDs (a crash came between the link and the record).
+            let path = path + ".json"
+            try? await blocking { try FileIO.replaceFile(CanonicalJSON.encodePretty(object.jsonValue), at: path, mode: 0o644) }
+        }
+        return .alreadyStored
     }
 
     /// SHA-256 decides when both records have it; MD5 and size only when one does not.

@@ -77,20 +77,19 @@ final class SessionJournal: @unchecked Sendable {
         case io(ContinuonPackError)
     }
 
-    /// Creates the journal of a new session (its header line), and returns it open and locked.
+    /// Creates the journal of a new session (its header line), and returns it open and locked. It is written and
+    /// locked under a temporary name (`<session>.session.new`) and then linked into place, so that no other process
+    /// ever sees it without its header or unlocked.
     /// - Throws: `io.error` (the spool directory cannot take it).
     static func create(path: String, record: SessionRecord) throws -> SessionJournal {
-        let fd = FileDescriptor.retryOnInterrupt { Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_APPEND, 0o600) }
-        guard fd >= 0 else { throw FileDescriptor.ioError("Cannot create the session journal", path: path) }
+        let temporary = path + ".new"
+        let fd = FileDescriptor.retryOnInterrupt { Glibc.open(temporary, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_APPEND, 0o600) }
+        guard fd >= 0 else { throw FileDescriptor.ioError("Cannot create the session journal", path: temporary) }
         let journal = SessionJournal(path: path, fd: fd)
-        // Nobody knows the session ID yet, so nobody can hold the lock; a sweep leaves files younger than a minute.
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { throw FileDescriptor.ioError("Cannot lock the session journal", path: path) }
-        do {
-            try journal.append(Self.header(record))
-        } catch {
-            unlink(path)
-            throw error
-        }
+        defer { unlink(temporary) }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { throw FileDescriptor.ioError("Cannot lock the session journal", path: temporary) }
+        try journal.append(Self.header(record))
+        guard link(temporary, path) == 0 else { throw FileDescriptor.ioError("Cannot create the session journal", path: path) }
         return journal
     }
 
@@ -131,6 +130,13 @@ final class SessionJournal: @unchecked Sendable {
         return JournalStamp(device: UInt64(info.st_dev), inode: UInt64(info.st_ino), size: Int64(info.st_size))
     }
 
+    /// When a request last used the session (seconds since the epoch), read from the locked file.
+    var lastUsed: Int64? {
+        var info = stat()
+        guard fd >= 0, fstat(fd, &info) == 0 else { return nil }
+        return Int64(info.st_mtim.tv_sec)
+    }
+
     /// Marks the session as used now (its expiry counts from the journal's modification time).
     func touch() {
         _ = futimens(fd, nil)
@@ -141,12 +147,15 @@ final class SessionJournal: @unchecked Sendable {
     /// Reads the header and the last complete line, and cuts off a line a crash left incomplete.
     /// - Returns: nil when the journal is not one this service wrote (no complete header, a line that does not
     ///   parse): the session cannot be taken up.
-    func read() -> SessionRecord? {
-        guard let stamp, stamp.size > 0 else { return nil }
-        let head = pread(at: 0, count: Int(min(stamp.size, Int64(Self.maxLineBytes))))
+    /// - Throws: `io.error` when the file cannot be read (the session may be fine: try again later).
+    func read() throws -> SessionRecord? {
+        guard let stamp else { throw FileDescriptor.ioError("Cannot stat the session journal", path: path) }
+        guard stamp.size > 0 else { return nil }
+        let head = try pread(at: 0, count: Int(min(stamp.size, Int64(Self.maxLineBytes))))
         guard let headerEnd = head.firstIndex(of: 0x0a), var record = Self.parseHeader(Array(head[..<headerEnd])) else { return nil }
-        let tailStart = max(Int64(headerEnd + 1), stamp.size - Int64(Self.maxLineBytes) - 1)
-        let tail = pread(at: tailStart, count: Int(stamp.size - tailStart))
+        // Room for the longest complete line and the longest cut-short one after it.
+        let tailStart = max(Int64(headerEnd + 1), stamp.size - 2 * Int64(Self.maxLineBytes) - 1)
+        let tail = try pread(at: tailStart, count: Int(stamp.size - tailStart))
         // The complete lines end at the last newline; anything after it was cut short.
         guard let lastNewline = tail.lastIndex(of: 0x0a) else {
             // Only the header is complete (what follows it was cut short), or a stretch without any line break.
@@ -162,12 +171,15 @@ final class SessionJournal: @unchecked Sendable {
         return record
     }
 
-    private func pread(at offset: Int64, count: Int) -> [UInt8] {
+    private func pread(at offset: Int64, count: Int) throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
         var done = 0
         while done < count {
-            let got = bytes.withUnsafeMutableBytes { Glibc.pread(fd, $0.baseAddress! + done, count - done, off_t(offset) + off_t(done)) }
-            if got <= 0 { break }
+            let got = FileDescriptor.retryOnInterrupt {
+                bytes.withUnsafeMutableBytes { Glibc.pread(fd, $0.baseAddress! + done, count - done, off_t(offset) + off_t(done)) }
+            }
+            if got < 0 { throw FileDescriptor.ioError("Cannot read the session journal", path: path) }
+            if got == 0 { break }
             done += got
         }
         return Array(bytes[0..<done])
@@ -236,7 +248,7 @@ final class SessionJournal: @unchecked Sendable {
     }
 
     /// Records the session's answer, for requests that come after it (to this process after a restart, or to
-    /// another instance). Not synced: lost, the session is finished again from its checkpoint, to the same answer.
+    /// another instance), synced before the spool file is removed.
     func recordOutcome(_ outcome: Result<StoredObject, IngestProblem>) throws {
         switch outcome {
         case let .success(object):
@@ -248,11 +260,19 @@ final class SessionJournal: @unchecked Sendable {
                 shortened.errors.removeLast(max(1, shortened.errors.count / 2))
                 line = CanonicalJSON.encode(.object([("refused", shortened.jsonValue)])) + [0x0a]
             }
+            if line.count > Self.maxLineBytes {
+                shortened.detail = nil
+                line = CanonicalJSON.encode(.object([("refused", shortened.jsonValue)])) + [0x0a]
+            }
             try append(line)
         }
+        guard fdatasync(fd) == 0 else { throw FileDescriptor.ioError("Cannot sync the session journal", path: path) }
     }
 
+    /// Appends one line whole, or not at all: a write that fails part-way is cut back, so that the next line does
+    /// not join its remains.
     private func append(_ bytes: [UInt8]) throws {
+        let before = lseek(fd, 0, SEEK_END)
         let written = bytes.withUnsafeBytes { raw -> Int in
             var done = 0
             while done < raw.count {
@@ -263,7 +283,9 @@ final class SessionJournal: @unchecked Sendable {
             return done
         }
         guard written == bytes.count else {
-            throw FileDescriptor.ioError("Cannot write the session journal", path: path)
+            let error = FileDescriptor.ioError("Cannot write the session journal", path: path)
+            if before >= 0 { _ = ftruncate(fd, before) }
+            throw error
         }
     }
 }

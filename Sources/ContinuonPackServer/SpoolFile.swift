@@ -37,38 +37,77 @@ final class SpoolFile: @unchecked Sendable {
     /// bytes past `held` (a chunk that was being received) are cut off, the first `held` bytes are read once to
     /// rebuild the checksums (1 MiB at a time) and must have the CRC-32C the checkpoint recorded, and a new verifier
     /// starts from the first byte.
-    /// - Throws: `io.error` when the file is missing, shorter than `held`, or holds other bytes.
+    /// - Throws: `SpoolLost` when the file is missing, shorter than `held` or holds other bytes (the session cannot
+    ///   go on); `io.error` for failures that may pass (descriptors, I/O): the files are kept.
     init(resuming path: String, held: UInt64, crc32c: UInt32, verifier: PackageVerifier, label: String) throws {
         self.path = path
         let fd = ContinuonPack.FileDescriptor.retryOnInterrupt { open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK) }
-        guard fd >= 0 else { throw ContinuonPack.FileDescriptor.ioError("Cannot reopen the spool file", path: path) }
+        guard fd >= 0 else {
+            if errno == ENOENT || errno == ELOOP { throw SpoolLost(reason: "the spool file is missing") }
+            throw ContinuonPack.FileDescriptor.ioError("Cannot reopen the spool file", path: path)
+        }
         let output = ContinuonPack.FileDescriptor(raw: fd, path: path)
-        var info = stat()
-        guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_size >= 0, UInt64(info.st_size) >= held else {
-            throw ContinuonPackError(.ioError, "The spool file is shorter than its checkpoint.")
-        }
-        if UInt64(info.st_size) > held, ftruncate(fd, off_t(held)) != 0 {
-            throw ContinuonPack.FileDescriptor.ioError("Cannot cut the spool file back to its checkpoint", path: path)
-        }
         var checksums = TransferChecksums()
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
-        defer { buffer.deallocate() }
-        var offset: UInt64 = 0
-        while offset < held {
-            let want = Int(min(UInt64(buffer.count), held - offset))
-            let count = try output.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]), at: Int64(offset))
-            guard count > 0 else { throw ContinuonPackError(.ioError, "The spool file ended before its checkpoint.") }
-            checksums.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
-            offset += UInt64(count)
-        }
-        guard checksums.crc32cValue == crc32c else {
-            throw ContinuonPackError(.ioError, "The spool file does not hold the bytes its checkpoint recorded.")
-        }
+        try Self.extend(output, at: path, &checksums, from: 0, to: held, expecting: crc32c)
         verification = try StreamingVerification(spoolPath: path, verifier: verifier, name: label)
         self.checksums = checksums
         self.held = held
         self.output = output
         verification.follower.advance(to: held)
+    }
+
+    /// Brings a spool file this process had open up to a checkpoint another process wrote after it (it appended
+    /// to the same file, from where this process's last checkpoint ended): only the new bytes are read and hashed,
+    /// and the verifier goes on.
+    /// - Throws: as `init(resuming:)`; the caller then takes the session up from the start.
+    func catchUp(to newHeld: UInt64, crc32c: UInt32) throws {
+        guard let output, newHeld >= held, sameFile(output) else { throw SpoolLost(reason: "the spool file was replaced") }
+        var extended = checksums
+        try Self.extend(output, at: path, &extended, from: held, to: newHeld, expecting: crc32c)
+        checksums = extended
+        held = newHeld
+        verification.follower.advance(to: held)
+    }
+
+    /// Whether the file still is this process's: the same file at the path, exactly `held` bytes long (no other
+    /// process cut it back or wrote past what this one holds).
+    var isCurrent: Bool {
+        guard let output, sameFile(output) else { return false }
+        var info = stat()
+        return fstat(output.raw, &info) == 0 && UInt64(info.st_size) == held
+    }
+
+    private func sameFile(_ output: ContinuonPack.FileDescriptor) -> Bool {
+        var opened = stat(), named = stat()
+        return fstat(output.raw, &opened) == 0 && lstat(path, &named) == 0 && opened.st_dev == named.st_dev && opened.st_ino == named.st_ino
+    }
+
+    /// Hashes bytes `start..<end` of the file into `checksums`, requires the CRC-32C of everything hashed to be
+    /// `crc32c`, and cuts the file back to `end` (never a file that is also a stored object: a hard link).
+    private static func extend(_ output: ContinuonPack.FileDescriptor, at path: String, _ checksums: inout TransferChecksums,
+                               from start: UInt64, to end: UInt64, expecting crc32c: UInt32) throws {
+        var info = stat()
+        guard fstat(output.raw, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_size >= 0 else {
+            throw ContinuonPack.FileDescriptor.ioError("Cannot stat the spool file", path: path)
+        }
+        guard UInt64(info.st_size) >= end else { throw SpoolLost(reason: "the spool file is shorter than its checkpoint") }
+        if UInt64(info.st_size) > end {
+            guard info.st_nlink == 1 else { throw SpoolLost(reason: "the spool file is stored and longer than its checkpoint") }
+            guard ftruncate(output.raw, off_t(end)) == 0 else {
+                throw ContinuonPack.FileDescriptor.ioError("Cannot cut the spool file back to its checkpoint", path: path)
+            }
+        }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { buffer.deallocate() }
+        var offset = start
+        while offset < end {
+            let want = Int(min(UInt64(buffer.count), end - offset))
+            let count = try output.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]), at: Int64(offset))
+            guard count > 0 else { throw SpoolLost(reason: "the spool file ended before its checkpoint") }
+            checksums.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+            offset += UInt64(count)
+        }
+        guard checksums.crc32cValue == crc32c else { throw SpoolLost(reason: "the spool file does not hold the bytes its checkpoint recorded") }
     }
 
     deinit { close() }
@@ -101,6 +140,16 @@ final class SpoolFile: @unchecked Sendable {
     func finishWriting() throws -> TransferChecksums.Result {
         if let finished { return finished }
         if let output {
+            // Exactly the bytes held and hashed are committed, whatever another process may have left past them.
+            var info = stat()
+            guard fstat(output.raw, &info) == 0, UInt64(info.st_size) >= held else {
+                throw ContinuonPackError(.ioError, "The spool file is shorter than the bytes held.")
+            }
+            if UInt64(info.st_size) > held {
+                guard info.st_nlink == 1, ftruncate(output.raw, off_t(held)) == 0 else {
+                    throw ContinuonPackError(.ioError, "The spool file cannot be cut back to the bytes held.")
+                }
+            }
             try output.sync()
             try output.close()
             self.output = nil
@@ -125,6 +174,12 @@ final class SpoolFile: @unchecked Sendable {
         close()
         unlink(path)
     }
+}
+
+/// A session's spool file cannot be taken up (missing, shorter than its checkpoint, other bytes): the session is
+/// over and its client starts again.
+struct SpoolLost: Error {
+    let reason: String
 }
 
 /// The spool directory: each session's journal (`<session>.session`) and held bytes (`<session>.part`). Several
@@ -152,30 +207,31 @@ final class SpoolDirectory: @unchecked Sendable {
     func partPath(_ id: String) -> String { path + "/" + id + ".part" }
     func journalPath(_ id: String) -> String { path + "/" + id + ".session" }
 
-    /// Removes a session's files, if no other process or request holds it; false when one does.
+    /// Removes a session's files if they are still as this process left them (`stamp`) and no other process or
+    /// request holds them; false when they are not removed (in use elsewhere, changed since).
     @discardableResult
-    func remove(_ id: String) -> Bool {
-        switch Result(catching: { () throws(SessionJournal.OpenError) in try SessionJournal.open(path: journalPath(id)) }) {
-        case .failure(.busy): return false
-        case let .success(journal?):
-            unlink(partPath(id))
-            unlink(journal.path)
-            journal.close()
-        default:
-            unlink(partPath(id))
-        }
+    func remove(_ id: String, stamp: JournalStamp?) -> Bool {
+        guard case let .success(journal?) = Result(catching: { () throws(SessionJournal.OpenError) in
+            try SessionJournal.open(path: journalPath(id))
+        }) else { return false }
+        defer { journal.close() }
+        guard let stamp, journal.stamp == stamp else { return false }
+        unlink(partPath(id))
+        unlink(journal.path)
         return true
     }
 
     /// Ends a session that no request of this process holds (evicted): its answer is recorded and its bytes go,
-    /// unless another process holds it now.
-    func recordEnd(_ id: String, _ outcome: Result<StoredObject, IngestProblem>) {
+    /// if its files are still as this process left them and no other process holds them; false otherwise (another
+    /// instance has taken the session up: it is not this process's to end).
+    func recordEnd(_ id: String, stamp: JournalStamp?, _ outcome: Result<StoredObject, IngestProblem>) -> Bool {
         guard case let .success(journal?) = Result(catching: { () throws(SessionJournal.OpenError) in
             try SessionJournal.open(path: journalPath(id))
-        }) else { return }
-        try? journal.recordOutcome(outcome)
+        }) else { return false }
+        defer { journal.close() }
+        guard let stamp, journal.stamp == stamp, (try? journal.recordOutcome(outcome)) != nil else { return false }
         unlink(partPath(id))
-        journal.close()
+        return true
     }
 
     /// What a sweep removed.
@@ -195,6 +251,15 @@ final class SpoolDirectory: @unchecked Sendable {
     func sweep(limits: SessionLimits, now: time_t = time(nil)) -> Swept {
         var swept = Swept()
         for name in entries() {
+            if name.hasSuffix(".session.new") {
+                // A journal being created; one a minute old is what a crash left.
+                var info = stat()
+                if IngestServer.isSessionID(String(name.dropLast(12))), lstat(path + "/" + name, &info) == 0,
+                   Int64(now) - Int64(info.st_mtim.tv_sec) >= 60, unlink(path + "/" + name) == 0 {
+                    swept.orphaned += 1
+                }
+                continue
+            }
             if name.hasSuffix(".part") {
                 let id = String(name.dropLast(5))
                 var info = stat()
@@ -205,18 +270,19 @@ final class SpoolDirectory: @unchecked Sendable {
             }
             guard name.hasSuffix(".session") else { continue }
             let id = String(name.dropLast(8))
-            var info = stat()
-            guard IngestServer.isSessionID(id), lstat(path + "/" + name, &info) == 0 else { continue }
-            let age = Int64(now) - Int64(info.st_mtim.tv_sec)
-            guard case let .success(journal?) = Result(catching: { () throws(SessionJournal.OpenError) in
+            guard IngestServer.isSessionID(id), case let .success(journal?) = Result(catching: { () throws(SessionJournal.OpenError) in
                 try SessionJournal.open(path: journalPath(id))
             }) else { continue }
             defer { journal.close() }
+            // The age from the locked file: a request that used the session just before the lock counts.
+            guard let lastUsed = journal.lastUsed, case let .success(readRecord) = Result(catching: { try journal.read() }) else { continue }
+            let age = Int64(now) - lastUsed
+            var info = stat()
             func removeSession() {
                 unlink(partPath(id))
                 unlink(journal.path)
             }
-            guard let record = journal.read(), !record.single else {
+            guard let record = readRecord, !record.single else {
                 // One being created is unreadable for an instant: only one a minute old is garbage.
                 if age >= 60 {
                     removeSession()

@@ -179,7 +179,8 @@ actor UploadSessions {
             }
             _ = addedOrder.popFirst()
             open[oldest] = nil
-            spool?.remove(oldest)
+            // Only if it is still the empty session this process knows (not taken up and filled elsewhere).
+            spool?.remove(oldest, stamp: entry.session.stamp)
         }
         open[session.id] = Open(session: session, lastActivity: .now)
         addedOrder.append(session.id)
@@ -252,8 +253,12 @@ actor UploadSessions {
                 410, "upload.session_evicted", "The upload session was dropped to make room for active uploads.",
                 detail: "It had received no new bytes for a while, or too few; start a new upload."))
             victim.session.closeSpool()
-            spool?.recordEnd(victimID, outcome)
-            end(victimID, outcome)
+            if spool?.recordEnd(victimID, stamp: victim.session.stamp, outcome) ?? true {
+                end(victimID, outcome)
+            } else {
+                // Another instance holds or has moved the session on: it is not this process's to end.
+                forget(victimID)
+            }
         }
         guard activeCount < limits.maxActive else {
             let busy = open.values.contains { $0.active && $0.busy }

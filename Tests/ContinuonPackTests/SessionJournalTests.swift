@@ -27,13 +27,13 @@ struct SessionJournalTests {
         let dir = try TemporaryDirectory()
         let path = dir.file("s.session")
         let journal = try SessionJournal.create(path: path, record: record())
-        #expect(journal.read() == record())
+        #expect(try journal.read() == record())
         try journal.checkpoint(held: 1 << 20, crc32c: 7, total: nil)
         try journal.checkpoint(held: 2 << 20, crc32c: 4_294_967_295, total: 3 << 20)
         var expected = record()
         expected.held = 2 << 20
         expected.heldCRC32C = 4_294_967_295
-        #expect(journal.read() == expected)
+        #expect(try journal.read() == expected)
         var refusal = IngestProblem(422, "signature.untrusted", "The package failed verification.", detail: "no trusted key")
         refusal.errors = [.init(code: "signature.untrusted", message: "untrusted"), .init(code: "blob.digest_mismatch", message: "m")]
         try journal.recordOutcome(.failure(refusal))
@@ -41,7 +41,7 @@ struct SessionJournalTests {
         expected.outcome = .failure(refusal)
         expected.held = 0
         expected.heldCRC32C = 0
-        #expect(journal.read() == expected)
+        #expect(try journal.read() == expected)
         journal.close()
     }
 
@@ -56,16 +56,16 @@ struct SessionJournalTests {
         var expected = record()
         expected.held = 1 << 20
         expected.heldCRC32C = 9
-        #expect(journal.read() == expected)
+        #expect(try journal.read() == expected)
         #expect(try bytes(path) == whole, "the torn line is cut off")
         try journal.checkpoint(held: 2 << 20, crc32c: 10, total: nil)
         expected.held = 2 << 20
         expected.heldCRC32C = 10
-        #expect(journal.read() == expected)
+        #expect(try journal.read() == expected)
         // Torn right after the header.
         let second = try SessionJournal.create(path: dir.file("t.session"), record: record())
         try append(dir.file("t.session"), #"{"he"#)
-        #expect(second.read() == record())
+        #expect(try second.read() == record())
     }
 
     @Test("Journals this service did not write cannot be taken up", arguments: [
@@ -86,7 +86,7 @@ struct SessionJournalTests {
             Issue.record("the journal did not open")
             return
         }
-        #expect(journal.read() == nil)
+        #expect(try journal.read() == nil)
     }
 
     @Test("One holder at a time: a second open is busy until the first lets go; a removed journal is gone")

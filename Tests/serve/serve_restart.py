@@ -19,6 +19,9 @@ from the protocol):
                   bytes.
   takeover        two instances share the store and its spool: a session begun on one continues on the other
                   after the first is killed, re-sending at most one chunk.
+  alternate       two instances share the store and spool, and every chunk of one session goes to the other
+                  instance (no session affinity): the upload ends in 200 with nothing re-sent; each instance takes
+                  the session up from its journal once and after that reads only the bytes the other appended.
   two-instances   the same package uploaded to both instances at once: stored once, both clients get 200; a package
                   re-signed (same package ID, other bytes) raced against the original: one stored, the other
                   412 upload.object_conflict.
@@ -328,6 +331,41 @@ def case_takeover(binary, work, failures):
     second.stop()
 
 
+def case_alternate(binary, work, failures):
+    store = os.path.join(work, "store")
+    package = pack(binary, work, "p", 6 * CHUNK + 777)
+    data = read(package)
+    name = os.path.basename(package)
+    instances = [Serve(binary, store).start(), Serve(binary, store).start()]
+    session = resumable_client.initiate(instances[0].base, "staging", name, len(data))
+    offset, index, answer = 0, 0, None
+    while offset < len(data):
+        end = min(len(data), offset + CHUNK)
+        target = session.replace(instances[0].base, instances[index % 2].base)
+        status, held, body = resumable_client._put(
+            target, {"Content-Range": "bytes %d-%d/%d" % (offset, end - 1, len(data)), "Content-Length": str(end - offset)},
+            data[offset:end], 30)
+        index += 1
+        if status == 308:
+            if not failures.check(resumable_client._held(held) == end, "alternate: chunk %d held (%s)" % (index, held)):
+                break
+            offset = end
+            continue
+        answer = status
+        break
+    failures.check(answer == 200, "alternate: the last chunk is answered 200 (%s)" % answer)
+    failures.check(stored(store) == [name] and read(os.path.join(store, name)) == data, "alternate: stored once, right bytes")
+    for instance in instances:
+        instance.stop()
+        with open(os.path.join(work, "serve-%d.log" % instance.port), "rb") as f:
+            log = f.read().decode(errors="replace")
+        rebuilt = log.count("session rebuilt from its checkpoint")
+        print("    alternate: instance %d rebuilt the session %d times, took it up %d times" % (instance.port, rebuilt, log.count("session taken up")))
+        failures.check(rebuilt <= 1 and "cannot take a session up" not in log,
+                       "alternate: instance %d re-read the session's bytes at most once (%d)" % (instance.port, rebuilt))
+    failures.check(spool_bytes(os.path.join(store, ".spool")) == [], "alternate: no spool bytes left")
+
+
 def race(bases, names_and_data):
     threads = []
     for base, (name, data) in zip(bases, names_and_data):
@@ -442,6 +480,7 @@ def main():
         ("reclaim", lambda w, f: case_reclaim(arguments.binary, w, f)),
         ("expiry", lambda w, f: case_expiry(arguments.binary, w, f)),
         ("takeover", lambda w, f: case_takeover(arguments.binary, w, f)),
+        ("alternate", lambda w, f: case_alternate(arguments.binary, w, f)),
         ("two-instances", lambda w, f: case_two_instances(arguments.binary, w, f)),
         ("two-on-bucket", lambda w, f: case_two_on_bucket(arguments.binary, w, f)),
     ]

@@ -155,9 +155,10 @@ extension ContinuonPackNetCommand {
                 raised.rlim_cur = min(limit.rlim_max, 1 << 20)
                 if setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
             }
-            // Per connection its socket and at most two store files (a package and its sidecar, or a stored object
-            // being sent); per session holding bytes, the spool file twice (writer and verifier); 64 for the rest.
-            let needed = UInt64(maxConnections) * 3 + UInt64(maxSessions) * 2 + 64
+            // Per connection its socket, its session's journal and at most two store files (a package and its
+            // sidecar, or a stored object being sent); per session holding bytes, the spool file twice (writer and
+            // verifier); 64 for the rest.
+            let needed = UInt64(maxConnections) * 4 + UInt64(maxSessions) * 2 + 64
             guard UInt64(limit.rlim_cur) >= needed else {
                 throw ValidationError(
                     "The process may open \(limit.rlim_cur) files, but --max-connections \(maxConnections) and "
