@@ -303,7 +303,7 @@ class Service:
         files = size = 0
         for directory, _, names in os.walk(self.spool):
             for name in names:
-                if directory == self.spool and (name == ".lock" or name.endswith(".session")):
+                if directory == self.spool and (name == ".lock" or name.endswith((".session", ".session.new"))):
                     continue  # journals: kept with each session's answer for an hour
                 try:
                     size += os.lstat(os.path.join(directory, name)).st_size

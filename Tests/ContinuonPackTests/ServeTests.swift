@@ -18,7 +18,7 @@ func storedPackages(_ dir: TemporaryDirectory) -> [String] {
 /// The bytes the service's spool directory holds (nothing, once every upload ended; the journals that keep each
 /// session's answer are not counted).
 func spoolLeftovers(_ dir: TemporaryDirectory) -> [String] {
-    ((try? FileManager.default.contentsOfDirectory(atPath: dir.file("store/.spool"))) ?? []).filter { !$0.hasSuffix(".session") }
+    ((try? FileManager.default.contentsOfDirectory(atPath: dir.file("store/.spool"))) ?? []).filter { !$0.hasSuffix(".session") && !$0.hasSuffix(".session.new") }
 }
 
 @Suite("The ingestion endpoint (continuon-pack serve)", .serialized)

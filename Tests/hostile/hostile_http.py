@@ -448,7 +448,7 @@ class Server:
         files = []
         for directory, _, names in os.walk(self.spool):
             for name in names:
-                if directory == self.spool and (name == ".lock" or name.endswith(".session")):
+                if directory == self.spool and (name == ".lock" or name.endswith((".session", ".session.new"))):
                     continue  # session journals: a few hundred bytes each, kept with the session or its answer
                 try:
                     files.append((name, os.lstat(os.path.join(directory, name)).st_size))
