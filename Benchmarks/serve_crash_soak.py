@@ -160,10 +160,13 @@ def main():
     # in every state.
     rate = sum(len(item["data"]) for item in pool) / (arguments.seconds * arguments.clients)
 
+    cuts = [0]
+
     def cut(offset, length):
         time.sleep(length / rate)
         with cut_lock:
             if cut_rng.random() < 1 / 8:
+                cuts[0] += 1
                 return cut_rng.randrange(0, length)
         return None
 
@@ -262,7 +265,9 @@ def main():
         "seconds": round(elapsed, 1), "clients": arguments.clients, "kills": len(restarts), "seed": seed,
         "packages": len(pool), "package_mib": round(sum(len(i["data"]) for i in pool) / (1 << 20), 1),
         "outcomes": {"%s %s" % key: value for key, value in sorted(tally.items(), key=str)},
-        "faults": faults, "bytes_sent": sent, "bytes_resent": resent, "resent_per_fault": round(per_fault),
+        "faults": faults, "connection_cuts": cuts[0], "faults_from_kills": max(0, faults - cuts[0]),
+        "bytes_sent": sent, "bytes_resent": resent, "resent_per_fault": round(per_fault),
+        "resent_per_kill_fault": round(resent / (faults - cuts[0])) if faults > cuts[0] else 0,
         "worst_client_resent_per_fault": round(worst_fault), "chunk": CHUNK, "sessions_rebuilt": takeups,
         "restart_gap_s_max": round(max(restarts), 2) if restarts else 0,
         "spool_files_left": len(parts), "open_sessions_left": len(open_sessions), "broken": broken,

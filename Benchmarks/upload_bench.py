@@ -50,6 +50,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", required=True)
     parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--only", choices=["emulator", "serve"], help="run against one server only")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="continuon-upload-")
     episodes = os.path.join(work, "episodes")
@@ -70,6 +71,8 @@ def main():
             ("gcp-storage-emulator", [sys.executable, os.path.join(ROOT, "Tests/peers/emulator.py")]),
             ("continuon-pack serve", [args.binary, "serve", "--listen", "127.0.0.1:0", "--trusted-key", pub,
                                       "--store", os.path.join(work, "store")])):
+        if args.only and args.only not in label:
+            continue
         for tool in ("continuon-pack upload (8 MiB chunks)", "curl (one PUT)"):
             server, base = start(command)
             if tool.startswith("curl"):

@@ -122,8 +122,9 @@ extension IngestServer {
             await sessions.end(session.id, outcome)
             return outcome
         }
+        // Re-reading held bytes may take long (GiB): on a thread of its own, not the pool that syncs checkpoints.
         if let file = session.spool, file.held == session.checkpointed, record.held >= file.held,
-           (try? await blocking({ try file.catchUp(to: record.held, crc32c: record.heldCRC32C) })) != nil {
+           (try? await runOnOwnThread({ try file.catchUp(to: record.held, crc32c: record.heldCRC32C) })) != nil {
             session.total = record.total
             session.checkpointed = record.held
             session.checkpointedTotal = record.total
@@ -138,7 +139,7 @@ extension IngestServer {
             try await sessions.activate(session.id)
             let path = spool.partPath(session.id), verifier = self.verifier, label = session.objectName.text
             let resumed = await Result {
-                try await blocking { try SpoolFile(resuming: path, held: record.held, crc32c: record.heldCRC32C, verifier: verifier, label: label) }
+                try await runOnOwnThread { try SpoolFile(resuming: path, held: record.held, crc32c: record.heldCRC32C, verifier: verifier, label: label) }
             }
             switch resumed {
             case let .success(file):
@@ -208,18 +209,26 @@ extension IngestServer {
     /// Ends a session with its answer: recorded in its journal and synced first (for late requests, here or at
     /// another instance; a single-request upload's journal is removed instead), then its spool file goes.
     func conclude(_ session: UploadSession, _ outcome: Result<StoredObject, IngestProblem>) async {
+        var recorded = true
         if let journal = session.journal {
             if session.remembered {
-                let recorded = await Result { try await blocking { try journal.recordOutcome(outcome) } }
-                if case .failure = recorded {
-                    logger.error("cannot record a session's answer", metadata: ["session": "\(session.id)", "error": "\(recorded)"])
+                let written = await Result { try await blocking { try journal.recordOutcome(outcome) } }
+                if case .failure = written {
+                    recorded = false
+                    logger.error("cannot record a session's answer", metadata: ["session": "\(session.id)", "error": "\(written)"])
                 }
                 journal.touch()
             } else {
                 unlink(journal.path)
             }
         }
-        session.releaseSpool()
+        if recorded {
+            session.releaseSpool()
+        } else {
+            // Without its answer on disk the session must stay resumable elsewhere: its bytes stay (a later request
+            // there finishes it again, to the same answer); the sweep removes them when it expires.
+            session.closeSpool()
+        }
         if let journal = session.journal {
             session.stamp = journal.stamp
             journal.close()

@@ -455,14 +455,23 @@ public struct IngestServer: Sendable {
             throw await end(session, IngestProblem(refusing: verifier.verify(bytes: [])))
         }
         guard let checksums = try? await blocking({ try spool.finishWriting() }) else {
+            // Kept: the next request takes the session up again from its checkpoint.
             logger.error("cannot sync a spool file", metadata: ["session": "\(session.id)"])
-            throw await end(session, IngestProblem(500, "server.io_error", "The service could not keep the upload; start again."))
+            session.closeSpool()
+            session.stamp = nil
+            throw Self.spoolUnavailable
         }
         try await checkpoint(session)
         CrashPoint.reach("serve.before_verdict")
         // The verifier has been reading the spool while it grew; it now sees the end. Take its verdict.
         guard let report = await spool.verification.result() else {
-            throw await end(session, IngestProblem(500, "server.io_error", "The service could not read the upload back; start again."))
+            logger.error("the verifier could not read a spool file back", metadata: ["session": "\(session.id)"])
+            if !session.remembered {
+                throw await end(session, IngestProblem(500, "server.io_error", "The service could not read the upload back; start again."))
+            }
+            session.closeSpool()
+            session.stamp = nil
+            throw Self.spoolUnavailable
         }
         if let md5 = session.declaredMD5, md5 != checksums.md5Base64 {
             throw await end(session, IngestProblem(400, "upload.checksum_mismatch", "The data does not match the declared md5Hash."))
@@ -595,6 +604,7 @@ struct Expirer: Service {
             while !Task.isCancelled {
                 try await Task.sleep(for: sessions.limits.sweepInterval)
                 await sessions.expire()
+                await sessions.dropMoved(spool)
                 let swept = try await blocking { [spool, limits = sessions.limits] in spool.sweep(limits: limits) }
                 if swept.total > 0 {
                     logger.info("spool swept", metadata: ["orphaned": "\(swept.orphaned)", "expired": "\(swept.expired)"])

@@ -277,6 +277,7 @@ final class SessionJournal: @unchecked Sendable {
             var done = 0
             while done < raw.count {
                 let count = FileDescriptor.retryOnInterrupt { write(fd, raw.baseAddress! + done, raw.count - done) }
+                if count == 0 { errno = EIO }
                 if count <= 0 { return done }
                 done += count
             }

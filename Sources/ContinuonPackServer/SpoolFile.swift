@@ -31,6 +31,7 @@ final class SpoolFile: @unchecked Sendable {
             throw error
         }
         self.output = output
+        remember(output)
     }
 
     /// Takes up the spool file of a session from its last checkpoint (after a restart, or from another instance):
@@ -53,13 +54,15 @@ final class SpoolFile: @unchecked Sendable {
         self.checksums = checksums
         self.held = held
         self.output = output
+        remember(output)
         verification.follower.advance(to: held)
     }
 
     /// Brings a spool file this process had open up to a checkpoint another process wrote after it (it appended
     /// to the same file, from where this process's last checkpoint ended): only the new bytes are read and hashed,
     /// and the verifier goes on.
-    /// - Throws: as `init(resuming:)`; the caller then takes the session up from the start.
+    /// - Throws: as `init(resuming:)`. The hashers are shared with the copy being extended, so after a failure this
+    ///   file's checksums are spoiled: the caller must close it and take the session up from the start.
     func catchUp(to newHeld: UInt64, crc32c: UInt32) throws {
         guard let output, newHeld >= held, sameFile(output) else { throw SpoolLost(reason: "the spool file was replaced") }
         var extended = checksums
@@ -70,11 +73,26 @@ final class SpoolFile: @unchecked Sendable {
     }
 
     /// Whether the file still is this process's: the same file at the path, exactly `held` bytes long (no other
-    /// process cut it back or wrote past what this one holds).
+    /// process cut it back or wrote past what this one holds). A finished file (closed for writing: its commit is
+    /// being tried again) is compared by its identity at the path.
     var isCurrent: Bool {
-        guard let output, sameFile(output) else { return false }
+        if let output {
+            guard sameFile(output) else { return false }
+            var info = stat()
+            return fstat(output.raw, &info) == 0 && UInt64(info.st_size) == held
+        }
+        guard finished != nil, let identity else { return false }
+        var named = stat()
+        return lstat(path, &named) == 0 && UInt64(named.st_dev) == identity.device && UInt64(named.st_ino) == identity.inode
+            && UInt64(named.st_size) == held
+    }
+
+    /// The file's device and inode, from its descriptor when it was opened.
+    private var identity: (device: UInt64, inode: UInt64)?
+
+    private func remember(_ output: ContinuonPack.FileDescriptor) {
         var info = stat()
-        return fstat(output.raw, &info) == 0 && UInt64(info.st_size) == held
+        if fstat(output.raw, &info) == 0 { identity = (UInt64(info.st_dev), UInt64(info.st_ino)) }
     }
 
     private func sameFile(_ output: ContinuonPack.FileDescriptor) -> Bool {

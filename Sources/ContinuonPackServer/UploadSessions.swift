@@ -320,10 +320,30 @@ actor UploadSessions {
         return dropped
     }
 
+    /// Lets go of sessions holding bytes whose journal another process has changed or removed since this process
+    /// last held them (another instance took them up, ended or swept them): their descriptors, verifier threads and
+    /// slots are given back at once rather than when they expire here. Returns how many.
+    @discardableResult
+    func dropMoved(_ spool: SpoolDirectory) -> Int {
+        var dropped = 0
+        for (id, entry) in open where entry.active && !entry.busy {
+            var info = stat()
+            let current = lstat(spool.journalPath(id), &info) == 0 && entry.session.stamp.map {
+                $0.device == UInt64(info.st_dev) && $0.inode == UInt64(info.st_ino) && $0.size == Int64(info.st_size)
+            } == true
+            guard !current else { continue }
+            entry.session.closeSpool()
+            forget(id)
+            dropped += 1
+        }
+        return dropped
+    }
+
     /// Lets go of every open session (the service stops): descriptors closed, verifier threads stopped; the
     /// journals and spool files stay, for the next start or another instance.
     func closeAll() {
-        for entry in open.values {
+        // A request still running (past the shutdown timeout) keeps its own; the process is about to end anyway.
+        for entry in open.values where !entry.busy {
             if entry.session.remembered {
                 entry.session.closeSpool()
             } else {

@@ -130,4 +130,30 @@ struct SessionJournalTests {
         #expect(left == [live + ".session", held + ".session", "notes.txt"])
         holding.close()
     }
+
+    @Test("Sessions another instance changed or removed are let go at the next sweep; untouched ones are kept")
+    func dropMoved() async throws {
+        let dir = try TemporaryDirectory()
+        let spool = try SpoolDirectory(path: dir.path)
+        let table = UploadSessions(limits: SessionLimits(), spool: spool)
+        var sessions: [UploadSession] = []
+        for digit in ["5", "6", "7"] {
+            let id = String(repeating: digit, count: 32)
+            let session = UploadSession(id: id, objectName: Self.name, total: nil, metadata: UploadMetadata())
+            let journal = try SessionJournal.create(path: spool.journalPath(id), record: session.record)
+            session.stamp = journal.stamp
+            journal.close()
+            try await table.add(session)
+            _ = try await table.acquire(id)
+            try await table.activate(id)
+            await table.release(id)
+            sessions.append(session)
+        }
+        // Another instance appended a checkpoint to the second, and swept the third.
+        try append(spool.journalPath(sessions[1].id), #"{"held":"1","held_crc32c":"0"}"# + "\n")
+        unlink(spool.journalPath(sessions[2].id))
+        #expect(await table.dropMoved(spool) == 2)
+        #expect(await table.counts.active == 1)
+        #expect(await table.dropMoved(spool) == 0)
+    }
 }
