@@ -31,8 +31,6 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,46 +40,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "Tests", "peers"))
 import resumable_client  # noqa: E402
+from serve_process import Serve  # noqa: E402
 
 KEYS = os.path.join(ROOT, "TestVectors", "keys")
 TRUSTED_KEY = os.path.join(KEYS, "test-ed25519.pem")
 TRUSTED_PUB = os.path.join(KEYS, "test-ed25519.pub")
 UNTRUSTED_KEY = os.path.join(KEYS, "second-ed25519.pem")
 CHUNK = 1 << 20
-
-
-class Service:
-    def __init__(self, binary, store, log):
-        self.binary, self.store, self.log = binary, store, log
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.process = None
-        self.lock = threading.Lock()
-
-    @property
-    def base(self):
-        return "http://127.0.0.1:%d" % self.port
-
-    def start(self):
-        self.process = subprocess.Popen(
-            [self.binary, "serve", "--listen", "127.0.0.1:%d" % self.port, "--store", self.store, "--trusted-key", TRUSTED_PUB],
-            stdout=subprocess.PIPE, stderr=self.log)
-        line = self.process.stdout.readline().decode()
-        if "listening on" not in line:
-            sys.exit("serve did not start: %r" % line)
-
-    def kill(self):
-        self.process.kill()
-        self.process.wait()
-
-    def stop(self):
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def pack(binary, work, index, size, key):
@@ -142,12 +107,11 @@ def main():
     rng = random.Random(seed)
     work = tempfile.mkdtemp(prefix="serve-crash-soak-")
     store = os.path.join(work, "store")
-    log = open(os.path.join(work, "serve.log"), "ab")
     # A package per client every 10 s or so, at least two each: every client stays busy through the kills.
     count = max(arguments.clients * 2, int(arguments.seconds * arguments.clients / 10))
     print("packing %d packages (seed %d)..." % (count, seed), file=sys.stderr, flush=True)
     pool = make_pool(arguments.binary, work, count, rng)
-    service = Service(arguments.binary, store, log)
+    service = Serve(arguments.binary, store, keys=(TRUSTED_PUB,), log_dir=work)
     service.start()
     queue = list(pool)
     queue_lock = threading.Lock()
@@ -248,12 +212,10 @@ def main():
         broken.append("spool garbage: %d spool files, %d open sessions" % (len(parts), len(open_sessions)))
     service.stop()
     # A restart finds nothing to sweep.
-    log.flush()
-    before = os.path.getsize(os.path.join(work, "serve.log"))
+    before = os.path.getsize(service.log_path)
     service.start()
     service.stop()
-    log.close()
-    with open(os.path.join(work, "serve.log"), "rb") as f:
+    with open(service.log_path, "rb") as f:
         text = f.read().decode(errors="replace")
     if "spool swept at start" in text[before:]:
         broken.append("a restart after the soak still found files to sweep")
@@ -281,7 +243,7 @@ def main():
             json.dump(figures, f, indent=2)
     if broken:
         print("\nBROKEN:\n  " + "\n  ".join(broken[:30]))
-        print("service log: " + os.path.join(work, "serve.log"))
+        print("service log: " + service.log_path)
         sys.exit(1)
     shutil.rmtree(work, ignore_errors=True)
     print("\ncrash soak: every valid package stored once with its bytes, every hostile one refused, no spool garbage")

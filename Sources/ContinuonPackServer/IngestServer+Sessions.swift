@@ -136,7 +136,7 @@ extension IngestServer {
         session.checkpointed = record.held
         session.checkpointedTotal = record.total
         if record.held > 0 {
-            try await sessions.activate(session.id)
+            try await activate(session)
             let path = spool.partPath(session.id), verifier = self.verifier, label = session.objectName.text
             let resumed = await Result {
                 try await runOnOwnThread { try SpoolFile(resuming: path, held: record.held, crc32c: record.heldCRC32C, verifier: verifier, label: label) }
@@ -164,6 +164,16 @@ extension IngestServer {
         }
         session.stamp = journal.stamp
         return nil
+    }
+
+    /// Counts the session against `--max-sessions`; a session evicted to make room has its end recorded in its
+    /// journal (unless another instance holds it or moved it on: then it is not this process's to end).
+    func activate(_ session: UploadSession) async throws {
+        guard let eviction = try await sessions.activate(session.id) else { return }
+        let spool = self.spool
+        let recorded = (try? await blocking { spool.recordEnd(eviction.id, stamp: eviction.stamp, UploadSessions.Eviction.outcome) }) ?? false
+        if recorded { await sessions.remember(eviction.id, UploadSessions.Eviction.outcome) }
+        logger.info("session evicted to make room", metadata: ["session": "\(eviction.id)", "recorded": "\(recorded)"])
     }
 
     /// Makes the bytes held durable and records them in the journal, if there is anything new to record. The

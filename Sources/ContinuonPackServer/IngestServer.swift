@@ -391,7 +391,7 @@ public struct IngestServer: Sendable {
     /// The session's spool file, created (and the session counted against `maxActive`) at its first byte.
     func spool(of session: UploadSession) async throws -> SpoolFile {
         if let spool = session.spool { return spool }
-        try await sessions.activate(session.id)
+        try await activate(session)
         do {
             let spool = try SpoolFile(
                 path: configuration.spoolDirectory + "/" + session.id + ".part", verifier: verifier,

@@ -239,25 +239,36 @@ actor UploadSessions {
         open[id] = entry
     }
 
+    /// A session that gave its slot away: the caller records its end in its journal (`SpoolDirectory.recordEnd`,
+    /// file work kept out of the table) and then `remember`s the answer.
+    struct Eviction: Sendable {
+        let id: String
+        let stamp: JournalStamp?
+        static let outcome = Result<StoredObject, IngestProblem>.failure(IngestProblem(
+            410, "upload.session_evicted", "The upload session was dropped to make room for active uploads.",
+            detail: "It had received no new bytes for a while, or too few; start a new upload."))
+    }
+
     /// Counts the session against `maxActive` before its first byte is stored. At the limit, the quietest
     /// session that is quiet or slow (`SessionLimits.quietAfter`, `minBytesPerSecond`) is ended to make room: its
-    /// spool is discarded and its client told `410 upload.session_evicted` (start again).
+    /// descriptors and thread are given back, and its client is told `410 upload.session_evicted` (start again)
+    /// once the caller recorded that in its journal (returned; without a spool directory the table keeps the answer
+    /// at once).
     /// - Throws: 429 `upload.too_many_sessions`, with a `Retry-After` that is true: the time until the first session
     ///   can be evicted, or 5 s while sessions are in a request (they may finish any moment).
-    func activate(_ id: String) throws(IngestProblem) {
-        guard var entry = open[id], !entry.active else { return }
+    @discardableResult
+    func activate(_ id: String) throws(IngestProblem) -> Eviction? {
+        guard var entry = open[id], !entry.active else { return nil }
         let now = ContinuousClock.now
+        var eviction: Eviction?
         if activeCount >= limits.maxActive,
            let (victimID, victim) = open.filter({ $0.value.isEvictable(now: now, limits) }).min(by: { $0.value.lastProgress < $1.value.lastProgress }) {
-            let outcome = Result<StoredObject, IngestProblem>.failure(IngestProblem(
-                410, "upload.session_evicted", "The upload session was dropped to make room for active uploads.",
-                detail: "It had received no new bytes for a while, or too few; start a new upload."))
             victim.session.closeSpool()
-            if spool?.recordEnd(victimID, stamp: victim.session.stamp, outcome) ?? true {
-                end(victimID, outcome)
+            if spool == nil {
+                end(victimID, Eviction.outcome)
             } else {
-                // Another instance holds or has moved the session on: it is not this process's to end.
                 forget(victimID)
+                eviction = Eviction(id: victimID, stamp: victim.session.stamp)
             }
         }
         guard activeCount < limits.maxActive else {
@@ -273,6 +284,7 @@ actor UploadSessions {
         entry.lastProgress = now
         activeCount += 1
         open[id] = entry
+        return eviction
     }
 
     /// Undoes `activate` when the spool could not be created.

@@ -37,7 +37,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "Tests", "peers"))
 import resumable_client  # noqa: E402
+from serve_process import Serve  # noqa: E402
 
 KEYS = os.path.join(ROOT, "TestVectors", "keys")
 KEY = os.path.join(KEYS, "test-ed25519.pem")
@@ -55,64 +55,6 @@ PUB = os.path.join(KEYS, "test-ed25519.pub")
 SECOND_KEY = os.path.join(KEYS, "second-ed25519.pem")
 SECOND_PUB = os.path.join(KEYS, "second-ed25519.pub")
 CHUNK = 1 << 20
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Serve:
-    """One `serve` process; restartable on the same port."""
-
-    def __init__(self, binary, store, port=None, spool=None, extra=(), keys=(PUB,), log_dir=None):
-        self.binary, self.store, self.spool, self.extra, self.keys = binary, store, spool, list(extra), list(keys)
-        self.log_dir = log_dir or os.path.dirname(store.rstrip("/"))
-        self.port = port or free_port()
-        self.process = None
-        self.log = None
-
-    @property
-    def base(self):
-        return "http://127.0.0.1:%d" % self.port
-
-    def start(self, crash_at=None):
-        env = dict(os.environ)
-        env.pop("CONTINUON_PACK_TEST_CRASH_AT", None)
-        if crash_at:
-            env["CONTINUON_PACK_TEST_CRASH_AT"] = crash_at
-        arguments = [self.binary, "serve", "--listen", "127.0.0.1:%d" % self.port, "--store", self.store] + self.extra
-        for key in self.keys:
-            arguments += ["--trusted-key", key]
-        if self.spool:
-            arguments += ["--spool", self.spool]
-        self.log = open(os.path.join(self.log_dir, "serve-%d.log" % self.port), "ab")
-        self.process = subprocess.Popen(arguments, stdout=subprocess.PIPE, stderr=self.log, env=env)
-        line = self.process.stdout.readline().decode()
-        if "listening on" not in line:
-            raise RuntimeError("serve did not start: %r (exit %s)" % (line, self.process.poll()))
-        return self
-
-    def wait_killed(self, timeout=60):
-        code = self.process.wait(timeout=timeout)
-        return code
-
-    def kill(self):
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.log:
-            self.log.close()
 
 
 def pack(binary, work, name, size, key=KEY, seed=None):
