@@ -181,13 +181,14 @@ extension IngestServer {
     /// - Throws: 503 `server.spool_unavailable` (the spool file or the journal cannot be synced; the session is
     ///   then taken up from its last checkpoint at its next request).
     func checkpoint(_ session: UploadSession) async throws {
-        guard session.remembered, let file = session.spool, let journal = session.journal,
-              file.held != session.checkpointed || session.total != session.checkpointedTotal
+        guard session.remembered, let journal = session.journal,
+              (session.spool?.held ?? 0) != session.checkpointed || session.total != session.checkpointedTotal
         else { return }
-        let first = session.checkpointed == 0, total = session.total, directory = spool.path
+        let file = session.spool, first = session.checkpointed == 0, total = session.total, directory = spool.path
         let synced = await Result {
             try await blocking { () -> (UInt64, JournalStamp?) in
-                let (held, crc) = try file.syncHeld()
+                // No byte yet (a total named by a status query): the CRC-32C of nothing is 0.
+                let (held, crc) = try file?.syncHeld() ?? (0, 0)
                 if first { try FileIO.syncDirectory(directory) }
                 try journal.checkpoint(held: held, crc32c: crc, total: total)
                 return (held, journal.stamp)

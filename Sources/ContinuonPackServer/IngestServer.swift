@@ -605,7 +605,7 @@ struct Expirer: Service {
                 try await Task.sleep(for: sessions.limits.sweepInterval)
                 await sessions.expire()
                 await sessions.dropMoved(spool)
-                let swept = try await blocking { [spool, limits = sessions.limits] in spool.sweep(limits: limits) }
+                let swept = try await blocking { [spool, limits = sessions.limits] in spool.sweep(limits: limits, thorough: false) }
                 if swept.total > 0 {
                     logger.info("spool swept", metadata: ["orphaned": "\(swept.orphaned)", "expired": "\(swept.expired)"])
                 }

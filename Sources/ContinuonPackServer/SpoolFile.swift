@@ -266,8 +266,13 @@ final class SpoolDirectory: @unchecked Sendable {
     /// after they were written: one being created is left alone), sessions whose journal was last touched longer
     /// ago than their expiry (empty, holding bytes, or ended), single-request files of a process that died, and
     /// spool files of ended sessions. A session that another process or request holds is never touched.
-    func sweep(limits: SessionLimits, now: time_t = time(nil)) -> Swept {
+    ///
+    /// `thorough: false` (the periodic sweep) opens only journals older than the shortest expiry (and than a
+    /// minute): cheap however many sessions there are; what a crash leaves in younger ones waits until then, or for
+    /// the thorough sweep at the next start.
+    func sweep(limits: SessionLimits, now: time_t = time(nil), thorough: Bool = true) -> Swept {
         var swept = Swept()
+        let youngest = thorough ? 0 : max(60, min(limits.expiry, limits.emptyExpiry, limits.finishedRetention).components.seconds)
         for name in entries() {
             if name.hasSuffix(".session.new") {
                 // A journal being created; one a minute old is what a crash left.
@@ -288,6 +293,10 @@ final class SpoolDirectory: @unchecked Sendable {
             }
             guard name.hasSuffix(".session") else { continue }
             let id = String(name.dropLast(8))
+            if youngest > 0 {
+                var info = stat()
+                guard lstat(path + "/" + name, &info) == 0, Int64(now) - Int64(info.st_mtim.tv_sec) > youngest else { continue }
+            }
             guard IngestServer.isSessionID(id), case let .success(journal?) = Result(catching: { () throws(SessionJournal.OpenError) in
                 try SessionJournal.open(path: journalPath(id))
             }) else { continue }

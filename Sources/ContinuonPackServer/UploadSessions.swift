@@ -46,6 +46,7 @@ final class UploadSession: @unchecked Sendable {
         self.remembered = remembered
         self.objectName = objectName
         self.total = total
+        self.checkpointedTotal = total // the journal's header records it
         self.declaredMD5 = metadata.md5Hash
         self.declaredCRC32C = metadata.crc32c
     }
@@ -56,6 +57,8 @@ final class UploadSession: @unchecked Sendable {
         self.remembered = true
         self.objectName = record.objectName
         self.total = record.total
+        self.checkpointed = record.held
+        self.checkpointedTotal = record.total
         self.declaredMD5 = record.declaredMD5
         self.declaredCRC32C = record.declaredCRC32C
     }
