@@ -316,14 +316,15 @@ class Service:
         return sorted(name for name in os.listdir(self.store) if name.endswith(".cpkg"))
 
     def healthz_ms(self):
-        """Milliseconds GET /healthz took to answer `ok` (None: no ok within HEALTHZ_TIMEOUT)."""
+        """Milliseconds GET /healthz took to answer status ok (None: no ok within HEALTHZ_TIMEOUT)."""
         start = time.monotonic()
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=HEALTHZ_TIMEOUT)
         try:
             connection.request("GET", "/healthz")
             reply = connection.getresponse()
-            ok = reply.status == 200 and reply.read() == b"ok\n"
-        except (OSError, http.client.HTTPException):
+            # {"status":"ok","trust_policy":{…}} (spec section 14.5)
+            ok = reply.status == 200 and json.loads(reply.read()).get("status") == "ok"
+        except (OSError, http.client.HTTPException, ValueError):
             ok = False
         finally:
             connection.close()

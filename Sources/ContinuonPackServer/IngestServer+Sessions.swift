@@ -42,6 +42,7 @@ extension IngestServer {
         }
         let session = UploadSession(id: id, record: record)
         session.journal = journal
+        session.adoptedRecord = record
         guard await sessions.adopt(session) else {
             // Another request of this process took it up first.
             journal.close()
@@ -102,7 +103,12 @@ extension IngestServer {
             }
         }
         session.stamp = nil // until the session agrees with its journal again
-        let read = await Result { try await blocking { try journal.read() } }
+        let adopted = session.adoptedRecord
+        session.adoptedRecord = nil
+        let read = await Result { () async throws -> SessionRecord? in
+            if let adopted { return adopted }
+            return try await blocking { try journal.read() }
+        }
         guard case let .success(readRecord) = read else {
             logger.error("cannot read a session journal", metadata: ["session": "\(session.id)", "error": "\(read)"])
             throw Self.spoolUnavailable

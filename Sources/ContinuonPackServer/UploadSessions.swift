@@ -21,6 +21,8 @@ final class UploadSession: @unchecked Sendable {
     var journal: SessionJournal?
     /// The journal as this process last left it (nil: not read yet).
     var stamp: JournalStamp?
+    /// The journal as `adopt` just read it (under the lock `attach` then uses): spares a second read.
+    var adoptedRecord: SessionRecord?
     /// What the journal's last checkpoint says.
     var checkpointed: UInt64 = 0
     var checkpointedTotal: UInt64?

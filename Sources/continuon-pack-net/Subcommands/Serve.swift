@@ -39,7 +39,7 @@ extension ContinuonPackNetCommand {
         @Option(name: .long, help: "The bucket name clients upload to.")
         var bucket = "staging"
 
-        @Option(name: .long, help: "Directory for partial uploads (default: STORE/.spool for a directory store).")
+        @Option(name: .long, help: "Directory for upload sessions: their journals and the bytes they hold (default: STORE/.spool for a directory store, $TMPDIR/continuon-pack-spool for gs://). Sessions survive a restart of the service as long as this directory does; instances on one file system may share it.")
         var spool: String?
 
         @Option(name: .long, help: "Largest package accepted, in MiB.")
