@@ -31,7 +31,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,7 +39,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "Tests", "peers"))
 import resumable_client  # noqa: E402
-from serve_process import Serve  # noqa: E402
+from serve_process import Serve, pack  # noqa: E402
 
 KEYS = os.path.join(ROOT, "TestVectors", "keys")
 TRUSTED_KEY = os.path.join(KEYS, "test-ed25519.pem")
@@ -49,27 +48,12 @@ UNTRUSTED_KEY = os.path.join(KEYS, "second-ed25519.pem")
 CHUNK = 1 << 20
 
 
-def pack(binary, work, index, size, key):
-    episodes = os.path.join(work, "episodes-%d" % index)
-    os.makedirs(episodes)
-    with open(os.path.join(episodes, "steps.bin"), "wb") as f:
-        f.write(os.urandom(size))
-    output = os.path.join(work, "out-%d" % index)
-    result = subprocess.run([binary, "pack", episodes, "--key", key, "--runtime-version", "1", "--app-version", "1",
-                             "--environment-id", "soak", "--output", output + "/", "--compression", "none"],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit("pack failed: " + result.stderr[-400:])
-    shutil.rmtree(episodes)
-    return os.path.normpath(result.stdout.strip().splitlines()[-1])
-
-
 def make_pool(binary, work, count, rng):
     pool = []
     for index in range(count):
         kind = "valid" if index % 5 < 3 else ("tampered" if index % 5 == 3 else "untrusted")
         size = rng.randint(1 * CHUNK, 6 * CHUNK)
-        path = pack(binary, work, index, size, UNTRUSTED_KEY if kind == "untrusted" else TRUSTED_KEY)
+        path = pack(binary, work, str(index), size, UNTRUSTED_KEY if kind == "untrusted" else TRUSTED_KEY, environment="soak")
         with open(path, "rb") as f:
             data = bytearray(f.read())
         if kind == "tampered":

@@ -24,16 +24,12 @@ extension IngestServer {
     ///   503 `upload.session_busy` (another process holds it), 503 `server.spool_unavailable`.
     func adopt(_ id: String) async throws -> UploadSessions.Acquired {
         let journal = try openJournal(id)
-        let read = await Result { try await blocking { try journal.read() } }
-        guard case let .success(readRecord) = read else {
+        let record: SessionRecord
+        do {
+            record = try await read(journal, of: id)
+        } catch {
             journal.close()
-            logger.error("cannot read a session journal", metadata: ["session": "\(id)", "error": "\(read)"])
-            throw Self.spoolUnavailable
-        }
-        guard let record = readRecord, !record.single else {
-            journal.close()
-            logger.warning("a session journal cannot be read; the session cannot be taken up", metadata: ["session": "\(id)"])
-            throw Self.sessionUnknown("Its record could not be read; start a new upload.")
+            throw error
         }
         if let outcome = record.outcome {
             journal.close()
@@ -64,22 +60,33 @@ extension IngestServer {
         }
     }
 
-    /// The journal of a session this process knows, waiting up to two seconds for another process (or a sweep)
-    /// that holds it.
-    private func lockJournal(_ session: UploadSession) async throws -> SessionJournal {
-        for attempt in 0...40 {
+    /// What a session's journal says (read on the thread pool).
+    /// - Throws: 503 `server.spool_unavailable` (it cannot be read now), 404 `upload.session_unknown` (this service
+    ///   did not write it, or it is a single-request upload's).
+    private func read(_ journal: SessionJournal, of id: String) async throws -> SessionRecord {
+        let read = await Result { try await blocking { try journal.read() } }
+        guard case let .success(readRecord) = read else {
+            logger.error("cannot read a session journal", metadata: ["session": "\(id)", "error": "\(read)"])
+            throw Self.spoolUnavailable
+        }
+        guard let record = readRecord, !record.single else {
+            logger.warning("a session journal cannot be read; the session cannot go on", metadata: ["session": "\(id)"])
+            throw Self.sessionUnknown("Its record could not be read; start a new upload.")
+        }
+        return record
+    }
+
+    /// Runs `body` again while it answers `503 upload.session_busy`, for up to two seconds: a client that resumes
+    /// right after its connection was cut arrives before the cut request (here or at another instance) has let go.
+    func whileBusy<T>(_ body: () async throws -> T) async throws -> T {
+        for _ in 0..<40 {
             do {
-                return try openJournal(session.id)
-            } catch let problem as IngestProblem where problem.code == "upload.session_busy" && attempt < 40 {
+                return try await body()
+            } catch let problem as IngestProblem where problem.code == "upload.session_busy" {
                 try await Task.sleep(for: .milliseconds(50))
-            } catch let problem as IngestProblem where problem.status == 404 {
-                // Removed by another process (expired, swept): this process's copy goes too.
-                session.closeSpool()
-                await sessions.forget(session.id)
-                throw problem
             }
         }
-        throw Self.sessionBusy
+        return try await body()
     }
 
     /// Locks the session's journal for this request and brings the session up to date with it: the answer it
@@ -91,10 +98,18 @@ extension IngestServer {
     ///   `upload.session_busy`, 429 `upload.too_many_sessions` (no slot to hold its bytes), 503
     ///   `server.spool_unavailable` (a failure that may pass: the files are kept).
     func attach(_ session: UploadSession) async throws -> Result<StoredObject, IngestProblem>? {
-        if session.journal == nil { session.journal = try await lockJournal(session) }
+        if session.journal == nil {
+            do {
+                session.journal = try await whileBusy { try openJournal(session.id) }
+            } catch let problem as IngestProblem where problem.status == 404 {
+                // Removed by another process (expired, swept): this process's copy goes too.
+                session.closeSpool()
+                await sessions.forget(session.id)
+                throw problem
+            }
+        }
         guard let journal = session.journal else { throw Self.sessionUnknown() }
-        let stamp = journal.stamp
-        if let known = session.stamp, known == stamp {
+        if let known = session.stamp, known == journal.stamp {
             if let spool = session.spool, spool.isCurrent { return nil }
             if session.spool == nil && session.checkpointed == 0 {
                 // Bytes of a first chunk that never reached a checkpoint (a process died in it).
@@ -105,42 +120,30 @@ extension IngestServer {
         session.stamp = nil // until the session agrees with its journal again
         let adopted = session.adoptedRecord
         session.adoptedRecord = nil
-        let read = await Result { () async throws -> SessionRecord? in
-            if let adopted { return adopted }
-            return try await blocking { try journal.read() }
-        }
-        guard case let .success(readRecord) = read else {
-            logger.error("cannot read a session journal", metadata: ["session": "\(session.id)", "error": "\(read)"])
-            throw Self.spoolUnavailable
-        }
-        guard let record = readRecord else {
-            logger.warning("a session journal cannot be read; the session cannot go on", metadata: ["session": "\(session.id)"])
+        let record: SessionRecord
+        do {
+            if let adopted { record = adopted } else { record = try await read(journal, of: session.id) }
+        } catch let problem as IngestProblem where problem.status == 404 {
             session.closeSpool()
-            journal.close()
-            session.journal = nil
+            session.releaseJournal()
             await sessions.forget(session.id)
-            throw Self.sessionUnknown("Its record could not be read; start a new upload.")
+            throw problem
         }
         if let outcome = record.outcome {
             session.closeSpool()
-            journal.close()
-            session.journal = nil
+            session.releaseJournal()
             await sessions.end(session.id, outcome)
             return outcome
         }
         // Re-reading held bytes may take long (GiB): on a thread of its own, not the pool that syncs checkpoints.
         if let file = session.spool, file.held == session.checkpointed, record.held >= file.held,
            (try? await runOnOwnThread({ try file.catchUp(to: record.held, crc32c: record.heldCRC32C) })) != nil {
-            session.total = record.total
-            session.checkpointed = record.held
-            session.checkpointedTotal = record.total
+            session.takeCheckpoint(of: record)
             session.stamp = journal.stamp
             return nil
         }
         session.closeSpool()
-        session.total = record.total
-        session.checkpointed = record.held
-        session.checkpointedTotal = record.total
+        session.takeCheckpoint(of: record)
         if record.held > 0 {
             try await activate(session)
             let path = spool.partPath(session.id), verifier = self.verifier, label = session.objectName.text
@@ -155,8 +158,7 @@ extension IngestServer {
                 logger.warning("a session's bytes are lost; the session is dropped", metadata: ["session": "\(session.id)", "reason": "\(lost.reason)"])
                 unlink(spool.partPath(session.id))
                 unlink(journal.path)
-                journal.close()
-                session.journal = nil
+                session.releaseJournal()
                 await sessions.forget(session.id)
                 throw Self.sessionUnknown("The bytes it held were lost; start a new upload.")
             case let .failure(error):
@@ -170,6 +172,17 @@ extension IngestServer {
         }
         session.stamp = journal.stamp
         return nil
+    }
+
+    /// Creates a new session's journal (its header), open and locked.
+    /// - Throws: 503 `server.spool_unavailable`.
+    func createJournal(for session: UploadSession) async throws -> SessionJournal {
+        do {
+            return try await blocking { [spool] in try SessionJournal.create(path: spool.journalPath(session.id), record: session.record) }
+        } catch {
+            logger.error("cannot create a session journal", metadata: ["error": "\(error)"])
+            throw Self.spoolUnavailable
+        }
     }
 
     /// Counts the session against `--max-sessions`; a session evicted to make room has its end recorded in its
@@ -202,8 +215,7 @@ extension IngestServer {
         }
         guard case let .success((held, stamp)) = synced else {
             logger.error("cannot checkpoint a session", metadata: ["session": "\(session.id)", "error": "\(synced)"])
-            session.closeSpool()
-            session.stamp = nil
+            session.rebuildAtNextRequest()
             throw Self.spoolUnavailable
         }
         session.checkpointed = held
@@ -217,8 +229,7 @@ extension IngestServer {
         if let journal = session.journal {
             try? await checkpoint(session)
             journal.touch()
-            journal.close()
-            session.journal = nil
+            session.releaseJournal()
         }
         await sessions.release(session.id)
     }
@@ -246,11 +257,7 @@ extension IngestServer {
             // there finishes it again, to the same answer); the sweep removes them when it expires.
             session.closeSpool()
         }
-        if let journal = session.journal {
-            session.stamp = journal.stamp
-            journal.close()
-            session.journal = nil
-        }
+        session.releaseJournal()
         await sessions.end(session.id, outcome)
     }
 }

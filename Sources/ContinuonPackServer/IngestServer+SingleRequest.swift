@@ -91,20 +91,15 @@ extension IngestServer {
         }
         let session = UploadSession(id: Self.newSessionID(), objectName: name, total: nil, metadata: metadata, remembered: false)
         // A journal held for the whole request marks its spool file as in use for other instances' sweeps.
-        do {
-            session.journal = try await blocking { [spool] in try SessionJournal.create(path: spool.journalPath(session.id), record: session.record) }
-        } catch {
-            logger.error("cannot create a session journal", metadata: ["error": "\(error)"])
-            throw Self.spoolUnavailable
-        }
+        session.journal = try await createJournal(for: session)
         do {
             try await sessions.add(session)
             guard case .open = try await sessions.acquire(session.id) else {
                 throw IngestProblem(500, "server.internal", "The service failed; the failure is logged.")
             }
         } catch {
-            unlink(session.journal?.path ?? "")
-            session.journal?.close()
+            unlink(spool.journalPath(session.id))
+            session.releaseJournal()
             throw error
         }
         logger.info("upload started", metadata: ["object": "\(name)", "session": "\(session.id)", "mode": "single request"])

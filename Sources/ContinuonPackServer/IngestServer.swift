@@ -189,16 +189,9 @@ public struct IngestServer: Sendable {
         let id = Self.newSessionID()
         let session = UploadSession(id: id, objectName: name, total: total, metadata: metadata)
         // The journal first: from now on any instance sharing the spool can take the session up.
-        do {
-            session.stamp = try await blocking { [spool] in
-                let journal = try SessionJournal.create(path: spool.journalPath(id), record: session.record)
-                defer { journal.close() }
-                return journal.stamp
-            }
-        } catch {
-            logger.error("cannot create a session journal", metadata: ["error": "\(error)"])
-            throw Self.spoolUnavailable
-        }
+        let journal = try await createJournal(for: session)
+        session.stamp = journal.stamp
+        journal.close()
         do {
             try await sessions.add(session)
         } catch {
@@ -266,30 +259,34 @@ public struct IngestServer: Sendable {
         guard Self.isSessionID(id) else {
             throw IngestProblem(404, "upload.session_unknown", "No such upload session.").closingConnection()
         }
-        var acquired = try await acquire(id)
-        if case let .open(session) = acquired {
-            do {
-                if let outcome = try await attach(session) {
-                    acquired = .finished(outcome)
-                } else {
-                    let response = try await receive(request, into: session)
-                    await detach(session)
-                    return response
-                }
-            } catch {
-                await detach(session)
-                throw error
-            }
+        let session: UploadSession
+        switch try await acquire(id) {
+        case let .finished(outcome): return try Self.answer(outcome, hasBody: hasBody)
+        case let .open(open): session = open
         }
-        switch acquired {
-        case let .finished(.success(object)):
+        do {
+            if let outcome = try await attach(session) {
+                await detach(session)
+                return try Self.answer(outcome, hasBody: hasBody)
+            }
+            let response = try await receive(request, into: session)
+            await detach(session)
+            return response
+        } catch {
+            await detach(session)
+            throw error
+        }
+    }
+
+    /// The answer a session ended with, repeated to a later request (whose body, if any, is not read).
+    private static func answer(_ outcome: Result<StoredObject, IngestProblem>, hasBody: Bool) throws -> Response {
+        switch outcome {
+        case let .success(object):
             var headers = HTTPFields()
             if hasBody { headers[.connection] = "close" }
             return jsonResponse(200, object.jsonValue, headers: headers)
-        case let .finished(.failure(problem)):
+        case let .failure(problem):
             throw hasBody ? problem.closingConnection() : problem
-        case .open:
-            throw IngestProblem(500, "server.internal", "The service failed; the failure is logged.")
         }
     }
 
@@ -297,19 +294,10 @@ public struct IngestServer: Sendable {
     /// its connection was cut arrives before the cut request has let go); then `503 upload.session_busy`.
     /// The same wait applies to a session that another instance sharing the spool holds.
     private func acquire(_ id: String) async throws -> UploadSessions.Acquired {
-        for attempt in 0...40 {
-            let result = await Result { () async throws -> UploadSessions.Acquired in
-                if let known = try await sessions.acquire(id) { return known }
-                return try await adopt(id)
-            }
-            switch result {
-            case let .success(acquired): return acquired
-            case let .failure(problem as IngestProblem) where problem.code == "upload.session_busy" && attempt < 40:
-                try await Task.sleep(for: .milliseconds(50))
-            case let .failure(error): throw error
-            }
+        try await whileBusy {
+            if let known = try await sessions.acquire(id) { return known }
+            return try await adopt(id)
         }
-        throw Self.sessionBusy
     }
 
     private func receive(_ request: Request, into session: UploadSession) async throws -> Response {
@@ -394,7 +382,7 @@ public struct IngestServer: Sendable {
         try await activate(session)
         do {
             let spool = try SpoolFile(
-                path: configuration.spoolDirectory + "/" + session.id + ".part", verifier: verifier,
+                path: self.spool.partPath(session.id), verifier: verifier,
                 label: session.objectName.text)
             session.spool = spool
             return spool
@@ -457,8 +445,7 @@ public struct IngestServer: Sendable {
         guard let checksums = try? await blocking({ try spool.finishWriting() }) else {
             // Kept: the next request takes the session up again from its checkpoint.
             logger.error("cannot sync a spool file", metadata: ["session": "\(session.id)"])
-            session.closeSpool()
-            session.stamp = nil
+            session.rebuildAtNextRequest()
             throw Self.spoolUnavailable
         }
         try await checkpoint(session)
@@ -469,8 +456,7 @@ public struct IngestServer: Sendable {
             if !session.remembered {
                 throw await end(session, IngestProblem(500, "server.io_error", "The service could not read the upload back; start again."))
             }
-            session.closeSpool()
-            session.stamp = nil
+            session.rebuildAtNextRequest()
             throw Self.spoolUnavailable
         }
         if let md5 = session.declaredMD5, md5 != checksums.md5Base64 {

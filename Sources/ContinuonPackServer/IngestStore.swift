@@ -175,7 +175,7 @@ public struct LocalDirectoryStore: IngestStore {
             try FileIO.syncDirectory(directory)
             CrashPoint.reach("serve.store_linked")
             // Replaces a record that a concurrent lookup may have recomputed (without the key IDs) in between.
-            try? FileIO.replaceFile(CanonicalJSON.encodePretty(object.jsonValue), at: path + ".json", mode: 0o644)
+            Self.writeRecord(object, of: path)
             return true
         }
         if linked { return .stored }
@@ -185,10 +185,15 @@ public struct LocalDirectoryStore: IngestStore {
         guard Self.sameBytes(existing, object) else { return .conflict(existing) }
         if existing.keyIDs.isEmpty && !object.keyIDs.isEmpty {
             // The record was recomputed without the key IDs (a crash came between the link and the record).
-            let path = path + ".json"
-            try? await blocking { try FileIO.replaceFile(CanonicalJSON.encodePretty(object.jsonValue), at: path, mode: 0o644) }
+            try? await blocking { Self.writeRecord(object, of: path) }
         }
         return .alreadyStored
+    }
+
+    /// Writes (or replaces) the object record `<package>.json` beside the package at `path`; best effort: a lookup
+    /// recomputes a missing one.
+    private static func writeRecord(_ object: StoredObject, of path: String) {
+        try? FileIO.replaceFile(CanonicalJSON.encodePretty(object.jsonValue), at: path + ".json", mode: 0o644)
     }
 
     /// SHA-256 decides when both records have it; MD5 and size only when one does not.

@@ -42,6 +42,19 @@ struct JournalStamp: Equatable, Sendable {
     let device: UInt64
     let inode: UInt64
     let size: Int64
+
+    init(_ info: stat) {
+        device = UInt64(info.st_dev)
+        inode = UInt64(info.st_ino)
+        size = Int64(info.st_size)
+    }
+
+    /// The journal at `path` now, without opening it; nil when there is none.
+    init?(atPath path: String) {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return nil }
+        self.init(info)
+    }
 }
 
 /// A session's journal, `SPOOL/<session>.session`, open and locked (`flock`, exclusive) for one request: the
@@ -62,11 +75,12 @@ final class SessionJournal: @unchecked Sendable {
     static let maxLineBytes = 64 * 1024
 
     let path: String
-    private var fd: Int32
+    private var file: FileDescriptor?
+    private var fd: Int32 { file?.raw ?? -1 }
 
     private init(path: String, fd: Int32) {
         self.path = path
-        self.fd = fd
+        self.file = FileDescriptor(raw: fd, path: path)
     }
 
     deinit { close() }
@@ -120,14 +134,14 @@ final class SessionJournal: @unchecked Sendable {
 
     /// Unlocks and closes (idempotent).
     func close() {
-        if fd >= 0 { _ = Glibc.close(fd) }
-        fd = -1
+        try? file?.close()
+        file = nil
     }
 
     var stamp: JournalStamp? {
         var info = stat()
         guard fd >= 0, fstat(fd, &info) == 0 else { return nil }
-        return JournalStamp(device: UInt64(info.st_dev), inode: UInt64(info.st_ino), size: Int64(info.st_size))
+        return JournalStamp(info)
     }
 
     /// When a request last used the session (seconds since the epoch), read from the locked file.
@@ -172,13 +186,13 @@ final class SessionJournal: @unchecked Sendable {
     }
 
     private func pread(at offset: Int64, count: Int) throws -> [UInt8] {
+        guard let file else { throw ContinuonPackError(.ioError, "The session journal is closed.") }
         var bytes = [UInt8](repeating: 0, count: count)
         var done = 0
         while done < count {
-            let got = FileDescriptor.retryOnInterrupt {
-                bytes.withUnsafeMutableBytes { Glibc.pread(fd, $0.baseAddress! + done, count - done, off_t(offset) + off_t(done)) }
+            let got = try bytes.withUnsafeMutableBytes {
+                try file.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[done...]), at: offset + Int64(done))
             }
-            if got < 0 { throw FileDescriptor.ioError("Cannot read the session journal", path: path) }
             if got == 0 { break }
             done += got
         }
@@ -244,7 +258,7 @@ final class SessionJournal: @unchecked Sendable {
         var members: [(String, JSONValue)] = [("held", .string(String(held))), ("held_crc32c", .string(String(crc32c)))]
         if let total { members.append(("total", .string(String(total)))) }
         try append(CanonicalJSON.encode(.object(members)) + [0x0a])
-        guard fdatasync(fd) == 0 else { throw FileDescriptor.ioError("Cannot sync the session journal", path: path) }
+        try sync()
     }
 
     /// Records the session's answer, for requests that come after it (to this process after a restart, or to
@@ -266,26 +280,23 @@ final class SessionJournal: @unchecked Sendable {
             }
             try append(line)
         }
-        guard fdatasync(fd) == 0 else { throw FileDescriptor.ioError("Cannot sync the session journal", path: path) }
+        try sync()
+    }
+
+    private func sync() throws {
+        guard let file else { throw ContinuonPackError(.ioError, "The session journal is closed.") }
+        try file.syncData()
     }
 
     /// Appends one line whole, or not at all: a write that fails part-way is cut back, so that the next line does
     /// not join its remains.
     private func append(_ bytes: [UInt8]) throws {
-        let before = lseek(fd, 0, SEEK_END)
-        let written = bytes.withUnsafeBytes { raw -> Int in
-            var done = 0
-            while done < raw.count {
-                let count = FileDescriptor.retryOnInterrupt { write(fd, raw.baseAddress! + done, raw.count - done) }
-                if count == 0 { errno = EIO }
-                if count <= 0 { return done }
-                done += count
-            }
-            return done
-        }
-        guard written == bytes.count else {
-            let error = FileDescriptor.ioError("Cannot write the session journal", path: path)
-            if before >= 0 { _ = ftruncate(fd, before) }
+        guard let file else { throw ContinuonPackError(.ioError, "The session journal is closed.") }
+        let before = lseek(file.raw, 0, SEEK_END)
+        do {
+            try bytes.withUnsafeBytes { try file.writeAll($0) }
+        } catch {
+            if before >= 0 { _ = ftruncate(file.raw, before) }
             throw error
         }
     }

@@ -64,7 +64,7 @@ final class SpoolFile: @unchecked Sendable {
     /// - Throws: as `init(resuming:)`. The hashers are shared with the copy being extended, so after a failure this
     ///   file's checksums are spoiled: the caller must close it and take the session up from the start.
     func catchUp(to newHeld: UInt64, crc32c: UInt32) throws {
-        guard let output, newHeld >= held, sameFile(output) else { throw SpoolLost(reason: "the spool file was replaced") }
+        guard let output, newHeld >= held, isAtPath != nil else { throw SpoolLost(reason: "the spool file was replaced") }
         var extended = checksums
         try Self.extend(output, at: path, &extended, from: held, to: newHeld, expecting: crc32c)
         checksums = extended
@@ -72,19 +72,12 @@ final class SpoolFile: @unchecked Sendable {
         verification.follower.advance(to: held)
     }
 
-    /// Whether the file still is this process's: the same file at the path, exactly `held` bytes long (no other
-    /// process cut it back or wrote past what this one holds). A finished file (closed for writing: its commit is
-    /// being tried again) is compared by its identity at the path.
+    /// Whether the file still is this process's: the file it opened is still the one at the path, exactly `held`
+    /// bytes long (no other process cut it back or wrote past what this one holds). Also for a finished file (closed
+    /// for writing: its commit is being tried again).
     var isCurrent: Bool {
-        if let output {
-            guard sameFile(output) else { return false }
-            var info = stat()
-            return fstat(output.raw, &info) == 0 && UInt64(info.st_size) == held
-        }
-        guard finished != nil, let identity else { return false }
-        var named = stat()
-        return lstat(path, &named) == 0 && UInt64(named.st_dev) == identity.device && UInt64(named.st_ino) == identity.inode
-            && UInt64(named.st_size) == held
+        guard output != nil || finished != nil, let size = isAtPath else { return false }
+        return size == held
     }
 
     /// The file's device and inode, from its descriptor when it was opened.
@@ -95,26 +88,35 @@ final class SpoolFile: @unchecked Sendable {
         if fstat(output.raw, &info) == 0 { identity = (UInt64(info.st_dev), UInt64(info.st_ino)) }
     }
 
-    private func sameFile(_ output: ContinuonPack.FileDescriptor) -> Bool {
-        var opened = stat(), named = stat()
-        return fstat(output.raw, &opened) == 0 && lstat(path, &named) == 0 && opened.st_dev == named.st_dev && opened.st_ino == named.st_ino
+    /// The size of the file at the path, if it is the file this value opened (nil: removed, or replaced).
+    private var isAtPath: UInt64? {
+        var named = stat()
+        guard let identity, lstat(path, &named) == 0, UInt64(named.st_dev) == identity.device,
+              UInt64(named.st_ino) == identity.inode, named.st_size >= 0
+        else { return nil }
+        return UInt64(named.st_size)
     }
 
-    /// Hashes bytes `start..<end` of the file into `checksums`, requires the CRC-32C of everything hashed to be
-    /// `crc32c`, and cuts the file back to `end` (never a file that is also a stored object: a hard link).
-    private static func extend(_ output: ContinuonPack.FileDescriptor, at path: String, _ checksums: inout TransferChecksums,
-                               from start: UInt64, to end: UInt64, expecting crc32c: UInt32) throws {
+    /// Cuts the file back to `end` bytes if it is longer (never a file that is also a stored object: a hard link).
+    /// - Throws: `SpoolLost` when it is shorter, or stored and longer; `io.error` when it cannot be cut.
+    private static func cutBack(_ output: ContinuonPack.FileDescriptor, at path: String, to end: UInt64) throws {
         var info = stat()
         guard fstat(output.raw, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_size >= 0 else {
             throw ContinuonPack.FileDescriptor.ioError("Cannot stat the spool file", path: path)
         }
         guard UInt64(info.st_size) >= end else { throw SpoolLost(reason: "the spool file is shorter than its checkpoint") }
-        if UInt64(info.st_size) > end {
-            guard info.st_nlink == 1 else { throw SpoolLost(reason: "the spool file is stored and longer than its checkpoint") }
-            guard ftruncate(output.raw, off_t(end)) == 0 else {
-                throw ContinuonPack.FileDescriptor.ioError("Cannot cut the spool file back to its checkpoint", path: path)
-            }
+        guard UInt64(info.st_size) > end else { return }
+        guard info.st_nlink == 1 else { throw SpoolLost(reason: "the spool file is stored and longer than its checkpoint") }
+        guard ftruncate(output.raw, off_t(end)) == 0 else {
+            throw ContinuonPack.FileDescriptor.ioError("Cannot cut the spool file back to its checkpoint", path: path)
         }
+    }
+
+    /// Cuts the file back to `end`, hashes bytes `start..<end` into `checksums` and requires the CRC-32C of
+    /// everything hashed to be `crc32c`.
+    private static func extend(_ output: ContinuonPack.FileDescriptor, at path: String, _ checksums: inout TransferChecksums,
+                               from start: UInt64, to end: UInt64, expecting crc32c: UInt32) throws {
+        try cutBack(output, at: path, to: end)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
         defer { buffer.deallocate() }
         var offset = start
@@ -159,15 +161,7 @@ final class SpoolFile: @unchecked Sendable {
         if let finished { return finished }
         if let output {
             // Exactly the bytes held and hashed are committed, whatever another process may have left past them.
-            var info = stat()
-            guard fstat(output.raw, &info) == 0, UInt64(info.st_size) >= held else {
-                throw ContinuonPackError(.ioError, "The spool file is shorter than the bytes held.")
-            }
-            if UInt64(info.st_size) > held {
-                guard info.st_nlink == 1, ftruncate(output.raw, off_t(held)) == 0 else {
-                    throw ContinuonPackError(.ioError, "The spool file cannot be cut back to the bytes held.")
-                }
-            }
+            try Self.cutBack(output, at: path, to: held)
             try output.sync()
             try output.close()
             self.output = nil
@@ -225,13 +219,20 @@ final class SpoolDirectory: @unchecked Sendable {
     func partPath(_ id: String) -> String { path + "/" + id + ".part" }
     func journalPath(_ id: String) -> String { path + "/" + id + ".session" }
 
+    /// The session's journal, locked without waiting; nil when it is missing, held by another process or request,
+    /// or cannot be opened.
+    private func lockedJournal(_ id: String) -> SessionJournal? {
+        guard case let .success(journal?) = Result(catching: { () throws(SessionJournal.OpenError) in
+            try SessionJournal.open(path: journalPath(id))
+        }) else { return nil }
+        return journal
+    }
+
     /// Removes a session's files if they are still as this process left them (`stamp`) and no other process or
     /// request holds them; false when they are not removed (in use elsewhere, changed since).
     @discardableResult
     func remove(_ id: String, stamp: JournalStamp?) -> Bool {
-        guard case let .success(journal?) = Result(catching: { () throws(SessionJournal.OpenError) in
-            try SessionJournal.open(path: journalPath(id))
-        }) else { return false }
+        guard let journal = lockedJournal(id) else { return false }
         defer { journal.close() }
         guard let stamp, journal.stamp == stamp else { return false }
         unlink(partPath(id))
@@ -243,9 +244,7 @@ final class SpoolDirectory: @unchecked Sendable {
     /// if its files are still as this process left them and no other process holds them; false otherwise (another
     /// instance has taken the session up: it is not this process's to end).
     func recordEnd(_ id: String, stamp: JournalStamp?, _ outcome: Result<StoredObject, IngestProblem>) -> Bool {
-        guard case let .success(journal?) = Result(catching: { () throws(SessionJournal.OpenError) in
-            try SessionJournal.open(path: journalPath(id))
-        }) else { return false }
+        guard let journal = lockedJournal(id) else { return false }
         defer { journal.close() }
         guard let stamp, journal.stamp == stamp, (try? journal.recordOutcome(outcome)) != nil else { return false }
         unlink(partPath(id))
@@ -297,9 +296,7 @@ final class SpoolDirectory: @unchecked Sendable {
                 var info = stat()
                 guard lstat(path + "/" + name, &info) == 0, Int64(now) - Int64(info.st_mtim.tv_sec) > youngest else { continue }
             }
-            guard IngestServer.isSessionID(id), case let .success(journal?) = Result(catching: { () throws(SessionJournal.OpenError) in
-                try SessionJournal.open(path: journalPath(id))
-            }) else { continue }
+            guard IngestServer.isSessionID(id), let journal = lockedJournal(id) else { continue }
             defer { journal.close() }
             // The age from the locked file: a request that used the session just before the lock counts.
             guard let lastUsed = journal.lastUsed, case let .success(readRecord) = Result(catching: { try journal.read() }) else { continue }

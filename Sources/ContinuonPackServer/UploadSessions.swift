@@ -39,6 +39,26 @@ final class UploadSession: @unchecked Sendable {
         spool = nil
     }
 
+    /// Lets go of the held bytes' descriptors and of what this process knew of the journal: the next request takes
+    /// the session up again from its last checkpoint (its files are kept).
+    func rebuildAtNextRequest() {
+        closeSpool()
+        stamp = nil
+    }
+
+    /// Unlocks and closes the journal this request held.
+    func releaseJournal() {
+        journal?.close()
+        journal = nil
+    }
+
+    /// Takes what the journal's last checkpoint says.
+    func takeCheckpoint(of record: SessionRecord) {
+        total = record.total
+        checkpointed = record.held
+        checkpointedTotal = record.total
+    }
+
     /// False for a single-request upload (multipart, media): no client can ask for it again, so its outcome is
     /// not kept when it ends.
     let remembered: Bool
@@ -58,11 +78,9 @@ final class UploadSession: @unchecked Sendable {
         self.id = id
         self.remembered = true
         self.objectName = record.objectName
-        self.total = record.total
-        self.checkpointed = record.held
-        self.checkpointedTotal = record.total
         self.declaredMD5 = record.declaredMD5
         self.declaredCRC32C = record.declaredCRC32C
+        takeCheckpoint(of: record)
     }
 
     var record: SessionRecord {
@@ -344,11 +362,7 @@ actor UploadSessions {
     func dropMoved(_ spool: SpoolDirectory) -> Int {
         var dropped = 0
         for (id, entry) in open where entry.active && !entry.busy {
-            var info = stat()
-            let current = lstat(spool.journalPath(id), &info) == 0 && entry.session.stamp.map {
-                $0.device == UInt64(info.st_dev) && $0.inode == UInt64(info.st_ino) && $0.size == Int64(info.st_size)
-            } == true
-            guard !current else { continue }
+            if let stamp = entry.session.stamp, JournalStamp(atPath: spool.journalPath(id)) == stamp { continue }
             entry.session.closeSpool()
             forget(id)
             dropped += 1
@@ -368,7 +382,7 @@ actor UploadSessions {
                 entry.session.releaseSpool()
                 if let journal = entry.session.journal { unlink(journal.path) }
             }
-            entry.session.journal?.close()
+            entry.session.releaseJournal()
         }
         open = [:]
         activeCount = 0

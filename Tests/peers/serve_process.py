@@ -1,12 +1,33 @@
 """`continuon-pack serve` as a child process on a fixed 127.0.0.1 port, restartable (after a kill) on the same port
-and store: the crash tests (Tests/serve/serve_restart.py) and the crash soak (Benchmarks/serve_crash_soak.py)."""
+and store, and the packages it is sent: the crash tests (Tests/serve/serve_restart.py) and the crash soak
+(Benchmarks/serve_crash_soak.py)."""
+import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRUSTED_PUB = os.path.join(ROOT, "TestVectors", "keys", "test-ed25519.pub")
+TRUSTED_KEY = os.path.join(ROOT, "TestVectors", "keys", "test-ed25519.pem")
+
+
+def pack(binary, work, name, size, key=TRUSTED_KEY, seed=None, environment="crash-tests"):
+    """Packs one file of `size` random bytes (from `seed` when given, so that a package is the same every run),
+    uncompressed, under WORK/out-NAME; returns the package's path. The episode directory is removed afterwards."""
+    episodes = os.path.join(work, "episodes-%s" % name)
+    os.makedirs(episodes, exist_ok=True)
+    with open(os.path.join(episodes, "steps.bin"), "wb") as f:
+        f.write(os.urandom(size) if seed is None else hashlib.shake_256(seed).digest(size))
+    output = os.path.join(work, "out-%s" % name)
+    result = subprocess.run([binary, "pack", episodes, "--key", key, "--runtime-version", "1", "--app-version", "1",
+                             "--environment-id", environment, "--output", output + "/", "--compression", "none"],
+                            capture_output=True, text=True)
+    shutil.rmtree(episodes, ignore_errors=True)
+    if result.returncode != 0:
+        raise RuntimeError("pack failed: " + result.stderr[-400:])
+    return os.path.normpath(result.stdout.strip().splitlines()[-1])
 
 
 def free_port():

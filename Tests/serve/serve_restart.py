@@ -32,7 +32,6 @@ from the protocol):
 Exit status 1 when a case fails. Python 3.11 standard library only.
 """
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -47,28 +46,13 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "Tests", "peers"))
 import resumable_client  # noqa: E402
-from serve_process import Serve  # noqa: E402
+from serve_process import Serve, pack  # noqa: E402
 
 KEYS = os.path.join(ROOT, "TestVectors", "keys")
-KEY = os.path.join(KEYS, "test-ed25519.pem")
 PUB = os.path.join(KEYS, "test-ed25519.pub")
 SECOND_KEY = os.path.join(KEYS, "second-ed25519.pem")
 SECOND_PUB = os.path.join(KEYS, "second-ed25519.pub")
 CHUNK = 1 << 20
-
-
-def pack(binary, work, name, size, key=KEY, seed=None):
-    episodes = os.path.join(work, "episodes-" + name)
-    os.makedirs(episodes, exist_ok=True)
-    with open(os.path.join(episodes, "steps.bin"), "wb") as f:
-        f.write(os.urandom(size) if seed is None else hashlib.shake_256(seed).digest(size))
-    output = os.path.join(work, "out-" + name)
-    result = subprocess.run([binary, "pack", episodes, "--key", key, "--runtime-version", "1", "--app-version", "1",
-                             "--environment-id", "crash-tests", "--output", output + "/", "--compression", "none"],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError("pack failed: " + result.stderr[-400:])
-    return os.path.normpath(result.stdout.strip().splitlines()[-1])
 
 
 def read(path):
